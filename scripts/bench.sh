@@ -1,0 +1,470 @@
+#!/usr/bin/env bash
+# Benchmarks deltacache end to end; the figures in BENCHMARKS.md come from this script.
+#
+# Run `scripts/bench.sh --help` for what it does and its options.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: scripts/bench.sh [options]
+
+Benchmarks deltacache on deterministic synthetic corpora (scripts/gen_corpus.py):
+
+  1. generates corpora of 10,000 and 200,000 items (+ 1,000 queries of 2-6 words each);
+  2. builds a bundle of each with the release binary (timed);
+  3. serves each bundle (RUST_LOG=warn, a free loopback port) and measures with wrk:
+       POST /search  {"query_text": <query>, "top_k": 10}, cycling through the queries;
+       GET /items/{id}  with uniformly random ids;
+     at concurrency 1 (-t1 -c1) and 32 (-t2 -c32), RUNS runs each, reporting the median
+     run's req/s, p50 and p99;
+  4. starts redis-server on a free loopback port (no persistence), loads the same item JSON
+     values and runs `redis-benchmark -t get -c 32` (RUNS runs) for the /items ratio;
+  5. runs the in-process stage timings (`cargo bench --bench stages`) on both bundles;
+  6. builds a bundle of 1,000,000 items under /usr/bin/time -v (seconds, peak RSS).
+
+Everything is written under OUT_DIR; the summary goes to OUT_DIR/results.md (Markdown
+tables) and OUT_DIR/results.tsv (one figure a line), and is printed at the end.
+wrk runs on the same machine as the server, so both share its cores.
+
+Options:
+  --out DIR        output directory [default: target/bench]
+  --duration SECS  seconds per wrk run [default: 10]
+  --runs N         runs per configuration; the median is reported [default: 3]
+  --seed S         corpus seed [default: 42]
+  --redis-requests N  requests per redis-benchmark run [default: 400000]
+  --skip-1m        skip the 1,000,000-item build
+  --skip-stages    skip the in-process stage timings (cargo bench)
+  --no-build       use target/release/deltacache as it is (default: cargo build --release)
+  -h, --help       show this help
+
+Needs: python3, curl, wrk, redis-server, redis-cli, redis-benchmark, cargo, and
+/usr/bin/time (GNU time; Debian: apt-get install time) unless --skip-1m.
+With the defaults the whole run takes about 10-15 minutes on 2 cores.
+EOF
+}
+
+OUT_DIR=target/bench
+DURATION=10
+RUNS=3
+SEED=42
+REDIS_REQUESTS=400000
+SKIP_1M=0
+SKIP_STAGES=0
+BUILD=1
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --out) OUT_DIR=${2:?--out needs a directory}; shift 2 ;;
+        --duration) DURATION=${2:?--duration needs seconds}; shift 2 ;;
+        --runs) RUNS=${2:?--runs needs a number}; shift 2 ;;
+        --seed) SEED=${2:?--seed needs a number}; shift 2 ;;
+        --redis-requests) REDIS_REQUESTS=${2:?--redis-requests needs a number}; shift 2 ;;
+        --skip-1m) SKIP_1M=1; shift ;;
+        --skip-stages) SKIP_STAGES=1; shift ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+for value in "$DURATION" "$RUNS" "$SEED" "$REDIS_REQUESTS"; do
+    [[ $value =~ ^[0-9]+$ && $value -gt 0 ]] || { echo "bench.sh: expected a positive whole number, got '$value'" >&2; exit 2; }
+done
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+BIN=$REPO/target/release/deltacache
+
+die() { echo "bench.sh: $*" >&2; exit 1; }
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+need() {
+    local tool=$1 hint=$2
+    command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found; $hint"
+}
+need python3 "install Python 3 (it runs scripts/gen_corpus.py)"
+need curl "install curl (Debian: apt-get install curl)"
+need wrk "install wrk (Debian: apt-get install wrk)"
+need redis-server "install Redis (Debian: apt-get install redis-server redis-tools)"
+need redis-cli "install Redis tools (Debian: apt-get install redis-tools)"
+need redis-benchmark "install Redis tools (Debian: apt-get install redis-tools)"
+need cargo "install the Rust toolchain (https://rustup.rs)"
+if [[ $SKIP_1M -eq 0 ]]; then
+    [[ -x /usr/bin/time ]] && /usr/bin/time -v true >/dev/null 2>&1 \
+        || die "GNU time not found at /usr/bin/time (Debian: apt-get install time), or pass --skip-1m"
+fi
+
+mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+RESULTS_TSV=$OUT_DIR/results.tsv
+RESULTS_MD=$OUT_DIR/results.md
+: >"$RESULTS_TSV"
+
+# --- processes we start, stopped on exit -----------------------------------------------
+SERVER_PID=""
+REDIS_PID=""
+stop_pid() {
+    local pid=$1
+    [[ -n $pid ]] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    stop_pid "$SERVER_PID"; SERVER_PID=""
+    stop_pid "$REDIS_PID"; REDIS_PID=""
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# One figure: benchmark, corpus, configuration, metric, value.
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS_TSV"; }
+
+now() { date +%s.%N; }
+elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }
+
+# Median of the runs, by req/s: prints that run's WRK_RESULT line.
+median_run() {
+    python3 - "$@" <<'EOF'
+import sys
+rows = []
+for line in sys.argv[1:]:
+    fields = dict(kv.split("=", 1) for kv in line.split()[1:])
+    rows.append((float(fields["rps"]), line))
+rows.sort()
+print(rows[len(rows) // 2][1])
+EOF
+}
+field() { # field KEY LINE
+    local key=$1 line=$2
+    sed -n "s/.* $key=\([^ ]*\).*/\1/p" <<<"$line"
+}
+
+# --- build ---------------------------------------------------------------------------------
+if [[ $BUILD -eq 1 ]]; then
+    log "cargo build --release"
+    cargo build --release --quiet || die "cargo build --release failed"
+fi
+[[ -x $BIN ]] || die "$BIN not found; run 'cargo build --release' (or drop --no-build)"
+
+record meta all - date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+record meta all - nproc "$(nproc)"
+record meta all - cpu "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
+record meta all - git_commit "$(git rev-parse --short HEAD 2>/dev/null || echo none)"
+record meta all - wrk "$(wrk --version 2>&1 | head -1 | awk '{print $2}')"
+record meta all - redis "$(redis-server --version | awk '{print $3}')"
+record meta all - duration_s "$DURATION"
+record meta all - runs "$RUNS"
+
+# --- corpora and bundles -------------------------------------------------------------------
+# gen_corpus.py is deterministic in (--n, --seed, --queries): reuse files made with the same.
+gen_corpus() {
+    local n=$1 items=$2 queries=$3
+    local stamp="$items.stamp" want="n=$n seed=$SEED queries=1000 gen=$(sha256sum scripts/gen_corpus.py | cut -c1-16)"
+    if [[ -s $items && -s $queries && -f $stamp && $(cat "$stamp") == "$want" ]]; then
+        log "corpus of $n items: reusing $items"
+        return
+    fi
+    log "generating a corpus of $n items (seed $SEED)"
+    python3 scripts/gen_corpus.py --n "$n" --seed "$SEED" --out "$items" \
+        --queries 1000 --queries-out "$queries"
+    echo "$want" >"$stamp"
+}
+
+build_bundle() {
+    local label=$1 items=$2 bundle=$3
+    rm -rf "$bundle"
+    log "build-base $label -> $bundle"
+    local t0 t1
+    t0=$(now)
+    "$BIN" build-base --input "$items" --out "$bundle" >"$OUT_DIR/build-$label.log" 2>&1 \
+        || { cat "$OUT_DIR/build-$label.log" >&2; die "build-base of $label failed"; }
+    t1=$(now)
+    local secs
+    secs=$(elapsed "$t0" "$t1")
+    log "  $(tail -1 "$OUT_DIR/build-$label.log")"
+    record build "$label" - seconds "$secs"
+    record build "$label" - bundle_mb "$(du -sm "$bundle" | cut -f1)"
+}
+
+# --- server --------------------------------------------------------------------------------
+start_server() {
+    local label=$1 bundle=$2
+    local state=$OUT_DIR/state-$label port
+    rm -rf "$state"
+    port=$(free_port)
+    log "serving $label on 127.0.0.1:$port"
+    RUST_LOG=warn "$BIN" serve --bundle "$bundle" --state-dir "$state" --listen "127.0.0.1:$port" \
+        >"$OUT_DIR/serve-$label.out" 2>"$OUT_DIR/serve-$label.err" &
+    SERVER_PID=$!
+    SERVER_URL=http://127.0.0.1:$port
+    local waited=0
+    until [[ $(curl -s -o /dev/null -w '%{http_code}' "$SERVER_URL/readyz" || true) == 200 ]]; do
+        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$OUT_DIR/serve-$label.err" >&2; die "serve exited early (log above)"; }
+        waited=$((waited + 1))
+        ((waited <= 600)) || die "serve not ready after 60 s"
+        sleep 0.1
+    done
+    grep -q "deltacache: listening on http://127.0.0.1:$port" "$OUT_DIR/serve-$label.out" \
+        || die "serve did not print its listening line"
+    # Sanity: one search and one item answer as expected before measuring.
+    local query
+    query=$(head -1 "$QUERIES")
+    curl -sf -X POST -H 'Content-Type: application/json' \
+        --data "$(python3 -c 'import json,sys; print(json.dumps({"query_text": sys.argv[1], "top_k": 10}))' "$query")" \
+        "$SERVER_URL/search" | python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["results"], "no results"' \
+        || die "POST /search did not answer with results"
+    curl -sf "$SERVER_URL/items/item-000001" >/dev/null || die "GET /items/item-000001 failed"
+}
+
+server_rss_mb() {
+    awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status"
+}
+
+# run_wrk LABEL NAME THREADS CONNS SCRIPT ARGS...: RUNS runs, records the median run.
+run_wrk() {
+    local label=$1 name=$2 threads=$3 conns=$4 script=$5
+    shift 5
+    local lines=() i out result
+    for ((i = 1; i <= RUNS; i++)); do
+        out=$(wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout 5s -s "$script" "$SERVER_URL" -- "$@" 2>&1) \
+            || { echo "$out" >&2; die "wrk failed"; }
+        echo "$out" >>"$OUT_DIR/wrk-$label-$name-c$conns.log"
+        result=$(grep '^WRK_RESULT' <<<"$out") || { echo "$out" >&2; die "wrk printed no WRK_RESULT line"; }
+        local errors=0 key
+        for key in connect_errors read_errors write_errors status_errors timeouts; do
+            errors=$((errors + $(field "$key" "$result")))
+        done
+        ((errors == 0)) || log "  WARNING: run $i had $errors errors: $result"
+        log "  $name c$conns run $i: $(field rps "$result") req/s, p50 $(field p50_us "$result") us, p99 $(field p99_us "$result") us"
+        lines+=("$result")
+    done
+    result=$(median_run "${lines[@]}")
+    local metric
+    for metric in rps p50_us p99_us; do
+        record "$name" "$label" "c$conns" "$metric" "$(field "$metric" "$result")"
+    done
+    record "$name" "$label" "c$conns" runs_rps "$(for l in "${lines[@]}"; do field rps "$l"; done | paste -sd, -)"
+}
+
+# --- redis -----------------------------------------------------------------------------------
+# redis-benchmark -t get -r N reads keys key:000000000000 .. key:<N-1, 12 digits>; load the
+# corpus's item JSON under exactly those keys.
+run_redis() {
+    local label=$1 items=$2 n=$3
+    local port
+    port=$(free_port)
+    log "redis-server on 127.0.0.1:$port, loading $n values"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        --protected-mode yes --logfile "$OUT_DIR/redis-$label.log" &
+    REDIS_PID=$!
+    local waited=0
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do
+        waited=$((waited + 1))
+        ((waited <= 100)) || die "redis-server not answering after 10 s"
+        sleep 0.1
+    done
+    python3 - "$items" <<'EOF' | redis-cli -p "$port" --pipe >"$OUT_DIR/redis-load-$label.log"
+import sys
+out = sys.stdout.buffer
+with open(sys.argv[1], "rb") as f:
+    for i, line in enumerate(f):
+        value = line.rstrip(b"\n")
+        key = b"key:%012d" % i
+        out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
+EOF
+    local dbsize
+    dbsize=$(redis-cli -p "$port" dbsize)
+    [[ $dbsize -eq $n ]] || die "redis holds $dbsize keys, expected $n"
+    local value_size
+    value_size=$(redis-cli -p "$port" strlen key:000000000000)
+    record redis "$label" - value_bytes "$value_size"
+    local lines=() i csv rps p50 p99
+    for ((i = 1; i <= RUNS; i++)); do
+        # --threads 2 matches wrk -t2; -d only sizes SET values, given for the record.
+        csv=$(redis-benchmark -h 127.0.0.1 -p "$port" -t get -n "$REDIS_REQUESTS" -c 32 \
+            --threads 2 -d "$value_size" -r "$n" --csv 2>/dev/null | grep '^"GET"') \
+            || die "redis-benchmark failed"
+        echo "$csv" >>"$OUT_DIR/redis-$label.csv"
+        # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+        rps=$(cut -d, -f2 <<<"$csv" | tr -d '"')
+        p50=$(cut -d, -f5 <<<"$csv" | tr -d '"')
+        p99=$(cut -d, -f7 <<<"$csv" | tr -d '"')
+        p50=$(python3 -c "print(round(float('$p50') * 1000))")
+        p99=$(python3 -c "print(round(float('$p99') * 1000))")
+        log "  redis GET c32 run $i: $rps req/s, p50 $p50 us, p99 $p99 us"
+        lines+=("WRK_RESULT rps=$rps p50_us=$p50 p99_us=$p99")
+    done
+    local result metric
+    result=$(median_run "${lines[@]}")
+    for metric in rps p50_us p99_us; do
+        record redis_get "$label" c32 "$metric" "$(field "$metric" "$result")"
+    done
+    record redis_get "$label" c32 runs_rps "$(for l in "${lines[@]}"; do field rps "$l"; done | paste -sd, -)"
+    stop_pid "$REDIS_PID"
+    REDIS_PID=""
+}
+
+# --- one corpus --------------------------------------------------------------------------
+bench_corpus() {
+    local label=$1 n=$2
+    ITEMS=$OUT_DIR/items-$label.jsonl
+    QUERIES=$OUT_DIR/queries-$label.txt
+    BUNDLE=$OUT_DIR/bundle-$label
+    gen_corpus "$n" "$ITEMS" "$QUERIES"
+    build_bundle "$label" "$ITEMS" "$BUNDLE"
+
+    start_server "$label" "$BUNDLE"
+    record serve "$label" - rss_mb_ready "$(server_rss_mb)"
+    log "POST /search, $label"
+    run_wrk "$label" search 1 1 scripts/wrk_search.lua "$QUERIES" 10
+    run_wrk "$label" search 2 32 scripts/wrk_search.lua "$QUERIES" 10
+    log "GET /items/{id}, $label"
+    run_wrk "$label" items 1 1 scripts/wrk_items.lua "$n" "$SEED"
+    run_wrk "$label" items 2 32 scripts/wrk_items.lua "$n" "$SEED"
+    record serve "$label" - rss_mb_after "$(server_rss_mb)"
+    stop_pid "$SERVER_PID"
+    SERVER_PID=""
+
+    run_redis "$label" "$ITEMS" "$n"
+
+    if [[ $SKIP_STAGES -eq 0 ]]; then
+        log "in-process stage timings, $label"
+        DELTACACHE_BENCH_BUNDLE=$BUNDLE DELTACACHE_BENCH_QUERIES=$QUERIES \
+            cargo bench --quiet --bench stages >"$OUT_DIR/stages-$label.md" 2>"$OUT_DIR/stages-$label.err" \
+            || { cat "$OUT_DIR/stages-$label.err" >&2; die "cargo bench --bench stages failed"; }
+        cat "$OUT_DIR/stages-$label.md" >&2
+        local line kv
+        line=$(grep '^stages:' "$OUT_DIR/stages-$label.md") || die "stages printed no summary line"
+        for kv in ${line#stages: }; do
+            record stages "$label" - "${kv%%=*}" "${kv#*=}"
+        done
+    fi
+}
+
+START=$(now)
+bench_corpus 10k 10000
+bench_corpus 200k 200000
+
+if [[ $SKIP_1M -eq 0 ]]; then
+    items=$OUT_DIR/items-1m.jsonl
+    gen_corpus 1000000 "$items" "$OUT_DIR/queries-1m.txt"
+    rm -rf "$OUT_DIR/bundle-1m"
+    log "build-base 1m under /usr/bin/time -v"
+    /usr/bin/time -v "$BIN" build-base --input "$items" --out "$OUT_DIR/bundle-1m" \
+        >"$OUT_DIR/build-1m.log" 2>"$OUT_DIR/build-1m.time" \
+        || { cat "$OUT_DIR/build-1m.time" >&2; die "build-base of 1m failed"; }
+    log "  $(tail -1 "$OUT_DIR/build-1m.log")"
+    wall=$(sed -n 's/.*Elapsed (wall clock) time.*: //p' "$OUT_DIR/build-1m.time")
+    secs=$(python3 -c "
+import sys
+parts = [float(p) for p in sys.argv[1].split(':')]
+s = 0.0
+for p in parts: s = s * 60 + p
+print(f'{s:.2f}')" "$wall")
+    record build 1m - seconds "$secs"
+    record build 1m - peak_rss_mb "$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2 / 1024}' "$OUT_DIR/build-1m.time")"
+    record build 1m - user_s "$(awk -F': ' '/User time/ {print $2}' "$OUT_DIR/build-1m.time")"
+    record build 1m - system_s "$(awk -F': ' '/System time/ {print $2}' "$OUT_DIR/build-1m.time")"
+    record build 1m - bundle_mb "$(du -sm "$OUT_DIR/bundle-1m" | cut -f1)"
+    record build 1m - stages "$(tail -1 "$OUT_DIR/build-1m.log" | sed -n 's/.*(\(.*\))$/\1/p')"
+fi
+record meta all - total_s "$(elapsed "$START" "$(now)")"
+
+# --- summary -------------------------------------------------------------------------------
+python3 - "$RESULTS_TSV" "$OUT_DIR" >"$RESULTS_MD" <<'EOF'
+import collections, pathlib, sys
+
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
+out_dir = pathlib.Path(sys.argv[2])
+v = collections.defaultdict(dict)
+for bench, corpus, conf, metric, value in rows:
+    v[(bench, corpus, conf)][metric] = value
+
+def get(bench, corpus, conf, metric, default="-"):
+    return v.get((bench, corpus, conf), {}).get(metric, default)
+
+def num(x):
+    try:
+        return float(x)
+    except ValueError:
+        return None
+
+def ms(us):
+    x = num(us)
+    return "-" if x is None else f"{x / 1000:.3f}"
+
+meta = v[("meta", "all", "-")]
+print("# deltacache benchmark results\n")
+print(f"- date: {meta.get('date')}; commit {meta.get('git_commit')}")
+print(f"- machine: {meta.get('nproc')} CPUs, {meta.get('cpu')}")
+print(f"- wrk {meta.get('wrk')}, redis {meta.get('redis')}; {meta.get('runs')} runs of "
+      f"{meta.get('duration_s')} s per configuration, median run (by req/s) shown")
+print(f"- total time: {meta.get('total_s')} s\n")
+
+corpora = [c for c in ("10k", "200k") if ("build", c, "-") in v]
+
+print("## HTTP (wrk on the same machine)\n")
+print("| corpus | endpoint | concurrency | req/s | p50 ms | p99 ms | req/s of each run |")
+print("|---|---|---:|---:|---:|---:|---|")
+for c in corpora:
+    for bench, name in (("search", "POST /search top_k=10"), ("items", "GET /items/{id}"),
+                        ("redis_get", "redis GET (redis-benchmark)")):
+        for conf in ("c1", "c32"):
+            if (bench, c, conf) not in v:
+                continue
+            rps = num(get(bench, c, conf, "rps"))
+            print(f"| {c} | {name} | {conf[1:]} | {rps:,.0f} | {ms(get(bench, c, conf, 'p50_us'))} "
+                  f"| {ms(get(bench, c, conf, 'p99_us'))} | {get(bench, c, conf, 'runs_rps')} |")
+print()
+
+print("## Goals\n")
+print("| corpus | goal | measured | met |")
+print("|---|---|---:|---|")
+for c in corpora:
+    factor = 1 if c == "10k" else 2
+    rps = num(get("search", c, "c32", "rps"))
+    goal = 25000 / factor
+    if rps is not None:
+        print(f"| {c} | /search c32 >= {goal:,.0f} req/s | {rps:,.0f} | {'yes' if rps >= goal else 'NO'} |")
+    p50 = num(get("search", c, "c1", "p50_us"))
+    goal = 120 * factor
+    if p50 is not None:
+        print(f"| {c} | /search c1 p50 <= {goal / 1000:.2f} ms | {p50 / 1000:.3f} ms | {'yes' if p50 <= goal else 'NO'} |")
+    ours, redis = num(get("items", c, "c32", "rps")), num(get("redis_get", c, "c32", "rps"))
+    if ours is not None and redis:
+        ratio = ours / redis
+        print(f"| {c} | /items c32 >= 0.7 x redis GET | {ratio:.2f} x ({ours:,.0f} / {redis:,.0f}) | {'yes' if ratio >= 0.7 else 'NO'} |")
+print()
+
+print("## Builds and memory\n")
+print("| corpus | build-base s | bundle MB | peak RSS MB (build) | serve RSS MB ready / after load |")
+print("|---|---:|---:|---:|---|")
+for c in ("10k", "200k", "1m"):
+    if ("build", c, "-") not in v:
+        continue
+    print(f"| {c} | {get('build', c, '-', 'seconds')} | {get('build', c, '-', 'bundle_mb')} "
+          f"| {get('build', c, '-', 'peak_rss_mb')} "
+          f"| {get('serve', c, '-', 'rss_mb_ready')} / {get('serve', c, '-', 'rss_mb_after')} |")
+if ("build", "1m", "-") in v:
+    b = v[("build", "1m", "-")]
+    print(f"\n1m build: user {b.get('user_s')} s, system {b.get('system_s')} s; stages: {b.get('stages')}")
+print()
+
+for c in corpora:
+    f = out_dir / f"stages-{c}.md"
+    if f.exists():
+        print(f"## In-process stages, {c} (cargo bench --bench stages)\n")
+        print(f.read_text().strip())
+        print()
+EOF
+cat "$RESULTS_MD"
+log "results: $RESULTS_MD and $RESULTS_TSV"

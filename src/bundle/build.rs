@@ -1,0 +1,273 @@
+//! `build-base`: items in, bundle out.
+//!
+//! Two streaming passes over the input keep memory bounded by the vocabulary, the set of
+//! ids and the index (which the server holds in memory anyway), never by the raw input:
+//! pass one validates every line, writes the metadata store and counts terms; the model is
+//! fitted (or loaded); pass two embeds every text into the index. Everything is written into
+//! a temporary directory beside the target, fsynced, and renamed into place at the end, so a
+//! failed build leaves no half bundle.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use rusty_leveldb::WriteBatch;
+use sha2::{Digest, Sha256};
+
+use super::items::{ItemFields, ItemReader};
+use super::{
+    BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, Bundle, DB_DIR, INDEX_FILE, MANIFEST_FILE, MODEL_FILE,
+    Manifest, digest_file, list_files,
+};
+use crate::progress::Progress;
+use crate::search::index::VectorIndex;
+use crate::search::tfidf::{FitOptions, StopWords, TermStatistics, TfidfModel};
+use crate::store::{durable, leveldb};
+
+/// Where the model of a new bundle comes from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// Fit on the input's texts.
+    Fit(FitOptions),
+    /// Use a model file (ours, or exported from scikit-learn).
+    File(PathBuf),
+}
+
+/// Everything `build-base` needs.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// JSONL items.
+    pub input: PathBuf,
+    /// The bundle directory to create (must not exist).
+    pub out: PathBuf,
+    /// Dataset name; defaults to the input file's stem.
+    pub dataset: Option<String>,
+    /// Which fields hold id and text.
+    pub fields: ItemFields,
+    /// Fit a model or load one.
+    pub model: ModelSource,
+    /// The delta seq this base already includes.
+    pub seq: u64,
+}
+
+/// What a build did, for the caller to report.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    /// The new bundle's manifest.
+    pub manifest: Manifest,
+    /// Wall time of each stage, in order.
+    pub stage_seconds: Vec<(&'static str, f64)>,
+}
+
+/// Items written to LevelDB per write batch.
+const BATCH_ITEMS: usize = 4096;
+
+/// Builds a bundle. On error nothing is left at `options.out`.
+pub fn build_base(options: &BuildOptions) -> anyhow::Result<BuildReport> {
+    if options.out.exists() {
+        bail!(
+            "output {} already exists: remove it or choose another --out",
+            options.out.display()
+        );
+    }
+    let dataset = match &options.dataset {
+        Some(name) => name.clone(),
+        None => options
+            .input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
+            .with_context(|| {
+                format!(
+                    "cannot derive a dataset name from {}: pass --dataset",
+                    options.input.display()
+                )
+            })?,
+    };
+    let parent = match options.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("create {}", parent.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".deltacache-build-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("create a temporary directory in {}", parent.display()))?;
+    let manifest_and_stages = build_into(options, &dataset, staging.path())?;
+    durable::fsync_tree(staging.path())?;
+    let staging_path = staging.keep();
+    if let Err(error) = durable::rename_durably(&staging_path, &options.out) {
+        let _ = std::fs::remove_dir_all(&staging_path);
+        return Err(error);
+    }
+    Ok(manifest_and_stages)
+}
+
+fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Result<BuildReport> {
+    let mut stage_seconds = Vec::new();
+    let input_len = std::fs::metadata(&options.input)
+        .with_context(|| format!("open items file {}", options.input.display()))?
+        .len();
+
+    // Pass one: validate, store metadata, count terms.
+    let started = Instant::now();
+    let mut stats = match &options.model {
+        ModelSource::Fit(fit) => Some(TermStatistics::new(fit.stop_words.as_ref())?),
+        ModelSource::File(_) => None,
+    };
+    let db_dir = dir.join(DB_DIR);
+    let mut db = leveldb::open_db(&db_dir, true)?;
+    let mut seen: HashMap<Box<str>, usize> = HashMap::new();
+    let mut batch = WriteBatch::default();
+    let mut batch_len = 0;
+    let mut n_items = 0u64;
+    let mut items_hasher = Sha256::new();
+    let mut progress = Progress::bytes("store", input_len);
+    let mut reader = ItemReader::open(&options.input, options.fields.clone())?;
+    while let Some(next) = reader.next() {
+        let (line_no, item) = next?;
+        if let Some(first) = seen.get(item.id.as_str()) {
+            bail!(
+                "{} line {line_no}: duplicate id {:?} (first on line {first}): ids must be unique; remove or rename one of them",
+                options.input.display(),
+                item.id
+            );
+        }
+        seen.insert(item.id.as_str().into(), line_no);
+        if let Some(stats) = stats.as_mut() {
+            stats.add_document(&item.text);
+        }
+        items_hasher.update(item.json.as_bytes());
+        items_hasher.update(b"\n");
+        batch.put(&leveldb::item_key(&item.id), item.json.as_bytes());
+        batch_len += 1;
+        n_items += 1;
+        if batch_len == BATCH_ITEMS {
+            db.write(std::mem::take(&mut batch), false)
+                .map_err(|s| anyhow!("{s}"))
+                .context("write items to LevelDB")?;
+            batch_len = 0;
+            progress.set(reader.bytes_read());
+        }
+    }
+    progress.finish();
+    if n_items == 0 {
+        bail!(
+            "{} holds no items: give a JSONL file with one JSON object per line",
+            options.input.display()
+        );
+    }
+    if batch_len > 0 {
+        db.write(batch, false)
+            .map_err(|s| anyhow!("{s}"))
+            .context("write items to LevelDB")?;
+    }
+    drop(seen);
+    let items_sha256 = hex::encode(items_hasher.finalize());
+    stage_seconds.push(("store", started.elapsed().as_secs_f64()));
+
+    // The model.
+    let started = Instant::now();
+    let model = match (&options.model, stats) {
+        (ModelSource::Fit(fit), Some(stats)) => stats.fit(fit)?,
+        (ModelSource::File(path), _) => TfidfModel::load(path)?,
+        (ModelSource::Fit(_), None) => unreachable!("statistics are gathered when fitting"),
+    };
+    std::fs::write(dir.join(MODEL_FILE), model.to_json()).context("write model.json")?;
+    stage_seconds.push(("model", started.elapsed().as_secs_f64()));
+
+    // Pass two: the index.
+    let started = Instant::now();
+    let mut index = VectorIndex::new(model.n_terms());
+    let mut progress = Progress::bytes("index", input_len);
+    let mut reader = ItemReader::open(&options.input, options.fields.clone())?;
+    let mut n_read = 0u64;
+    while let Some(next) = reader.next() {
+        let (_, item) = next?;
+        index.upsert(&item.id, &model.embed(&item.text))?;
+        n_read += 1;
+        if n_read.is_multiple_of(8192) {
+            progress.set(reader.bytes_read());
+        }
+    }
+    progress.finish();
+    if n_read != n_items {
+        bail!(
+            "{} changed while it was read ({n_items} items, then {n_read}): build from a file nothing writes to",
+            options.input.display()
+        );
+    }
+    index.save(&dir.join(INDEX_FILE))?;
+    drop(index);
+    stage_seconds.push(("index", started.elapsed().as_secs_f64()));
+
+    // Compact and close the store, then drop LevelDB's scratch files.
+    let started = Instant::now();
+    db.compact_range(b"", b"\xff\xff\xff\xff")
+        .map_err(|s| anyhow!("{s}"))
+        .context("compact LevelDB")?;
+    db.close()
+        .map_err(|s| anyhow!("{s}"))
+        .context("close LevelDB")?;
+    drop(db);
+    for scratch in ["LOCK", "LOG", "LOG.old"] {
+        let path = db_dir.join(scratch);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+        }
+    }
+    stage_seconds.push(("compact", started.elapsed().as_secs_f64()));
+
+    // The manifest, last.
+    let started = Instant::now();
+    let mut files = BTreeMap::new();
+    for rel in list_files(dir)? {
+        let digest = digest_file(&dir.join(&rel))?;
+        files.insert(rel, digest);
+    }
+    let manifest = Manifest {
+        format: BUNDLE_FORMAT.into(),
+        format_version: BUNDLE_FORMAT_VERSION,
+        dataset: dataset.to_owned(),
+        seq: options.seq,
+        schema_version: leveldb::SCHEMA_VERSION,
+        model_fingerprint: model.fingerprint().to_owned(),
+        n_terms: model.n_terms(),
+        n_items,
+        id_field: options.fields.id_field.clone(),
+        text_field: options.fields.text_field.clone(),
+        created_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        built_by: format!("deltacache {}", env!("CARGO_PKG_VERSION")),
+        chain_digest: super::base_chain_digest(
+            dataset,
+            options.seq,
+            model.fingerprint(),
+            &items_sha256,
+        ),
+        chain_len: 0,
+        items_sha256,
+        files,
+    };
+    let bytes = serde_json::to_vec_pretty(&manifest).context("encode manifest")?;
+    std::fs::write(dir.join(MANIFEST_FILE), bytes).context("write manifest.json")?;
+    stage_seconds.push(("manifest", started.elapsed().as_secs_f64()));
+    // A bundle that cannot be reopened is not finished.
+    Bundle::open(dir)?;
+    Ok(BuildReport {
+        manifest,
+        stage_seconds,
+    })
+}
+
+/// Parses `--stop-words`.
+pub fn stop_words_setting(value: &str) -> anyhow::Result<Option<StopWords>> {
+    match value {
+        "english" => Ok(Some(StopWords::Named("english".into()))),
+        "none" => Ok(None),
+        other => bail!("--stop-words {other:?} is not supported: use english or none"),
+    }
+}

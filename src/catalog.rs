@@ -1,0 +1,148 @@
+//! A catalog is one loaded, servable version: the model, the vector index and the read
+//! handles of the metadata store, all from the same version. Requests take the current
+//! catalog once ([`CurrentCatalog::load`]) and use it to the end, so a swap never mixes
+//! versions within a request.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwapOption;
+
+use crate::search::index::VectorIndex;
+use crate::search::tfidf::TfidfModel;
+use crate::store::leveldb::MetadataReaders;
+use crate::store::state::{StoreVersion, VersionInfo};
+
+/// One loaded version.
+pub struct Catalog {
+    /// What version this is.
+    pub info: VersionInfo,
+    /// The bundle's model, shared by every version descending from it.
+    model: Arc<TfidfModel>,
+    /// The version's vector index.
+    index: VectorIndex,
+    /// Read handles on clones of the version's metadata store.
+    metadata: MetadataReaders,
+}
+
+/// One search result: the item's id, its score and its stored JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    /// The item's id.
+    pub id: String,
+    /// Cosine similarity to the query.
+    pub score: f32,
+    /// The item's JSON exactly as stored.
+    pub metadata: Vec<u8>,
+}
+
+/// The answer to a search.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SearchOutcome {
+    /// Results, best first.
+    pub hits: Vec<SearchHit>,
+    /// Ids the index returned that the metadata store lacks (skipped).
+    pub missing: usize,
+}
+
+impl Catalog {
+    /// Loads a committed version: reads its index and opens `n_shards` read handles on clones
+    /// made under `reader_dir`.
+    pub fn open(
+        version: &StoreVersion,
+        model: Arc<TfidfModel>,
+        reader_dir: &Path,
+        n_shards: usize,
+    ) -> anyhow::Result<Self> {
+        let index = VectorIndex::load(&version.index_path())?;
+        if index.n_terms() != model.n_terms() {
+            bail!(
+                "index of version {} has dimension {} but the model has {} terms",
+                version.info.name,
+                index.n_terms(),
+                model.n_terms()
+            );
+        }
+        if index.n_items() as u64 != version.info.n_items {
+            bail!(
+                "index of version {} holds {} items but the version records {}",
+                version.info.name,
+                index.n_items(),
+                version.info.n_items
+            );
+        }
+        let metadata = MetadataReaders::open(&version.db_dir(), reader_dir, n_shards)
+            .with_context(|| format!("open read handles on version {}", version.info.name))?;
+        Ok(Catalog {
+            info: version.info.clone(),
+            model,
+            index,
+            metadata,
+        })
+    }
+
+    /// The delta seq this version includes; every answer names it.
+    pub fn seq(&self) -> u64 {
+        self.info.seq
+    }
+
+    /// The model.
+    pub fn model(&self) -> &TfidfModel {
+        &self.model
+    }
+
+    /// The vector index.
+    pub fn index(&self) -> &VectorIndex {
+        &self.index
+    }
+
+    /// Embeds `query_text`, ranks the index, and joins each hit with its metadata.
+    pub fn search(&self, query_text: &str, top_k: usize) -> anyhow::Result<SearchOutcome> {
+        let query = self.model.embed(query_text);
+        let hits = self.index.top_k(&query, top_k);
+        let mut outcome = SearchOutcome {
+            hits: Vec::with_capacity(hits.len()),
+            missing: 0,
+        };
+        for hit in hits {
+            let id = self.index.id(hit.slot);
+            match self.metadata.get(id)? {
+                Some(metadata) => outcome.hits.push(SearchHit {
+                    id: id.to_owned(),
+                    score: hit.score,
+                    metadata,
+                }),
+                None => {
+                    tracing::warn!(id, version = %self.info.name, "indexed item has no metadata");
+                    outcome.missing += 1;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// One item's stored JSON.
+    pub fn get(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        self.metadata.get(id)
+    }
+}
+
+/// The catalog requests are served from: empty until the first version is swapped in.
+#[derive(Default)]
+pub struct CurrentCatalog {
+    /// Many readers, rare writers: one atomic load per request.
+    current: ArcSwapOption<Catalog>,
+}
+
+impl CurrentCatalog {
+    /// The catalog to serve one request from, or `None` before the first swap.
+    pub fn load(&self) -> Option<Arc<Catalog>> {
+        self.current.load_full()
+    }
+
+    /// Makes `catalog` current. The previous one closes when its last request finishes.
+    pub fn swap(&self, catalog: Arc<Catalog>) {
+        self.current.store(Some(catalog));
+    }
+}

@@ -1,0 +1,80 @@
+//! `deltacache build-base`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::bundle::build::{BuildOptions, ModelSource, build_base, stop_words_setting};
+use crate::bundle::items::ItemFields;
+use crate::search::tfidf::FitOptions;
+
+#[derive(Debug, Args)]
+pub(super) struct BuildBaseArgs {
+    /// JSONL items, one JSON object per line; the whole object is the item's metadata.
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+    /// Bundle directory to create; must not exist. Written to a temporary directory beside
+    /// it and renamed into place at the end.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Dataset name that deltas must carry [default: the input file's stem].
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Field holding each item's id (a non-empty string, unique).
+    #[arg(long, default_value = "id")]
+    id_field: String,
+    /// Field holding the text that is embedded (a string).
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// Keep only the N most frequent terms (scikit-learn's max_features) [default: no limit].
+    #[arg(long, value_name = "N", conflicts_with = "sklearn_model")]
+    max_features: Option<usize>,
+    /// Stop words dropped before counting: english (scikit-learn's built-in list) or none.
+    #[arg(long, default_value = "english", value_parser = ["english", "none"], conflicts_with = "sklearn_model")]
+    stop_words: String,
+    /// Use a model exported from scikit-learn by scripts/export_sklearn_vectorizer.py
+    /// instead of fitting one on the input.
+    #[arg(long, value_name = "MODEL.json")]
+    sklearn_model: Option<PathBuf>,
+    /// The delta sequence number this base already includes.
+    #[arg(long, default_value_t = 0)]
+    seq: u64,
+}
+
+pub(super) fn run(args: BuildBaseArgs) -> anyhow::Result<()> {
+    let model = match args.sklearn_model {
+        Some(path) => ModelSource::File(path),
+        None => ModelSource::Fit(FitOptions {
+            max_features: args.max_features,
+            stop_words: stop_words_setting(&args.stop_words)?,
+        }),
+    };
+    let report = build_base(&BuildOptions {
+        input: args.input,
+        out: args.out.clone(),
+        dataset: args.dataset,
+        fields: ItemFields {
+            id_field: args.id_field,
+            text_field: args.text_field,
+        },
+        model,
+        seq: args.seq,
+    })?;
+    let m = &report.manifest;
+    let stages: Vec<String> = report
+        .stage_seconds
+        .iter()
+        .map(|(name, s)| format!("{name} {s:.2}s"))
+        .collect();
+    println!(
+        "built bundle {}: dataset {}, seq {}, {} items, {} terms, model {} ({})",
+        args.out.display(),
+        m.dataset,
+        m.seq,
+        m.n_items,
+        m.n_terms,
+        &m.model_fingerprint[..16],
+        stages.join(", ")
+    );
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! Command-line interface: one file per subcommand. Glue only: parse, call, report.
+
+mod build_base;
+mod demo;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// deltacache: similarity search and metadata lookups from a LevelDB baked into a machine
+/// image, kept fresh by signed deltas.
+#[derive(Debug, Parser)]
+#[command(name = "deltacache", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a bundle (LevelDB metadata store, TF-IDF model, vector index, manifest) from
+    /// JSONL items.
+    BuildBase(build_base::BuildBaseArgs),
+    /// Serve search and lookups over HTTP from a copy-on-write clone of a bundle.
+    Serve(serve::ServeArgs),
+    /// Build a bundle from a built-in sample catalogue and serve it on loopback.
+    Demo(demo::DemoArgs),
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    crate::telemetry::init_logging();
+    match cli.command {
+        Command::BuildBase(args) => build_base::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Demo(args) => demo::run(args),
+    }
+}

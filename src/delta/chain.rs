@@ -1,0 +1,357 @@
+//! Walking and checking a delta chain: the head, then each delta back to where a state
+//! (or a bundle) already is, in the fixed order size cap → signature → digest → parse →
+//! chain checks.
+
+use serde::{Deserialize, Serialize};
+
+use super::format::{DeltaBatch, Head, MAX_HEAD_BYTES, ObjectKind, VerifyError, verify_object};
+use super::keys::TrustedKeys;
+use crate::remote::{DeltaStore, FetchError, delta_name};
+
+/// Where a chain continues from: a bundle, or a state that applied deltas up to `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainPosition {
+    /// Dataset.
+    pub dataset: String,
+    /// The seq already included.
+    pub seq: u64,
+    /// The digest the next delta must name as its parent.
+    pub digest: String,
+    /// The length of that parent object (0 for a bundle built from items).
+    pub len: u64,
+    /// Model fingerprint deltas must be built for.
+    pub model_fingerprint: String,
+    /// The newest store schema version this binary understands.
+    pub max_schema_version: u32,
+}
+
+/// The highest head a state has accepted, remembered across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HeadWatermark {
+    /// Its seq.
+    pub seq: u64,
+    /// Its issue time.
+    pub issued_at: u64,
+}
+
+/// A head whose signature, freshness and binding were checked.
+#[derive(Debug, Clone)]
+pub struct VerifiedHead {
+    /// The head's contents.
+    pub head: Head,
+    /// sha256 of the head object.
+    pub digest: String,
+    /// The store's tag for conditional replacement.
+    pub etag: String,
+}
+
+/// A delta whose signature, digest, parse and chain links were checked.
+#[derive(Debug, Clone)]
+pub struct VerifiedDelta {
+    /// Its seq.
+    pub seq: u64,
+    /// sha256 of the delta object.
+    pub digest: String,
+    /// Length of the delta object.
+    pub len: u64,
+    /// Who signed it.
+    pub key_id: String,
+    /// Its header and records.
+    pub batch: DeltaBatch,
+}
+
+/// Why a head or chain was refused. Each names the object and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// An object failed verification.
+    #[error("{object}: {reason}")]
+    Refused {
+        /// Object name.
+        object: String,
+        /// Why.
+        reason: VerifyError,
+    },
+    /// The head has expired: it may be frozen or replayed.
+    #[error(
+        "head: expired at {expires_at} (now {now}); the publisher must publish or re-sign the head"
+    )]
+    Expired {
+        /// Expiry time.
+        expires_at: u64,
+        /// Now.
+        now: u64,
+    },
+    /// The head is older than one already accepted.
+    #[error(
+        "head: seq {seq} issued at {issued_at} is older than the head already accepted (seq {seen_seq} issued at {seen_issued_at}): refusing a rollback"
+    )]
+    Rollback {
+        /// Offered seq.
+        seq: u64,
+        /// Offered issue time.
+        issued_at: u64,
+        /// Accepted seq.
+        seen_seq: u64,
+        /// Accepted issue time.
+        seen_issued_at: u64,
+    },
+    /// An object the chain names is missing.
+    #[error("{object}: missing from the store; the chain is broken")]
+    Missing {
+        /// Object name.
+        object: String,
+    },
+    /// Another dataset, model or schema than the state's.
+    #[error("{object}: built for {field} {found:?}, but this state has {expected:?}")]
+    Binding {
+        /// Object name.
+        object: String,
+        /// Which binding.
+        field: &'static str,
+        /// What the state has.
+        expected: String,
+        /// What the object has.
+        found: String,
+    },
+    /// A seq out of line.
+    #[error("{object}: {message}")]
+    Sequence {
+        /// Object name.
+        object: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A parent digest that does not match.
+    #[error(
+        "{object}: parent digest {found} does not match {expected}, the digest of what it must follow"
+    )]
+    ParentMismatch {
+        /// Object name.
+        object: String,
+        /// What the state or previous delta has.
+        expected: String,
+        /// What the delta names.
+        found: String,
+    },
+}
+
+/// Reads and verifies the head: cap, signature, parse, binding, freshness, watermark.
+/// `Ok(None)` when no head has been published yet.
+pub async fn fetch_head(
+    store: &DeltaStore,
+    trusted: &TrustedKeys,
+    position: &ChainPosition,
+    watermark: Option<HeadWatermark>,
+    now: u64,
+    allow_expired: bool,
+) -> Result<Option<VerifiedHead>, ChainError> {
+    let Some(fetched) = store.get_head(MAX_HEAD_BYTES).await? else {
+        return Ok(None);
+    };
+    let head = verify_head_bytes(
+        &fetched.bytes,
+        trusted,
+        position,
+        watermark,
+        now,
+        allow_expired,
+    )?;
+    Ok(Some(VerifiedHead {
+        head: head.0,
+        digest: head.1,
+        etag: fetched.etag,
+    }))
+}
+
+/// The checks of [`fetch_head`] on bytes already fetched.
+pub fn verify_head_bytes(
+    bytes: &[u8],
+    trusted: &TrustedKeys,
+    position: &ChainPosition,
+    watermark: Option<HeadWatermark>,
+    now: u64,
+    allow_expired: bool,
+) -> Result<(Head, String), ChainError> {
+    let refused = |reason| ChainError::Refused {
+        object: "head".into(),
+        reason,
+    };
+    let verified =
+        verify_object(bytes, ObjectKind::Head, MAX_HEAD_BYTES, None, trusted).map_err(refused)?;
+    let head = Head::parse(verified.body).map_err(refused)?;
+    check_binding("head", "dataset", &position.dataset, &head.dataset)?;
+    check_binding(
+        "head",
+        "model fingerprint",
+        &position.model_fingerprint,
+        &head.model_fingerprint,
+    )?;
+    if !allow_expired && head.expires_at <= now {
+        return Err(ChainError::Expired {
+            expires_at: head.expires_at,
+            now,
+        });
+    }
+    if let Some(seen) = watermark
+        && (head.seq < seen.seq || (head.seq == seen.seq && head.issued_at < seen.issued_at))
+    {
+        return Err(ChainError::Rollback {
+            seq: head.seq,
+            issued_at: head.issued_at,
+            seen_seq: seen.seq,
+            seen_issued_at: seen.issued_at,
+        });
+    }
+    Ok((head, verified.digest))
+}
+
+fn check_binding(
+    object: &str,
+    field: &'static str,
+    expected: &str,
+    found: &str,
+) -> Result<(), ChainError> {
+    if expected != found {
+        return Err(ChainError::Binding {
+            object: object.to_owned(),
+            field,
+            expected: expected.to_owned(),
+            found: found.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Verifies one delta's bytes against what its successor (or the head) states.
+pub fn verify_delta_bytes(
+    bytes: &[u8],
+    seq: u64,
+    digest: &str,
+    stated_len: u64,
+    max_delta_bytes: u64,
+    trusted: &TrustedKeys,
+    position: &ChainPosition,
+) -> Result<VerifiedDelta, ChainError> {
+    let object = delta_name(seq, digest);
+    let refused = |reason| ChainError::Refused {
+        object: object.clone(),
+        reason,
+    };
+    let cap = stated_len.min(max_delta_bytes);
+    let verified =
+        verify_object(bytes, ObjectKind::Delta, cap, Some(digest), trusted).map_err(refused)?;
+    let batch = DeltaBatch::parse(verified.body).map_err(refused)?;
+    let header = &batch.header;
+    check_binding(&object, "dataset", &position.dataset, &header.dataset)?;
+    check_binding(
+        &object,
+        "model fingerprint",
+        &position.model_fingerprint,
+        &header.model_fingerprint,
+    )?;
+    if header.schema_version > position.max_schema_version {
+        return Err(ChainError::Binding {
+            object,
+            field: "schema version",
+            expected: format!("at most {}", position.max_schema_version),
+            found: header.schema_version.to_string(),
+        });
+    }
+    if header.seq != seq {
+        return Err(ChainError::Sequence {
+            object,
+            message: format!(
+                "claims seq {} but the chain places it at seq {seq}",
+                header.seq
+            ),
+        });
+    }
+    Ok(VerifiedDelta {
+        seq,
+        digest: verified.digest,
+        len: bytes.len() as u64,
+        key_id: verified.key_id.to_string(),
+        batch,
+    })
+}
+
+/// Fetches and verifies every delta after `position` up to the head, walking back from the
+/// head by parent digests. Returned in apply order (oldest first). Every delta is held in
+/// memory; each is capped at the length its successor states and `max_delta_bytes`.
+pub async fn fetch_chain(
+    store: &DeltaStore,
+    trusted: &TrustedKeys,
+    head: &Head,
+    position: &ChainPosition,
+    max_delta_bytes: u64,
+) -> Result<Vec<VerifiedDelta>, ChainError> {
+    if head.seq < position.seq {
+        return Ok(Vec::new());
+    }
+    if head.seq == position.seq {
+        if head.delta_digest != position.digest {
+            return Err(ChainError::ParentMismatch {
+                object: "head".into(),
+                expected: position.digest.clone(),
+                found: head.delta_digest.clone(),
+            });
+        }
+        return Ok(Vec::new());
+    }
+    let mut chain: Vec<VerifiedDelta> = Vec::new();
+    let (mut seq, mut digest, mut len) = (head.seq, head.delta_digest.clone(), head.delta_len);
+    loop {
+        let object = delta_name(seq, &digest);
+        let bytes = store
+            .get_delta(seq, &digest, len.min(max_delta_bytes))
+            .await?
+            .ok_or_else(|| ChainError::Missing {
+                object: object.clone(),
+            })?;
+        let delta = verify_delta_bytes(
+            &bytes,
+            seq,
+            &digest,
+            len,
+            max_delta_bytes,
+            trusted,
+            position,
+        )?;
+        let header = &delta.batch.header;
+        let parent_seq = header.parent_seq;
+        if parent_seq >= seq {
+            return Err(ChainError::Sequence {
+                object,
+                message: format!("duplicate seq: it follows seq {parent_seq}, not an earlier one"),
+            });
+        }
+        if parent_seq + 1 != seq {
+            return Err(ChainError::Sequence {
+                object,
+                message: format!(
+                    "seq gap: it follows seq {parent_seq}, so seqs {}..{seq} are missing",
+                    parent_seq + 1
+                ),
+            });
+        }
+        let (next_seq, next_digest, next_len) =
+            (parent_seq, header.parent_digest.clone(), header.parent_len);
+        chain.push(delta);
+        if next_seq <= position.seq {
+            if next_seq < position.seq || next_digest != position.digest {
+                return Err(ChainError::ParentMismatch {
+                    object,
+                    expected: position.digest.clone(),
+                    found: next_digest,
+                });
+            }
+            break;
+        }
+        (seq, digest, len) = (next_seq, next_digest, next_len);
+    }
+    chain.reverse();
+    Ok(chain)
+}

@@ -1,0 +1,393 @@
+//! `publish-delta`: changes in, the next signed delta and head out.
+//!
+//! Order of writes, so that a publisher killed at any point never leaves a head pointing at
+//! a missing or partial delta: (1) the delta object, created only if absent, under a name
+//! carrying its digest; (2) the head, replaced only if it is still the head that was read.
+//! Two publishers racing both write their own delta objects; exactly one head swap wins and
+//! the loser removes its unreferenced delta and publishes nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+
+use super::chain::{fetch_chain, fetch_head};
+use super::format::{
+    DEFAULT_MAX_DELTA_BYTES, DeltaBatch, DeltaHeader, DeltaRecord, Head, digest_hex,
+};
+use super::keys::{PublisherKey, TrustedKeys};
+use crate::bundle::items::{ItemFields, ItemReader, parse_item};
+use crate::bundle::{Bundle, INDEX_FILE};
+use crate::progress::Progress;
+use crate::remote::{DeltaStore, HeadCondition, PutError, RemoteSettings};
+use crate::search::index::VectorIndex;
+
+/// Where the changes come from.
+#[derive(Debug, Clone)]
+pub enum ChangeSource {
+    /// A changes file: JSONL of `{"op":"put","item":{...}}` and `{"op":"delete","id":"..."}`.
+    Changes(PathBuf),
+    /// The difference between two JSONL snapshots of the catalogue.
+    Diff {
+        /// The older snapshot.
+        old: PathBuf,
+        /// The newer snapshot.
+        new: PathBuf,
+    },
+}
+
+/// Everything `publish-delta` needs.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// The delta store URL.
+    pub store: String,
+    /// The publisher's secret key file.
+    pub key: PathBuf,
+    /// Extra trusted keys for reading the current head (the key's own public half is always
+    /// trusted).
+    pub trusted_keys: Option<PathBuf>,
+    /// The bundle the chain starts from.
+    pub bundle: PathBuf,
+    /// The changes.
+    pub changes: ChangeSource,
+    /// How long the new head stays valid.
+    pub expires_in: Duration,
+    /// Report what would change and publish nothing.
+    pub dry_run: bool,
+    /// Remote timeouts and retries.
+    pub remote: RemoteSettings,
+}
+
+/// What a publish did (or would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    /// The new delta's seq.
+    pub seq: u64,
+    /// Its digest (empty on a dry run with nothing to do).
+    pub digest: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Puts of ids not present before.
+    pub adds: u64,
+    /// Puts of ids present before.
+    pub updates: u64,
+    /// Deletes of present ids.
+    pub deletes: u64,
+    /// Ids left as they were (diff only).
+    pub unchanged: u64,
+    /// Deletes of ids in neither the bundle nor any earlier delta (dropped, with a warning).
+    pub unknown_deletes: u64,
+    /// Whether nothing was published.
+    pub dry_run: bool,
+}
+
+/// Publishes the next delta.
+pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> {
+    let key = PublisherKey::load(&options.key)?;
+    let mut trusted = match &options.trusted_keys {
+        Some(path) => TrustedKeys::load(path)?,
+        None => TrustedKeys::default(),
+    };
+    trusted.add(key.verifying_key());
+    let bundle = Bundle::open(&options.bundle)?;
+    let fields = ItemFields {
+        id_field: bundle.manifest.id_field.clone(),
+        text_field: bundle.manifest.text_field.clone(),
+    };
+    let position = bundle.chain_position();
+    let store = DeltaStore::open(&options.store, &options.remote).await?;
+
+    // The chain as it stands: verified head, every delta since the bundle, and so the set of
+    // ids that exist now.
+    let now = now_secs();
+    let head = fetch_head(&store, &trusted, &position, None, now, true)
+        .await
+        .with_context(|| format!("read the head of {}", store.describe()))?;
+    let mut live_ids = bundle_ids(&bundle)?;
+    let (seq, parent_digest, parent_len, parent_seq) = match &head {
+        Some(head) => {
+            if head.head.seq < position.seq {
+                bail!(
+                    "the head of {} is at seq {} but bundle {} already includes seq {}: publish against the bundle the chain started from",
+                    store.describe(),
+                    head.head.seq,
+                    options.bundle.display(),
+                    position.seq
+                );
+            }
+            let chain = fetch_chain(
+                &store,
+                &trusted,
+                &head.head,
+                &position,
+                DEFAULT_MAX_DELTA_BYTES,
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "verify the chain of {} from bundle seq {}",
+                    store.describe(),
+                    position.seq
+                )
+            })?;
+            for delta in &chain {
+                for record in &delta.batch.records {
+                    match record {
+                        DeltaRecord::Put { item } => {
+                            let item = parse_item(item.get(), &fields)
+                                .with_context(|| format!("a put in delta seq {}", delta.seq))?;
+                            live_ids.insert(item.id);
+                        }
+                        DeltaRecord::Delete { id } => {
+                            live_ids.remove(id);
+                        }
+                    }
+                }
+            }
+            (
+                head.head.seq + 1,
+                head.head.delta_digest.clone(),
+                head.head.delta_len,
+                head.head.seq,
+            )
+        }
+        None => (
+            position.seq + 1,
+            position.digest.clone(),
+            position.len,
+            position.seq,
+        ),
+    };
+
+    let mut report = PublishReport {
+        seq,
+        dry_run: options.dry_run,
+        ..Default::default()
+    };
+    let records = match &options.changes {
+        ChangeSource::Changes(path) => read_changes(path, &fields, &live_ids, &mut report)?,
+        ChangeSource::Diff { old, new } => {
+            diff_snapshots(old, new, &fields, &live_ids, &mut report)?
+        }
+    };
+    if records.is_empty() {
+        if options.dry_run {
+            return Ok(report);
+        }
+        bail!("nothing to publish: the changes leave the catalogue as it is");
+    }
+    let batch = DeltaBatch {
+        header: DeltaHeader {
+            dataset: position.dataset.clone(),
+            seq,
+            parent_seq,
+            parent_digest,
+            parent_len,
+            created_at: now,
+            model_fingerprint: position.model_fingerprint.clone(),
+            schema_version: bundle.manifest.schema_version,
+            n_records: records.len() as u64,
+            records_len: 0,
+        },
+        records,
+    };
+    let delta = batch.sign(&key)?;
+    report.digest = digest_hex(&delta);
+    report.bytes = delta.len() as u64;
+    if options.dry_run {
+        return Ok(report);
+    }
+    match store.put_delta(seq, &report.digest, &delta).await {
+        Ok(()) => {}
+        Err(PutError::Conflict { name }) => bail!(
+            "{name} already exists: an identical delta was published concurrently; nothing more to do"
+        ),
+        Err(PutError::Other(error)) => return Err(error.context("upload the delta")),
+    }
+    let new_head = Head {
+        dataset: position.dataset.clone(),
+        seq,
+        delta_digest: report.digest.clone(),
+        delta_len: report.bytes,
+        model_fingerprint: position.model_fingerprint.clone(),
+        issued_at: now,
+        expires_at: now + options.expires_in.as_secs(),
+    };
+    let condition = match &head {
+        Some(head) => HeadCondition::Matches(head.etag.clone()),
+        None => HeadCondition::Absent,
+    };
+    match store.put_head(&new_head.sign(&key), condition).await {
+        Ok(()) => Ok(report),
+        Err(PutError::Conflict { .. }) => {
+            if let Err(error) = store.remove_unreferenced_delta(seq, &report.digest).await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "remove the unreferenced delta of a lost race"
+                );
+            }
+            bail!(
+                "another publisher moved the head of {} while this one published seq {seq}: nothing was published; re-run to publish on top of it",
+                store.describe()
+            )
+        }
+        Err(PutError::Other(error)) => Err(error.context("replace the head")),
+    }
+}
+
+/// Re-signs the current head with a new expiry (for a chain with no changes to publish).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn bundle_ids(bundle: &Bundle) -> anyhow::Result<HashSet<String>> {
+    let index = VectorIndex::load(&bundle.dir.join(INDEX_FILE))?;
+    Ok((0..index.n_items() as u32)
+        .map(|slot| index.id(slot).to_owned())
+        .collect())
+}
+
+/// Reads a changes file; the last operation on an id wins.
+fn read_changes(
+    path: &std::path::Path,
+    fields: &ItemFields,
+    live_ids: &HashSet<String>,
+    report: &mut PublishReport,
+) -> anyhow::Result<Vec<DeltaRecord>> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("open changes file {}", path.display()))?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut progress = Progress::bytes("changes", total);
+    let mut position_of: HashMap<String, usize> = HashMap::new();
+    let mut records: Vec<(String, DeltaRecord)> = Vec::new();
+    let mut read = 0u64;
+    for (line_idx, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line_no = line_idx + 1;
+        let line =
+            line.with_context(|| format!("{} line {line_no}: not UTF-8 text", path.display()))?;
+        read += line.len() as u64 + 1;
+        if line_no.is_multiple_of(4096) {
+            progress.set(read);
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = DeltaRecord::from_json(line.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{} line {line_no}: {e}", path.display()))?;
+        let id = match &record {
+            DeltaRecord::Put { item } => {
+                parse_item(item.get(), fields)
+                    .map_err(|e| anyhow::anyhow!("{} line {line_no}: item: {e}", path.display()))?
+                    .id
+            }
+            DeltaRecord::Delete { id } => id.clone(),
+        };
+        match position_of.get(&id) {
+            Some(&at) => records[at].1 = record,
+            None => {
+                position_of.insert(id.clone(), records.len());
+                records.push((id, record));
+            }
+        }
+    }
+    progress.finish();
+    let mut kept = Vec::with_capacity(records.len());
+    for (id, record) in records {
+        match (&record, live_ids.contains(&id)) {
+            (DeltaRecord::Put { .. }, true) => report.updates += 1,
+            (DeltaRecord::Put { .. }, false) => report.adds += 1,
+            (DeltaRecord::Delete { .. }, true) => report.deletes += 1,
+            (DeltaRecord::Delete { .. }, false) => {
+                tracing::warn!(
+                    id,
+                    "delete of an id that is in neither the bundle nor any earlier delta; dropped"
+                );
+                report.unknown_deletes += 1;
+                continue;
+            }
+        }
+        kept.push(record);
+    }
+    Ok(kept)
+}
+
+/// Puts and deletes that turn snapshot `old` into snapshot `new`. Memory holds one digest per
+/// id of `old`, never the items themselves.
+fn diff_snapshots(
+    old: &std::path::Path,
+    new: &std::path::Path,
+    fields: &ItemFields,
+    live_ids: &HashSet<String>,
+    report: &mut PublishReport,
+) -> anyhow::Result<Vec<DeltaRecord>> {
+    let mut old_items: HashMap<String, [u8; 32]> = HashMap::new();
+    for next in ItemReader::open(old, fields.clone())? {
+        let (line_no, item) = next?;
+        if old_items
+            .insert(item.id.clone(), Sha256::digest(item.json.as_bytes()).into())
+            .is_some()
+        {
+            bail!(
+                "{} line {line_no}: duplicate id {:?}",
+                old.display(),
+                item.id
+            );
+        }
+    }
+    let total = std::fs::metadata(new).map(|m| m.len()).unwrap_or(0);
+    let mut progress = Progress::bytes("diff", total);
+    let mut records = Vec::new();
+    let mut seen_new: HashSet<String> = HashSet::new();
+    let mut reader = ItemReader::open(new, fields.clone())?;
+    while let Some(next) = reader.next() {
+        let (line_no, item) = next?;
+        if !seen_new.insert(item.id.clone()) {
+            bail!(
+                "{} line {line_no}: duplicate id {:?}",
+                new.display(),
+                item.id
+            );
+        }
+        let digest: [u8; 32] = Sha256::digest(item.json.as_bytes()).into();
+        match old_items.get(&item.id) {
+            Some(old_digest) if *old_digest == digest => {
+                report.unchanged += 1;
+                continue;
+            }
+            Some(_) => report.updates += 1,
+            None => report.adds += 1,
+        }
+        let raw = serde_json::value::RawValue::from_string(item.json)
+            .with_context(|| format!("{} line {line_no}", new.display()))?;
+        records.push(DeltaRecord::Put { item: raw });
+        if line_no.is_multiple_of(4096) {
+            progress.set(reader.bytes_read());
+        }
+    }
+    progress.finish();
+    let mut deletes: Vec<&String> = old_items
+        .keys()
+        .filter(|id| !seen_new.contains(*id))
+        .collect();
+    deletes.sort();
+    for id in deletes {
+        if live_ids.contains(id) {
+            report.deletes += 1;
+        } else {
+            report.unknown_deletes += 1;
+            tracing::warn!(
+                id,
+                "delete of an id that is in neither the bundle nor any earlier delta; dropped"
+            );
+            continue;
+        }
+        records.push(DeltaRecord::Delete { id: id.clone() });
+    }
+    Ok(records)
+}

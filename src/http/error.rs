@@ -1,0 +1,127 @@
+//! The error shape every answer shares, and the JSON body extractor that maps every
+//! rejection to it.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+/// An error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// What was wrong and what to do, for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400: the body is not what the route takes.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 422: well-formed but out of range.
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 503 before the first version is swapped in.
+    pub fn not_ready() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "no data version is loaded yet; retry shortly",
+        )
+    }
+
+    /// 500: the cause is logged here, once; the answer stays generic.
+    pub fn internal(error: anyhow::Error) -> Self {
+        tracing::error!(error = format!("{error:#}"), "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the cause is in the server log",
+        )
+    }
+
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// A JSON request body. Any `Content-Type` is accepted (clients of the service this
+/// replaces do not all send one); errors name the field.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "request body is larger than {} bytes",
+                        super::MAX_BODY_BYTES
+                    ),
+                )
+            } else {
+                ApiError::bad_request("unreadable_body", rejection.body_text())
+            }
+        })?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.inner();
+            if inner.is_syntax() || inner.is_eof() {
+                ApiError::bad_request(
+                    "invalid_json",
+                    format!("request body is not valid JSON: {inner}"),
+                )
+            } else if path == "." {
+                ApiError::bad_request("invalid_field", format!("{inner}"))
+            } else {
+                ApiError::bad_request("invalid_field", format!("field `{path}`: {inner}"))
+            }
+        })?;
+        deserializer.end().map_err(|error| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("request body is not valid JSON: {error}"),
+            )
+        })?;
+        Ok(JsonBody(value))
+    }
+}

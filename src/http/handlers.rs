@@ -1,0 +1,215 @@
+//! Route handlers: parse, call the catalog, map errors. No logic of their own.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::error::{ApiError, JsonBody};
+use super::{AppState, DATA_VERSION_HEADER};
+use crate::catalog::Catalog;
+
+/// The most results one search may ask for.
+pub const MAX_TOP_K: i64 = 1000;
+/// The most ids one batch lookup may ask for.
+pub const MAX_BATCH_IDS: usize = 1000;
+
+/// `POST /search` body: the shape the service this replaces takes.
+#[derive(Debug, Deserialize)]
+pub struct SearchRequest {
+    /// The text to search for.
+    query_text: String,
+    /// How many results, 1..=1000; default 5.
+    #[serde(default)]
+    top_k: Option<i64>,
+}
+
+/// `POST /items/batch` body.
+#[derive(Debug, Deserialize)]
+pub struct BatchRequest {
+    /// Ids to look up, at most [`MAX_BATCH_IDS`].
+    ids: Vec<String>,
+}
+
+fn current(state: &AppState) -> Result<Arc<Catalog>, ApiError> {
+    state.catalog.load().ok_or_else(ApiError::not_ready)
+}
+
+/// A JSON response written from bytes, naming the version it was served from.
+fn json_bytes(status: StatusCode, body: Vec<u8>, seq: u64) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(DATA_VERSION_HEADER, HeaderValue::from(seq));
+    response
+}
+
+pub(super) async fn search(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<SearchRequest>,
+) -> Result<Response, ApiError> {
+    let top_k = request.top_k.unwrap_or(5);
+    if !(1..=MAX_TOP_K).contains(&top_k) {
+        return Err(ApiError::unprocessable(
+            "top_k_out_of_range",
+            format!("field `top_k` must be between 1 and {MAX_TOP_K}, got {top_k}"),
+        ));
+    }
+    let catalog = current(&state)?;
+    let outcome = catalog
+        .search(&request.query_text, top_k as usize)
+        .map_err(ApiError::internal)?;
+    metrics::counter!("deltacache_items_served_total").increment(outcome.hits.len() as u64);
+    // The stored JSON is written out as it is: no re-parsing on the hot path.
+    let mut body = Vec::with_capacity(
+        64 + outcome
+            .hits
+            .iter()
+            .map(|h| h.metadata.len() + 64)
+            .sum::<usize>(),
+    );
+    body.extend_from_slice(b"{\"results\":[");
+    for (hit_idx, hit) in outcome.hits.iter().enumerate() {
+        if hit_idx > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"id\":");
+        serde_json::to_writer(&mut body, &hit.id).map_err(|e| ApiError::internal(e.into()))?;
+        let _ = write!(body, ",\"score\":{},\"metadata\":", hit.score);
+        body.extend_from_slice(&hit.metadata);
+        body.push(b'}');
+    }
+    let _ = write!(
+        body,
+        "],\"missing\":{},\"data_version\":{}}}",
+        outcome.missing,
+        catalog.seq()
+    );
+    Ok(json_bytes(StatusCode::OK, body, catalog.seq()))
+}
+
+pub(super) async fn item(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let catalog = current(&state)?;
+    match catalog.get(&id).map_err(ApiError::internal)? {
+        Some(metadata) => {
+            metrics::counter!("deltacache_items_served_total").increment(1);
+            Ok(json_bytes(StatusCode::OK, metadata, catalog.seq()))
+        }
+        None => {
+            let mut response =
+                ApiError::not_found(format!("no item with id {id:?}")).into_response();
+            response
+                .headers_mut()
+                .insert(DATA_VERSION_HEADER, HeaderValue::from(catalog.seq()));
+            Ok(response)
+        }
+    }
+}
+
+pub(super) async fn items_batch(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<BatchRequest>,
+) -> Result<Response, ApiError> {
+    if request.ids.len() > MAX_BATCH_IDS {
+        return Err(ApiError::unprocessable(
+            "too_many_ids",
+            format!(
+                "field `ids` holds {} ids; at most {MAX_BATCH_IDS} per request",
+                request.ids.len()
+            ),
+        ));
+    }
+    let catalog = current(&state)?;
+    let mut body = Vec::new();
+    body.extend_from_slice(b"{\"items\":[");
+    let mut missing = Vec::new();
+    let mut n_found = 0usize;
+    for id in &request.ids {
+        match catalog.get(id).map_err(ApiError::internal)? {
+            Some(metadata) => {
+                if n_found > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&metadata);
+                n_found += 1;
+            }
+            None => missing.push(id),
+        }
+    }
+    metrics::counter!("deltacache_items_served_total").increment(n_found as u64);
+    body.extend_from_slice(b"],\"missing\":");
+    serde_json::to_writer(&mut body, &missing).map_err(|e| ApiError::internal(e.into()))?;
+    let _ = write!(body, ",\"data_version\":{}}}", catalog.seq());
+    Ok(json_bytes(StatusCode::OK, body, catalog.seq()))
+}
+
+pub(super) async fn livez() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "alive"}))
+}
+
+pub(super) async fn readyz(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let catalog = current(&state)?;
+    Ok(Json(
+        serde_json::json!({"status": "ready", "data_version": catalog.seq()}),
+    ))
+}
+
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(catalog) = state.catalog.load() {
+        metrics::gauge!("deltacache_current_seq").set(catalog.seq() as f64);
+        metrics::gauge!("deltacache_items").set(catalog.index().n_items() as f64);
+    }
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let uptime = state.started.elapsed().as_secs_f64();
+    let bundle = state.bundle_dir.display().to_string();
+    Json(match state.catalog.load() {
+        Some(catalog) => serde_json::json!({
+            "ready": true,
+            "dataset": catalog.info.dataset,
+            "seq": catalog.seq(),
+            "version": catalog.info.name,
+            "n_items": catalog.index().n_items(),
+            "model_fingerprint": catalog.model().fingerprint(),
+            "n_terms": catalog.model().n_terms(),
+            "bundle": bundle,
+            "uptime_seconds": uptime,
+        }),
+        None => serde_json::json!({
+            "ready": false,
+            "bundle": bundle,
+            "uptime_seconds": uptime,
+        }),
+    })
+}
+
+pub(super) async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see the README for the API")
+}
+
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "this route does not take that method".into(),
+    }
+}

@@ -1,0 +1,160 @@
+//! A delta store in a local directory.
+//!
+//! Deltas are created exclusively (written to a temporary file, fsynced, then hard-linked to
+//! their name, which fails if the name exists). The head is replaced under an `flock` on
+//! `.lock`: read, compare its digest with the expected tag, write a temporary file, fsync,
+//! rename, fsync the directory.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::{FetchError, Fetched, HeadCondition, PutError};
+use crate::store::durable;
+
+/// A directory holding a delta chain.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    /// The root directory.
+    root: PathBuf,
+}
+
+impl FileStore {
+    /// Opens (creating if needed) a store directory.
+    pub fn open(root: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(root.join("deltas"))
+            .with_context(|| format!("create delta store {}", root.display()))?;
+        Ok(FileStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The store's URL.
+    pub fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    /// The root directory (watched for changes by the follower).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(super) async fn get(&self, name: &str, cap: u64) -> Result<Option<Fetched>, FetchError> {
+        let path = self.root.join(name);
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    return Err(FetchError::Unavailable {
+                        name,
+                        message: e.to_string(),
+                    });
+                }
+            };
+            let mut bytes = Vec::new();
+            file.take(cap + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| FetchError::Unavailable {
+                    name: name.clone(),
+                    message: e.to_string(),
+                })?;
+            if bytes.len() as u64 > cap {
+                return Err(FetchError::Oversize { name, cap });
+            }
+            let etag = crate::delta::format::digest_hex(&bytes);
+            Ok(Some(Fetched { bytes, etag }))
+        })
+        .await
+        .map_err(|e| FetchError::Unavailable {
+            name: "read task".into(),
+            message: e.to_string(),
+        })?
+    }
+
+    pub(super) async fn create(&self, name: &str, bytes: &[u8]) -> Result<(), PutError> {
+        let path = self.root.join(name);
+        let bytes = bytes.to_vec();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let dir = path.parent().context("delta path has a parent")?;
+            let tmp =
+                tempfile::NamedTempFile::new_in(dir).context("create a temporary delta file")?;
+            std::fs::write(tmp.path(), &bytes).context("write delta")?;
+            durable::fsync_path(tmp.path())?;
+            match std::fs::hard_link(tmp.path(), &path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(PutError::Conflict { name });
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::from(e)
+                        .context(format!("create {}", path.display()))
+                        .into());
+                }
+            }
+            durable::fsync_path(dir)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| PutError::Other(e.into()))?
+    }
+
+    pub(super) async fn put_head(
+        &self,
+        bytes: &[u8],
+        condition: HeadCondition,
+    ) -> Result<(), PutError> {
+        let root = self.root.clone();
+        let bytes = bytes.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let lock_path = root.join(".lock");
+            let lock = std::fs::File::create(&lock_path)
+                .with_context(|| format!("create {}", lock_path.display()))?;
+            lock_blocking(&lock).with_context(|| format!("lock {}", lock_path.display()))?;
+            let head = root.join(super::HEAD_NAME);
+            let current = match std::fs::read(&head) {
+                Ok(current) => Some(crate::delta::format::digest_hex(&current)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(anyhow::Error::from(e)
+                        .context(format!("read {}", head.display()))
+                        .into());
+                }
+            };
+            let holds = match (&condition, &current) {
+                (HeadCondition::Absent, None) => true,
+                (HeadCondition::Matches(expected), Some(current)) => expected == current,
+                _ => false,
+            };
+            if !holds {
+                return Err(PutError::Conflict {
+                    name: super::HEAD_NAME.into(),
+                });
+            }
+            durable::write_atomically(&head, &bytes)?;
+            drop(lock);
+            Ok(())
+        })
+        .await
+        .map_err(|e| PutError::Other(e.into()))?
+    }
+
+    pub(super) async fn remove(&self, name: &str) -> anyhow::Result<()> {
+        let path = self.root.join(name);
+        std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))
+    }
+}
+
+fn lock_blocking(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor borrowed for the duration of the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,189 @@
+//! A delta store on S3 or an S3-compatible server, through `aws-sdk-s3`.
+//!
+//! Credentials and region come from the default provider chain (environment, profile,
+//! instance profile via IMDSv2). An endpoint override (`AWS_ENDPOINT_URL`, or the setting)
+//! points it at an S3-compatible server and turns on path-style addressing by default.
+//! Deltas are created with `If-None-Match: *`; the head is replaced with `If-Match: <ETag>`
+//! (or `If-None-Match: *` when there is none yet).
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::Region;
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+
+use super::{FetchError, Fetched, HeadCondition, PutError, RemoteSettings};
+
+/// A bucket and prefix holding a delta chain.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    /// The SDK client (pooled connections, retries, timeouts).
+    client: Client,
+    /// The bucket.
+    bucket: String,
+    /// Key prefix without a trailing slash ("" for the bucket's root).
+    prefix: String,
+}
+
+impl S3Store {
+    /// Builds the client from the default provider chain plus `settings`.
+    pub async fn open(
+        bucket: &str,
+        prefix: &str,
+        settings: &RemoteSettings,
+    ) -> anyhow::Result<Self> {
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(settings.connect_timeout)
+                    .operation_timeout(settings.operation_timeout)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)))
+            .load()
+            .await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared);
+        let endpoint = settings
+            .endpoint_url
+            .clone()
+            .or_else(|| shared.endpoint_url().map(str::to_owned));
+        if let Some(endpoint) = &endpoint {
+            builder = builder
+                .endpoint_url(endpoint)
+                .force_path_style(settings.force_path_style.unwrap_or(true));
+        } else if let Some(path_style) = settings.force_path_style {
+            builder = builder.force_path_style(path_style);
+        }
+        if shared.region().is_none() {
+            builder = builder.region(Region::new("us-east-1"));
+        }
+        Ok(S3Store {
+            client: Client::from_conf(builder.build()),
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}/{name}", self.prefix)
+        }
+    }
+
+    /// The store's URL.
+    pub fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    pub(super) async fn get(&self, name: &str, cap: u64) -> Result<Option<Fetched>, FetchError> {
+        let key = self.key(name);
+        let unavailable = |message: String| FetchError::Unavailable {
+            name: key.clone(),
+            message,
+        };
+        let output = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(output) => output,
+            Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
+            Err(e) => return Err(unavailable(DisplayErrorContext(e).to_string())),
+        };
+        if let Some(len) = output.content_length()
+            && len as u64 > cap
+        {
+            return Err(FetchError::Oversize { name: key, cap });
+        }
+        let etag = output.e_tag().unwrap_or_default().to_owned();
+        let mut body = output.body;
+        let mut bytes = Vec::new();
+        // The cap holds even when the server sends no Content-Length (or lies about it).
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| unavailable(DisplayErrorContext(e).to_string()))?
+        {
+            if (bytes.len() + chunk.len()) as u64 > cap {
+                return Err(FetchError::Oversize { name: key, cap });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Some(Fetched { bytes, etag }))
+    }
+
+    pub(super) async fn create(&self, name: &str, bytes: &[u8]) -> Result<(), PutError> {
+        let key = self.key(name);
+        let result = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .if_none_match("*")
+            .body(ByteStream::from(bytes.to_vec()))
+            .send()
+            .await;
+        map_put(result, key)
+    }
+
+    pub(super) async fn put_head(
+        &self,
+        bytes: &[u8],
+        condition: HeadCondition,
+    ) -> Result<(), PutError> {
+        let key = self.key(super::HEAD_NAME);
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .body(ByteStream::from(bytes.to_vec()));
+        let request = match condition {
+            HeadCondition::Absent => request.if_none_match("*"),
+            HeadCondition::Matches(etag) => request.if_match(etag),
+        };
+        map_put(request.send().await, key)
+    }
+
+    pub(super) async fn remove(&self, name: &str) -> anyhow::Result<()> {
+        let key = self.key(name);
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("delete {key}: {}", DisplayErrorContext(e)))?;
+        Ok(())
+    }
+}
+
+fn map_put<T, E>(
+    result: Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+    key: String,
+) -> Result<(), PutError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let status = error.raw_response().map(|r| r.status().as_u16());
+            if matches!(status, Some(412) | Some(409)) {
+                Err(PutError::Conflict { name: key })
+            } else {
+                Err(PutError::Other(anyhow::anyhow!(
+                    "put {key}: {}",
+                    DisplayErrorContext(error)
+                )))
+            }
+        }
+    }
+}

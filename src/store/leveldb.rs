@@ -1,0 +1,146 @@
+//! The LevelDB layout of the metadata store, and how it is opened.
+//!
+//! Layout (schema version 1): each item is stored under `i/<id>` with the item's JSON, as
+//! it was read, as the value. Nothing else lives in the database; what describes the store
+//! (seq, counts, digests) lives in the manifest beside it.
+//!
+//! rusty-leveldb's `DB` is `Send` but not `Sync` and every read takes `&mut self`, so the
+//! server keeps several read handles ([`MetadataReaders`]), each on its own copy-on-write
+//! clone of the version's database, each behind its own mutex.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use parking_lot::Mutex;
+use rusty_leveldb::compressor::SnappyCompressor;
+use rusty_leveldb::{CompressorId, DB, Options};
+
+/// The layout version this binary writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Prefix of item keys.
+const ITEM_KEY_PREFIX: &[u8] = b"i/";
+
+/// The key under which an item is stored.
+pub fn item_key(id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(ITEM_KEY_PREFIX.len() + id.len());
+    key.extend_from_slice(ITEM_KEY_PREFIX);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The item id of a key, if it is an item key.
+pub fn id_of_key(key: &[u8]) -> Option<&str> {
+    key.strip_prefix(ITEM_KEY_PREFIX)
+        .and_then(|id| std::str::from_utf8(id).ok())
+}
+
+/// Options every database is opened with: Snappy tables, no log reuse (rusty-leveldb's log
+/// reuse lost an acknowledged batch after a torn tail), a modest block cache.
+///
+/// `Options` holds `Rc`s: build it in the thread that opens the database and keep no clone.
+pub fn db_options(create_if_missing: bool) -> Options {
+    Options {
+        create_if_missing,
+        reuse_logs: false,
+        compressor: SnappyCompressor::ID,
+        write_buffer_size: 8 << 20,
+        block_cache_capacity_bytes: 32 << 20,
+        ..Options::default()
+    }
+}
+
+/// Opens a database directory (never a baked bundle's: only clones and new builds).
+pub fn open_db(dir: &Path, create_if_missing: bool) -> anyhow::Result<DB> {
+    DB::open(dir, db_options(create_if_missing))
+        .map_err(|status| anyhow!("{status}"))
+        .with_context(|| format!("open LevelDB {}", dir.display()))
+}
+
+/// Reads one key from a database opened on its own clone (a closure, because it also owns
+/// the database's snapshot, a type rusty-leveldb does not export).
+type ReadFn = Box<dyn FnMut(&[u8]) -> rusty_leveldb::Result<Option<Vec<u8>>>>;
+
+/// One read handle: a database opened on its own clone, with the snapshot reads use.
+struct ReadHandle {
+    read: ReadFn,
+}
+
+/// A small pool of read handles over one immutable version of the metadata store.
+///
+/// Requests take whichever handle is free, so no single lock serialises all reads.
+pub struct MetadataReaders {
+    /// One handle per shard; each on its own directory under `clone_root`.
+    handles: Vec<Mutex<ReadHandle>>,
+    /// Where the shard clones live; removed when the readers are dropped.
+    clone_root: PathBuf,
+}
+
+// SAFETY: `DB` is `Send` (rusty-leveldb declares it so). The closure owns the `DB` and its
+// `Snapshot`, whose `Rc`s point only into that same `DB`; nothing else holds a clone of
+// them, so the whole handle moves between threads as one. Every call goes through a
+// `Mutex`, so no two threads ever touch the same `DB` at once.
+unsafe impl Send for ReadHandle {}
+
+impl MetadataReaders {
+    /// Opens `n_shards` read handles on clones of the closed database at `db_dir`, made under
+    /// `clone_root` (which must not exist yet).
+    pub fn open(db_dir: &Path, clone_root: &Path, n_shards: usize) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(clone_root)
+            .with_context(|| format!("create reader directory {}", clone_root.display()))?;
+        let mut handles = Vec::new();
+        for shard in 0..n_shards.max(1) {
+            let shard_dir = clone_root.join(format!("shard-{shard}"));
+            super::clone::clone_db_dir(db_dir, &shard_dir)?;
+            let mut db = open_db(&shard_dir, false)?;
+            let snapshot = db.get_snapshot();
+            let read: ReadFn = Box::new(move |key: &[u8]| {
+                db.get_at(&snapshot, key)
+                    .map(|value| value.map(|bytes| bytes.to_vec()))
+            });
+            handles.push(Mutex::new(ReadHandle { read }));
+        }
+        Ok(MetadataReaders {
+            handles,
+            clone_root: clone_root.to_path_buf(),
+        })
+    }
+
+    /// Reads one item's JSON. An error means the read failed (for example a corrupt block):
+    /// it is not proof of absence.
+    pub fn get(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let key = item_key(id);
+        // Take the first free handle; if all are busy, wait on the one this thread maps to.
+        for handle in &self.handles {
+            if let Some(mut guard) = handle.try_lock() {
+                return read(&mut guard, &key, id);
+            }
+        }
+        let shard = thread_shard() % self.handles.len();
+        let mut guard = self.handles[shard].lock();
+        read(&mut guard, &key, id)
+    }
+}
+
+fn read(handle: &mut ReadHandle, key: &[u8], id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    (handle.read)(key)
+        .map_err(|status| anyhow!("{status}"))
+        .with_context(|| format!("read item {id:?}"))
+}
+
+fn thread_shard() -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::thread::current().id().hash(&mut hasher);
+    hasher.finish() as usize
+}
+
+impl Drop for MetadataReaders {
+    fn drop(&mut self) {
+        // Close every database before its directory goes away.
+        self.handles.clear();
+        if let Err(error) = std::fs::remove_dir_all(&self.clone_root) {
+            tracing::warn!(dir = %self.clone_root.display(), %error, "remove reader clones");
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Handlers through the real router, without a socket (`tower::ServiceExt::oneshot`):
+//! every status code the API promises.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use deltacache::catalog::CurrentCatalog;
+use deltacache::http::{AppState, router};
+use deltacache::server::{ServeOptions, load_catalog};
+use deltacache::store::state::StateDir;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::support::{build_bundle, sample_items};
+
+struct Fixture {
+    state: AppState,
+    _state_dir: Option<StateDir>,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture(ready: bool) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = build_bundle(dir.path(), &sample_items());
+    let current = Arc::new(CurrentCatalog::default());
+    let mut state_dir = None;
+    if ready {
+        let (opened, catalog) = load_catalog(&ServeOptions {
+            bundle: bundle.clone(),
+            state_dir: dir.path().join("state"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            reader_shards: 2,
+            drain_timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        current.swap(Arc::new(catalog));
+        state_dir = Some(opened);
+    }
+    Fixture {
+        state: AppState {
+            catalog: current,
+            started: Instant::now(),
+            bundle_dir: bundle,
+            metrics: deltacache::telemetry::prometheus(),
+        },
+        _state_dir: state_dir,
+        _dir: dir,
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn error_code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap().to_owned()
+    }
+}
+
+async fn call(state: &AppState, method: &str, uri: &str, body: impl Into<Body>) -> Answer {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap();
+    let response = router(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// One row of the table below: request, expected status and error code (if an error).
+fn cases() -> Vec<(
+    &'static str,
+    &'static str,
+    String,
+    StatusCode,
+    Option<&'static str>,
+)> {
+    let big = format!(r#"{{"query_text": "{}"}}"#, "x".repeat(70 * 1024));
+    vec![
+        (
+            "POST",
+            "/search",
+            r#"{"query_text": "database", "top_k": 2}"#.into(),
+            StatusCode::OK,
+            None,
+        ),
+        (
+            "POST",
+            "/search",
+            r#"{"query_text": "database"}"#.into(),
+            StatusCode::OK,
+            None,
+        ),
+        (
+            "POST",
+            "/search",
+            r#"{"query_text": "data"#.into(),
+            StatusCode::BAD_REQUEST,
+            Some("invalid_json"),
+        ),
+        (
+            "POST",
+            "/search",
+            r#"{"query_text": 5}"#.into(),
+            StatusCode::BAD_REQUEST,
+            Some("invalid_field"),
+        ),
+        (
+            "POST",
+            "/search",
+            r#"{"top_k": 5}"#.into(),
+            StatusCode::BAD_REQUEST,
+            Some("invalid_field"),
+        ),
+        (
+            "POST",
+            "/search",
+            r#"{"query_text": "x", "top_k": "5"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            Some("invalid_field"),
+        ),
+        (
+            "POST",
+            "/search",
+            r#"{"query_text": "x", "top_k": 0}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("top_k_out_of_range"),
+        ),
+        (
+            "POST",
+            "/search",
+            r#"{"query_text": "x", "top_k": 1001}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("top_k_out_of_range"),
+        ),
+        (
+            "POST",
+            "/search",
+            big,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some("payload_too_large"),
+        ),
+        ("GET", "/items/db-1", String::new(), StatusCode::OK, None),
+        (
+            "GET",
+            "/items/nope",
+            String::new(),
+            StatusCode::NOT_FOUND,
+            Some("not_found"),
+        ),
+        (
+            "POST",
+            "/items/batch",
+            r#"{"ids": ["db-1", "nope"]}"#.into(),
+            StatusCode::OK,
+            None,
+        ),
+        (
+            "POST",
+            "/items/batch",
+            r#"{"ids": "db-1"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            Some("invalid_field"),
+        ),
+        (
+            "GET",
+            "/no/such/route",
+            String::new(),
+            StatusCode::NOT_FOUND,
+            Some("not_found"),
+        ),
+        (
+            "GET",
+            "/search",
+            String::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            Some("method_not_allowed"),
+        ),
+        ("GET", "/livez", String::new(), StatusCode::OK, None),
+        ("GET", "/readyz", String::new(), StatusCode::OK, None),
+        ("GET", "/status", String::new(), StatusCode::OK, None),
+        ("GET", "/metrics", String::new(), StatusCode::OK, None),
+    ]
+}
+
+#[tokio::test]
+async fn every_route_answers_its_documented_status() {
+    let fixture = fixture(true);
+    for (method, uri, body, status, code) in cases() {
+        let answer = call(&fixture.state, method, uri, body).await;
+        assert_eq!(
+            answer.status,
+            status,
+            "{method} {uri}: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(
+            answer
+                .headers
+                .get("x-data-version")
+                .map(|v| v.to_str().unwrap()),
+            Some("0"),
+            "{method} {uri} lacks x-data-version"
+        );
+        if let Some(code) = code {
+            assert_eq!(answer.error_code(), code, "{method} {uri}");
+            assert!(
+                !answer.json()["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn search_returns_ranked_results_with_stored_metadata() {
+    let fixture = fixture(true);
+    let answer = call(
+        &fixture.state,
+        "POST",
+        "/search",
+        r#"{"query_text": "load balancer TLS", "top_k": 3}"#,
+    )
+    .await;
+    let body = answer.json();
+    let ids: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["net-1", "net-2"],
+        "only items sharing a term score > 0"
+    );
+    let first = &body["results"][0];
+    assert!(first["score"].as_f64().unwrap() > body["results"][1]["score"].as_f64().unwrap());
+    assert_eq!(first["metadata"], sample_items()[2]);
+    assert_eq!(body["data_version"], 0);
+    assert_eq!(body["missing"], 0);
+
+    let answer = call(
+        &fixture.state,
+        "POST",
+        "/items/batch",
+        r#"{"ids": ["kit-2", "nope", "db-1"]}"#,
+    )
+    .await;
+    let body = answer.json();
+    assert_eq!(body["items"][0]["id"], "kit-2");
+    assert_eq!(body["items"][1]["id"], "db-1");
+    assert_eq!(body["missing"], serde_json::json!(["nope"]));
+
+    let answer = call(
+        &fixture.state,
+        "POST",
+        "/search",
+        r#"{"query_text": "the of and", "top_k": 3}"#,
+    )
+    .await;
+    assert_eq!(answer.json()["results"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn batch_of_more_than_1000_ids_is_refused() {
+    let fixture = fixture(true);
+    let ids: Vec<String> = (0..1001).map(|i| format!("id-{i}")).collect();
+    let body = serde_json::json!({ "ids": ids }).to_string();
+    let answer = call(&fixture.state, "POST", "/items/batch", body).await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer.error_code(), "too_many_ids");
+}
+
+#[tokio::test]
+async fn nothing_is_served_before_the_first_swap() {
+    let fixture = fixture(false);
+    for (method, uri, body) in [
+        ("POST", "/search", r#"{"query_text": "database"}"#),
+        ("GET", "/items/db-1", ""),
+        ("POST", "/items/batch", r#"{"ids": ["db-1"]}"#),
+        ("GET", "/readyz", ""),
+    ] {
+        let answer = call(&fixture.state, method, uri, body).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{method} {uri}"
+        );
+        assert_eq!(answer.error_code(), "not_ready");
+        assert_eq!(answer.headers.get("retry-after").unwrap(), "1");
+    }
+    assert_eq!(
+        call(&fixture.state, "GET", "/livez", "").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&fixture.state, "GET", "/status", "").await.json()["ready"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let fixture = fixture(true);
+    call(&fixture.state, "GET", "/items/kit-1", "").await;
+    let text = String::from_utf8(call(&fixture.state, "GET", "/metrics", "").await.body).unwrap();
+    assert!(
+        text.contains(
+            r#"deltacache_http_requests_total{route="/items/{id}",method="GET",status="200"}"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains("deltacache_http_request_duration_seconds_bucket"));
+    assert!(text.contains("deltacache_current_seq 0"));
+}

@@ -1,0 +1,153 @@
+//! The real binary over real HTTP on 127.0.0.1:0.
+
+use super::support::{Daemon, build_bundle, run, sample_items};
+
+fn bundle_digests(bundle: &std::path::Path) -> Vec<(String, String)> {
+    deltacache::bundle::list_files(bundle)
+        .unwrap()
+        .into_iter()
+        .map(|rel| {
+            let digest = deltacache::bundle::digest_file(&bundle.join(&rel)).unwrap();
+            (rel, digest.sha256)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_answers_over_http_and_leaves_the_bundle_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = build_bundle(dir.path(), &sample_items());
+    let before = bundle_digests(&bundle);
+    let state = dir.path().join("state");
+    // The config file sets everything; the --listen flag overrides its listen key.
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bundle = {:?}\nstate-dir = {:?}\nlisten = \"127.0.0.1:1\"\nreader-shards = 3\n",
+            bundle.to_str().unwrap(),
+            state.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    for round in 0..2 {
+        let daemon = Daemon::start(&[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        daemon.wait_ready(&client).await;
+        let response = client
+            .post(format!("{}/search", daemon.url))
+            .json(&serde_json::json!({"query_text": "espresso crema", "top_k": 5}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-data-version"], "0");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["results"][0]["id"], "kit-1", "round {round}");
+        assert_eq!(body["results"][0]["metadata"], sample_items()[4]);
+        let status: serde_json::Value = client
+            .get(format!("{}/status", daemon.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status["n_items"], 6);
+        let exit = daemon.terminate();
+        assert!(
+            exit.success(),
+            "SIGTERM must stop the daemon cleanly, got {exit:?}"
+        );
+    }
+    // One version was made on the first start and reused on the second; reader clones are gone.
+    assert_eq!(
+        std::fs::read_dir(state.join("versions")).unwrap().count(),
+        1
+    );
+    assert_eq!(std::fs::read_dir(state.join("readers")).unwrap().count(), 0);
+    assert_eq!(
+        bundle_digests(&bundle),
+        before,
+        "the baked bundle must never change"
+    );
+}
+
+#[test]
+fn config_errors_name_the_key_or_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "bundel = \"/x\"\n").unwrap();
+    let output = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bundel") && stderr.contains(config.to_str().unwrap()),
+        "{stderr}"
+    );
+
+    let output = run(&["serve", "--state-dir", "/tmp/x"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no bundle: pass --bundle"));
+
+    let output = run(&[
+        "serve",
+        "--bundle",
+        dir.path().to_str().unwrap(),
+        "--state-dir",
+        dir.path().join("s").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("manifest.json"),
+        "a directory that is not a bundle is refused by name"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_serves_its_built_in_catalogue() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    let body: serde_json::Value = client
+        .post(format!("{}/search", daemon.url))
+        .json(&serde_json::json!({"query_text": "fast key value database", "top_k": 3}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["metadata"]["category"] == "database"),
+        "{body}"
+    );
+    let item: serde_json::Value = client
+        .get(format!("{}/items/demo-0001", daemon.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(item["id"], "demo-0001");
+    assert!(daemon.terminate().success());
+}

@@ -1,0 +1,141 @@
+//! Shared helpers: small catalogues, bundles built through the library, and the real binary.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use deltacache::bundle::build::{BuildOptions, ModelSource, build_base};
+use deltacache::bundle::items::ItemFields;
+use deltacache::search::tfidf::{FitOptions, StopWords};
+
+/// Path of the built binary under test.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_deltacache"))
+}
+
+/// A small catalogue with predictable search answers.
+pub fn sample_items() -> Vec<serde_json::Value> {
+    let texts = [
+        ("db-1", "database", "fast key value database with snapshots"),
+        (
+            "db-2",
+            "database",
+            "relational database with SQL and transactions",
+        ),
+        ("net-1", "networking", "load balancer with TLS termination"),
+        (
+            "net-2",
+            "networking",
+            "reverse proxy and load balancer for HTTP",
+        ),
+        ("kit-1", "kitchen", "espresso machine with café crema"),
+        ("kit-2", "kitchen", "cast iron skillet for even heating"),
+    ];
+    texts
+        .iter()
+        .map(|(id, category, text)| {
+            serde_json::json!({"id": id, "category": category, "text": text, "price": 10.5})
+        })
+        .collect()
+}
+
+/// Writes items as JSONL.
+pub fn write_jsonl(path: &Path, items: &[serde_json::Value]) {
+    let mut text = String::new();
+    for item in items {
+        text.push_str(&serde_json::to_string(item).unwrap());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Builds a bundle of `items` under `dir/bundle` through the library.
+pub fn build_bundle(dir: &Path, items: &[serde_json::Value]) -> PathBuf {
+    let input = dir.join("items.jsonl");
+    write_jsonl(&input, items);
+    let out = dir.join("bundle");
+    build_base(&BuildOptions {
+        input,
+        out: out.clone(),
+        dataset: Some("sample".into()),
+        fields: ItemFields::default(),
+        model: ModelSource::Fit(FitOptions {
+            max_features: None,
+            stop_words: Some(StopWords::Named("english".into())),
+        }),
+        seq: 0,
+    })
+    .unwrap();
+    out
+}
+
+/// Runs the binary to completion.
+pub fn run(args: &[&str]) -> std::process::Output {
+    Command::new(binary()).args(args).output().unwrap()
+}
+
+/// A running `deltacache serve` (or `demo`), killed when dropped.
+pub struct Daemon {
+    /// The child process.
+    pub child: Child,
+    /// Base URL, e.g. `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Daemon {
+    /// Starts the binary with `args` (which must make it listen on port 0) and waits for the
+    /// line that names its address.
+    pub fn start(args: &[&str]) -> Daemon {
+        let mut child = Command::new(binary())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("daemon exited before it listened")
+                .unwrap();
+            if let Some(url) = line.strip_prefix("deltacache: listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Daemon { child, url }
+    }
+
+    /// Polls `/readyz` until it answers 200 (bounded by a deadline, not a sleep).
+    pub async fn wait_ready(&self, client: &reqwest::Client) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(response) = client.get(format!("{}/readyz", self.url)).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon never became ready"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
