@@ -2,7 +2,11 @@
 
 mod build_base;
 mod demo;
+mod keygen;
+mod publish_delta;
+mod remote_args;
 mod serve;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +25,12 @@ enum Command {
     /// Build a bundle (LevelDB metadata store, TF-IDF model, vector index, manifest) from
     /// JSONL items.
     BuildBase(build_base::BuildBaseArgs),
+    /// Make a new Ed25519 signing key for publishing deltas.
+    Keygen(keygen::KeygenArgs),
+    /// Publish the next signed delta (and head) to a delta store.
+    PublishDelta(publish_delta::PublishDeltaArgs),
+    /// Verify a delta store's head and whole chain against trusted keys.
+    Verify(verify::VerifyArgs),
     /// Serve search and lookups over HTTP from a copy-on-write clone of a bundle.
     Serve(serve::ServeArgs),
     /// Build a bundle from a built-in sample catalogue and serve it on loopback.
@@ -33,6 +43,9 @@ pub fn main() -> anyhow::Result<()> {
     crate::telemetry::init_logging();
     match cli.command {
         Command::BuildBase(args) => build_base::run(args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::PublishDelta(args) => publish_delta::run(args),
+        Command::Verify(args) => verify::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
     }

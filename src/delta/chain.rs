@@ -301,7 +301,129 @@ pub async fn fetch_chain(
         }
         return Ok(Vec::new());
     }
-    let mut chain: Vec<VerifiedDelta> = Vec::new();
+    let chain = walk(store, trusted, head, position, max_delta_bytes, |header| {
+        header.parent_seq <= position.seq
+    })
+    .await?;
+    if let Some(first) = chain.first() {
+        let header = &first.batch.header;
+        if header.parent_seq != position.seq || header.parent_digest != position.digest {
+            return Err(ChainError::ParentMismatch {
+                object: delta_name(first.seq, &first.digest),
+                expected: position.digest.clone(),
+                found: header.parent_digest.clone(),
+            });
+        }
+    }
+    Ok(chain)
+}
+
+/// What `verify` found: the head and every delta back to the bundle (or to the base the
+/// chain starts from).
+#[derive(Debug, Clone)]
+pub struct ChainReport {
+    /// The verified head, if the store has one.
+    pub head: Option<VerifiedHead>,
+    /// Every delta, oldest first.
+    pub deltas: Vec<VerifiedDelta>,
+    /// Seq and digest of what the oldest delta follows.
+    pub base: (u64, String),
+}
+
+/// Verifies a whole chain: the head (including expiry) and every delta back to `position`
+/// when given (a bundle), or otherwise back to the first delta after a base.
+pub async fn verify_chain(
+    store: &DeltaStore,
+    trusted: &TrustedKeys,
+    position: Option<&ChainPosition>,
+    max_delta_bytes: u64,
+    now: u64,
+) -> Result<ChainReport, ChainError> {
+    let Some(fetched) = store.get_head(MAX_HEAD_BYTES).await? else {
+        return Ok(ChainReport {
+            head: None,
+            deltas: Vec::new(),
+            base: (position.map_or(0, |p| p.seq), String::new()),
+        });
+    };
+    // Without a bundle the head's own dataset and model are the binding every delta must share.
+    let unverified_binding;
+    let binding = match position {
+        Some(position) => position,
+        None => {
+            let verified = verify_object(
+                &fetched.bytes,
+                ObjectKind::Head,
+                MAX_HEAD_BYTES,
+                None,
+                trusted,
+            )
+            .map_err(|reason| ChainError::Refused {
+                object: "head".into(),
+                reason,
+            })?;
+            let head = Head::parse(verified.body).map_err(|reason| ChainError::Refused {
+                object: "head".into(),
+                reason,
+            })?;
+            unverified_binding = ChainPosition {
+                dataset: head.dataset,
+                seq: 0,
+                digest: String::new(),
+                len: 0,
+                model_fingerprint: head.model_fingerprint,
+                max_schema_version: crate::store::leveldb::SCHEMA_VERSION,
+            };
+            &unverified_binding
+        }
+    };
+    let (head, digest) = verify_head_bytes(&fetched.bytes, trusted, binding, None, now, false)?;
+    let head = VerifiedHead {
+        head,
+        digest,
+        etag: fetched.etag,
+    };
+    let deltas = match position {
+        Some(position) => {
+            fetch_chain(store, trusted, &head.head, position, max_delta_bytes).await?
+        }
+        None => {
+            walk(
+                store,
+                trusted,
+                &head.head,
+                binding,
+                max_delta_bytes,
+                |header| header.parent_len == 0,
+            )
+            .await?
+        }
+    };
+    let base = match deltas.first() {
+        Some(first) => (
+            first.batch.header.parent_seq,
+            first.batch.header.parent_digest.clone(),
+        ),
+        None => (head.head.seq, head.head.delta_digest.clone()),
+    };
+    Ok(ChainReport {
+        head: Some(head),
+        deltas,
+        base,
+    })
+}
+
+/// Walks back from the head by parent digests, verifying each delta, until `stop` says the
+/// delta just read is the oldest wanted. Returns the deltas oldest first.
+async fn walk(
+    store: &DeltaStore,
+    trusted: &TrustedKeys,
+    head: &Head,
+    binding: &ChainPosition,
+    max_delta_bytes: u64,
+    stop: impl Fn(&super::format::DeltaHeader) -> bool,
+) -> Result<Vec<VerifiedDelta>, ChainError> {
+    let mut chain = Vec::new();
     let (mut seq, mut digest, mut len) = (head.seq, head.delta_digest.clone(), head.delta_len);
     loop {
         let object = delta_name(seq, &digest);
@@ -311,47 +433,41 @@ pub async fn fetch_chain(
             .ok_or_else(|| ChainError::Missing {
                 object: object.clone(),
             })?;
-        let delta = verify_delta_bytes(
-            &bytes,
-            seq,
-            &digest,
-            len,
-            max_delta_bytes,
-            trusted,
-            position,
-        )?;
+        let delta =
+            verify_delta_bytes(&bytes, seq, &digest, len, max_delta_bytes, trusted, binding)?;
         let header = &delta.batch.header;
-        let parent_seq = header.parent_seq;
-        if parent_seq >= seq {
-            return Err(ChainError::Sequence {
-                object,
-                message: format!("duplicate seq: it follows seq {parent_seq}, not an earlier one"),
-            });
-        }
-        if parent_seq + 1 != seq {
-            return Err(ChainError::Sequence {
-                object,
-                message: format!(
-                    "seq gap: it follows seq {parent_seq}, so seqs {}..{seq} are missing",
-                    parent_seq + 1
-                ),
-            });
-        }
-        let (next_seq, next_digest, next_len) =
-            (parent_seq, header.parent_digest.clone(), header.parent_len);
+        check_parent_seq(&object, header.parent_seq, seq)?;
+        let done = stop(header);
+        let next = (
+            header.parent_seq,
+            header.parent_digest.clone(),
+            header.parent_len,
+        );
         chain.push(delta);
-        if next_seq <= position.seq {
-            if next_seq < position.seq || next_digest != position.digest {
-                return Err(ChainError::ParentMismatch {
-                    object,
-                    expected: position.digest.clone(),
-                    found: next_digest,
-                });
-            }
+        if done {
             break;
         }
-        (seq, digest, len) = (next_seq, next_digest, next_len);
+        (seq, digest, len) = next;
     }
     chain.reverse();
     Ok(chain)
+}
+
+fn check_parent_seq(object: &str, parent_seq: u64, seq: u64) -> Result<(), ChainError> {
+    if parent_seq >= seq {
+        return Err(ChainError::Sequence {
+            object: object.to_owned(),
+            message: format!("duplicate seq: it follows seq {parent_seq}, not an earlier one"),
+        });
+    }
+    if parent_seq + 1 != seq {
+        return Err(ChainError::Sequence {
+            object: object.to_owned(),
+            message: format!(
+                "seq gap: it follows seq {parent_seq}, so seqs {}..{seq} are missing",
+                parent_seq + 1
+            ),
+        });
+    }
+    Ok(())
 }

@@ -21,10 +21,9 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// Opens (creating if needed) a store directory.
+    /// Opens a store directory; the first publish creates it, so reading a store that does
+    /// not exist yet finds no head.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(root.join("deltas"))
-            .with_context(|| format!("create delta store {}", root.display()))?;
         Ok(FileStore {
             root: root.to_path_buf(),
         })
@@ -80,6 +79,8 @@ impl FileStore {
         let name = name.to_owned();
         tokio::task::spawn_blocking(move || {
             let dir = path.parent().context("delta path has a parent")?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("create delta store {}", dir.display()))?;
             let tmp =
                 tempfile::NamedTempFile::new_in(dir).context("create a temporary delta file")?;
             std::fs::write(tmp.path(), &bytes).context("write delta")?;
@@ -110,6 +111,8 @@ impl FileStore {
         let root = self.root.clone();
         let bytes = bytes.to_vec();
         tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&root)
+                .with_context(|| format!("create delta store {}", root.display()))?;
             let lock_path = root.join(".lock");
             let lock = std::fs::File::create(&lock_path)
                 .with_context(|| format!("create {}", lock_path.display()))?;

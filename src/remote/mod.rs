@@ -93,6 +93,9 @@ pub struct RemoteSettings {
     pub endpoint_url: Option<String>,
     /// Path-style addressing; default true when an endpoint override is set.
     pub force_path_style: Option<bool>,
+    /// Access key id and secret to use instead of the default provider chain (for
+    /// S3-compatible servers with fixed keys); `None` uses the chain.
+    pub static_credentials: Option<(String, String)>,
 }
 
 impl Default for RemoteSettings {
@@ -103,6 +106,7 @@ impl Default for RemoteSettings {
             max_attempts: 4,
             endpoint_url: None,
             force_path_style: None,
+            static_credentials: None,
         }
     }
 }

@@ -34,7 +34,17 @@ impl S3Store {
         prefix: &str,
         settings: &RemoteSettings,
     ) -> anyhow::Result<Self> {
-        let shared = aws_config::defaults(BehaviorVersion::latest())
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some((access_key, secret)) = &settings.static_credentials {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                access_key,
+                secret,
+                None,
+                None,
+                "deltacache-settings",
+            ));
+        }
+        let shared = loader
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(settings.connect_timeout)

@@ -1,7 +1,10 @@
 //! Integration tests: one test binary with shared helpers (see `support`).
 
 mod build_base;
+mod delta;
 mod http_api;
 mod parity;
+mod publish;
+mod s3;
 mod serve;
 mod support;

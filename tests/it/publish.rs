@@ -1,0 +1,308 @@
+//! `keygen`, `publish-delta` and `verify` through the real binary, against a file store and
+//! the S3-compatible server.
+
+use std::process::{Command, Output};
+
+use deltacache::bundle::Bundle;
+use deltacache::delta::chain::{fetch_chain, fetch_head};
+use deltacache::delta::keys::TrustedKeys;
+use deltacache::remote::DeltaStore;
+
+use super::s3::S3Server;
+use super::support::{binary, build_bundle, sample_items};
+
+struct Publisher {
+    dir: tempfile::TempDir,
+    bundle: std::path::PathBuf,
+    key: std::path::PathBuf,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Publisher {
+    fn new(env: Vec<(&'static str, String)>) -> Publisher {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = build_bundle(dir.path(), &sample_items());
+        let key = dir.path().join("publisher.key");
+        let output = Command::new(binary())
+            .args(["keygen", "--out", key.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).starts_with("key id "));
+        Publisher {
+            dir,
+            bundle,
+            key,
+            env,
+        }
+    }
+
+    fn changes(&self, name: &str, lines: &[serde_json::Value]) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn command(&self, store: &str, extra: &[&str]) -> Command {
+        let mut command = Command::new(binary());
+        command
+            .args([
+                "publish-delta",
+                "--store",
+                store,
+                "--key",
+                self.key.to_str().unwrap(),
+                "--bundle",
+                self.bundle.to_str().unwrap(),
+            ])
+            .args(extra)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
+        command
+    }
+
+    fn publish(&self, store: &str, extra: &[&str]) -> Output {
+        self.command(store, extra).output().unwrap()
+    }
+
+    fn verify(&self, store: &str) -> Output {
+        Command::new(binary())
+            .args([
+                "verify",
+                "--store",
+                store,
+                "--trusted-keys",
+                &format!("{}.pub", self.key.display()),
+            ])
+            .args(["--bundle", self.bundle.to_str().unwrap()])
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    }
+}
+
+fn put(id: &str, text: &str) -> serde_json::Value {
+    serde_json::json!({"op": "put", "item": {"id": id, "text": text, "category": "new"}})
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn publish_dry_run_verify_and_bad_input() {
+    let publisher = Publisher::new(Vec::new());
+    let store_dir = publisher.dir.path().join("store");
+    let store = format!("file://{}", store_dir.display());
+    let changes = publisher.changes(
+        "changes.jsonl",
+        &[
+            put("new-1", "a brand new item about kafka"),
+            put("db-1", "an old item, edited"),
+            serde_json::json!({"op": "delete", "id": "kit-2"}),
+            serde_json::json!({"op": "delete", "id": "never-existed"}),
+            put("new-1", "the last put of an id wins"),
+        ],
+    );
+    let dry = publisher.publish(
+        &store,
+        &["--changes", changes.to_str().unwrap(), "--dry-run"],
+    );
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(stdout(&dry).contains("would publish seq 1: 1 adds, 1 updates, 1 deletes, 0 unchanged, 1 unknown deletes dropped"), "{}", stdout(&dry));
+    assert!(!store_dir.exists(), "a dry run publishes nothing");
+
+    let real = publisher.publish(&store, &["--changes", changes.to_str().unwrap()]);
+    assert!(real.status.success(), "{}", stderr(&real));
+    assert!(stdout(&real).contains("published seq 1"));
+    let verified = publisher.verify(&store);
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    assert!(
+        stdout(&verified).contains("ok seq 1")
+            && stdout(&verified).contains("1 deltas verified back to seq 0")
+    );
+
+    for (name, line, expected) in [
+        ("malformed", "{not json".to_owned(), "line 2"),
+        (
+            "unknown op",
+            r#"{"op": "upsert", "id": "x"}"#.to_owned(),
+            "unknown op \"upsert\"",
+        ),
+        (
+            "put without id",
+            r#"{"op": "put", "item": {"text": "x"}}"#.to_owned(),
+            "missing id field",
+        ),
+        (
+            "put without text",
+            r#"{"op": "put", "item": {"id": "x"}}"#.to_owned(),
+            "missing text field",
+        ),
+        (
+            "delete without id",
+            r#"{"op": "delete"}"#.to_owned(),
+            "a delete takes exactly",
+        ),
+    ] {
+        let path = publisher
+            .dir
+            .path()
+            .join(format!("{}.jsonl", name.replace(' ', "-")));
+        std::fs::write(&path, format!("{}\n{line}\n", put("ok", "fine"))).unwrap();
+        let output = publisher.publish(&store, &["--changes", path.to_str().unwrap()]);
+        assert!(!output.status.success(), "{name} was published");
+        assert!(
+            stderr(&output).contains(expected) && stderr(&output).contains("line 2"),
+            "{name}: {}",
+            stderr(&output)
+        );
+    }
+    assert!(
+        stdout(&publisher.verify(&store)).contains("1 deltas verified"),
+        "refused input publishes nothing"
+    );
+
+    // A bundle of another dataset cannot publish onto this chain.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_items = vec![serde_json::json!({"id": "z", "text": "zebra crossing"})];
+    let other = build_bundle(other_dir.path(), &other_items);
+    let output = Command::new(binary())
+        .args([
+            "publish-delta",
+            "--store",
+            &store,
+            "--key",
+            publisher.key.to_str().unwrap(),
+            "--bundle",
+            other.to_str().unwrap(),
+        ])
+        .args(["--changes", changes.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("head: built for model fingerprint"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn diff_of_two_snapshots_publishes_puts_and_deletes() {
+    let publisher = Publisher::new(Vec::new());
+    let store = format!("file://{}", publisher.dir.path().join("store").display());
+    let old = publisher.dir.path().join("old.jsonl");
+    let new = publisher.dir.path().join("new.jsonl");
+    let items = sample_items();
+    super::support::write_jsonl(&old, &items);
+    let mut changed = items.clone();
+    changed.remove(5);
+    changed[0]["text"] = "fast key value database, now with replication".into();
+    changed.push(serde_json::json!({"id": "new-9", "category": "kitchen", "text": "pour-over coffee kettle"}));
+    super::support::write_jsonl(&new, &changed);
+    let output = publisher.publish(
+        &store,
+        &["--diff", old.to_str().unwrap(), new.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("1 adds, 1 updates, 1 deletes, 4 unchanged"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+/// Two publishers race, round after round: every round at least one wins, a loser says so
+/// and publishes nothing, and the chain stays linear with no seq lost or repeated.
+async fn check_race(store_url: &str, publisher: &Publisher, store: DeltaStore, rounds: usize) {
+    let mut wins = 0;
+    let mut losses = 0;
+    for round in 0..rounds {
+        let a = publisher.changes(
+            &format!("a-{round}.jsonl"),
+            &[put(&format!("a-{round}"), "from publisher a")],
+        );
+        let b = publisher.changes(
+            &format!("b-{round}.jsonl"),
+            &[put(&format!("b-{round}"), "from publisher b")],
+        );
+        let spawn = |changes: &std::path::Path| {
+            publisher
+                .command(store_url, &["--changes", changes.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (first, second) = (spawn(&a), spawn(&b));
+        let outputs = [
+            first.wait_with_output().unwrap(),
+            second.wait_with_output().unwrap(),
+        ];
+        let round_wins = outputs.iter().filter(|o| o.status.success()).count();
+        assert!(
+            round_wins >= 1,
+            "round {round}: nobody won: {:?}",
+            outputs.iter().map(stderr).collect::<Vec<_>>()
+        );
+        for output in outputs.iter().filter(|o| !o.status.success()) {
+            let message = stderr(output);
+            assert!(
+                message.contains("another publisher moved the head")
+                    || message.contains("was changed by another writer"),
+                "round {round}: unclear loss: {message}"
+            );
+            losses += 1;
+        }
+        wins += round_wins;
+    }
+    let bundle = Bundle::open(&publisher.bundle).unwrap();
+    let trusted = TrustedKeys::load(&publisher.dir.path().join("publisher.key.pub")).unwrap();
+    let now = deltacache::delta::publish::now_secs();
+    let head = fetch_head(&store, &trusted, &bundle.chain_position(), None, now, false)
+        .await
+        .unwrap()
+        .unwrap();
+    let chain = fetch_chain(
+        &store,
+        &trusted,
+        &head.head,
+        &bundle.chain_position(),
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    let seqs: Vec<u64> = chain.iter().map(|d| d.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=wins as u64).collect::<Vec<_>>(),
+        "the chain must hold exactly the winners, in order"
+    );
+    println!("race on {store_url}: {rounds} rounds, {wins} wins, {losses} losses");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_publishers_keep_a_linear_chain_on_a_file_store() {
+    let publisher = Publisher::new(Vec::new());
+    let dir = publisher.dir.path().join("store");
+    let url = format!("file://{}", dir.display());
+    let store = DeltaStore::open(&url, &Default::default()).await.unwrap();
+    check_race(&url, &publisher, store, 12).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_publishers_keep_a_linear_chain_on_s3() {
+    let server = S3Server::start();
+    let publisher = Publisher::new(server.env());
+    let store = server.store("race").await;
+    check_race("s3://deltas/race", &publisher, store, 12).await;
+}
