@@ -83,6 +83,7 @@ fn run(bundle: &Path, queries_path: &Path) -> anyhow::Result<()> {
         listen: "127.0.0.1:0".parse().expect("a valid address"),
         reader_shards: n_threads,
         drain_timeout: Duration::from_secs(1),
+        follow: None,
     };
     let load_started = Instant::now();
     let (state, catalog) = load_catalog(&options).context("load the catalog")?;

@@ -74,6 +74,19 @@ impl Catalog {
         }
         let metadata = MetadataReaders::open(&version.db_dir(), reader_dir, n_shards)
             .with_context(|| format!("open read handles on version {}", version.info.name))?;
+        let recorded = metadata.recorded_state()?;
+        let expected = crate::store::leveldb::RecordedState {
+            seq: version.info.seq,
+            chain_digest: version.info.chain_digest.clone(),
+        };
+        if recorded.as_ref() != Some(&expected) {
+            bail!(
+                "version {} records {:?} in its database but {:?} in version.json: not trusted",
+                version.info.name,
+                recorded,
+                expected
+            );
+        }
         Ok(Catalog {
             info: version.info.clone(),
             model,

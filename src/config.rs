@@ -21,6 +21,33 @@ pub struct ConfigFile {
     pub reader_shards: Option<usize>,
     /// Seconds in-flight requests may take to finish after SIGTERM.
     pub drain_timeout_secs: Option<u64>,
+    /// Delta store URL.
+    pub store: Option<String>,
+    /// Trusted public keys file.
+    pub trusted_keys: Option<PathBuf>,
+    /// Poll interval, e.g. "60s".
+    pub follow_interval: Option<HumanDuration>,
+    /// `serve-stale` or `fail`.
+    pub on_sync_failure: Option<crate::server::OnSyncFailure>,
+    /// Boot-time sync deadline, e.g. "120s".
+    pub boot_deadline: Option<HumanDuration>,
+    /// Committed versions kept.
+    pub keep_versions: Option<usize>,
+}
+
+/// A duration written as "60s", "5m", "7d".
+#[derive(Debug, Clone, Copy)]
+pub struct HumanDuration(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!("{text:?} is not a duration like \"60s\": {e}"))
+            })
+    }
 }
 
 impl ConfigFile {

@@ -10,6 +10,7 @@
 //! - [`search`]: TF-IDF embedding and the local vector index.
 //! - [`delta`]: keys, the signed delta and head format, chain verification, publishing.
 //! - [`remote`]: delta stores (a local directory, S3).
+//! - [`sync`]: fetch, verify, apply to a new version, swap; and the daemon's follower.
 //! - [`catalog`]: one loaded version, and the atomically swapped current one.
 //! - [`http`]: router, handlers, errors.
 //! - [`server`]: the daemon's boot and serve loop.
@@ -21,10 +22,12 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod delta;
+pub mod failpoint;
 pub mod http;
 pub mod progress;
 pub mod remote;
 pub mod search;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

@@ -1,7 +1,9 @@
-//! The daemon: bind, bring the state dir to a servable version, swap it in, serve.
+//! The daemon: bind, bring the state dir to a servable version, sync it to the head, swap it
+//! in, serve, keep following.
 //!
 //! The listener is bound first so `/livez` answers and `/readyz` says 503 while the version
-//! is prepared; nothing but those answers before the first swap.
+//! is prepared; nothing but those answers before the first swap, and the first swap happens
+//! only after the boot-time sync committed (or, with `serve-stale`, gave up).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +15,33 @@ use anyhow::Context;
 use crate::bundle::Bundle;
 use crate::catalog::{Catalog, CurrentCatalog};
 use crate::http::{self, AppState};
-use crate::store::state::StateDir;
+use crate::search::tfidf::TfidfModel;
+use crate::store::state::{StateDir, StoreVersion};
+use crate::sync::follow::{Follower, SharedStatus, SyncStatus, open_catalog};
+use crate::sync::{SyncOptions, Syncer, with_deadline};
+
+/// What to do when the boot-time sync fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnSyncFailure {
+    /// Serve the newest good local version, report it stale, keep retrying.
+    ServeStale,
+    /// Exit non-zero.
+    Fail,
+}
+
+/// Following a delta store while serving.
+#[derive(Debug, Clone)]
+pub struct FollowOptions {
+    /// Store, keys, caps.
+    pub sync: SyncOptions,
+    /// Poll interval.
+    pub follow_interval: Duration,
+    /// Boot-time sync failure policy.
+    pub on_sync_failure: OnSyncFailure,
+    /// How long the boot-time sync may take before the policy applies.
+    pub boot_deadline: Duration,
+}
 
 /// Everything `serve` needs, after flags, environment and config file are merged.
 #[derive(Debug, Clone)]
@@ -28,31 +56,80 @@ pub struct ServeOptions {
     pub reader_shards: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// The delta store to follow; `None` serves the bundle alone.
+    pub follow: Option<FollowOptions>,
 }
 
-/// Loads the current version: opens the state dir, clones the bundle if needed, opens the
-/// read handles. Blocking: call it off the async runtime's workers.
-pub fn load_catalog(options: &ServeOptions) -> anyhow::Result<(StateDir, Catalog)> {
-    let started = Instant::now();
-    let bundle = Bundle::open(&options.bundle)?;
+/// The bundle, its model, the state dir and the newest usable committed version.
+pub struct LocalState {
+    /// The bundle.
+    pub bundle: Bundle,
+    /// Its model.
+    pub model: Arc<TfidfModel>,
+    /// The state dir (locked).
+    pub state: Arc<StateDir>,
+    /// The version to start from.
+    pub version: StoreVersion,
+}
+
+/// Opens the bundle and state dir and picks the version to start from: the current one if
+/// it descends from this bundle and is at least as new, else a fresh clone of the bundle.
+/// Blocking.
+pub fn open_local(
+    bundle_dir: &std::path::Path,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<LocalState> {
+    let bundle = Bundle::open(bundle_dir)?;
     let model = Arc::new(bundle.load_model()?);
-    let state = StateDir::open(&options.state_dir)?;
+    let state = Arc::new(StateDir::open(state_dir)?);
     let version = state.ensure_from_bundle(&bundle)?;
-    let catalog = Catalog::open(
-        &version,
+    Ok(LocalState {
+        bundle,
         model,
-        &state.reader_dir(&version),
-        options.reader_shards,
-    )?;
-    tracing::info!(
-        dataset = %catalog.info.dataset,
-        seq = catalog.seq(),
-        version = %catalog.info.name,
-        n_items = catalog.index().n_items(),
-        seconds = started.elapsed().as_secs_f64(),
-        "version loaded"
-    );
-    Ok((state, catalog))
+        state,
+        version,
+    })
+}
+
+/// Loads the current version of the bundle alone (no delta store): used by tests and tools.
+pub fn load_catalog(options: &ServeOptions) -> anyhow::Result<(Arc<StateDir>, Catalog)> {
+    let local = open_local(&options.bundle, &options.state_dir)?;
+    let catalog = open_with_fallback(&local, options.reader_shards)?;
+    Ok((local.state, catalog))
+}
+
+/// Opens the catalog of `local.version`; if it does not open or its recorded state
+/// disagrees, falls back to older committed versions of the same bundle, then to a fresh
+/// clone of the bundle.
+fn open_with_fallback(local: &LocalState, reader_shards: usize) -> anyhow::Result<Catalog> {
+    let open = |version: &StoreVersion| {
+        Catalog::open(
+            version,
+            local.model.clone(),
+            &local.state.reader_dir(version),
+            reader_shards,
+        )
+    };
+    let error = match open(&local.version) {
+        Ok(catalog) => return Ok(catalog),
+        Err(error) => error,
+    };
+    tracing::warn!(version = %local.version.info.name, error = format!("{error:#}"), "current version is not trusted; falling back");
+    for version in local.state.versions()?.iter().rev() {
+        if version.info.name == local.version.info.name
+            || version.info.model_fingerprint != local.bundle.manifest.model_fingerprint
+        {
+            continue;
+        }
+        if let Ok(catalog) = open(version) {
+            local.state.set_current(&version.info.name)?;
+            tracing::warn!(version = %version.info.name, "serving an older committed version");
+            return Ok(catalog);
+        }
+    }
+    local.state.set_current("")?;
+    let fresh = local.state.ensure_from_bundle(&local.bundle)?;
+    open(&fresh)
 }
 
 /// Runs the daemon until `shutdown` resolves. `on_listening` is told the bound address.
@@ -71,28 +148,142 @@ pub async fn run(
         })?;
     let local_addr = listener.local_addr().context("read the bound address")?;
     let current = Arc::new(CurrentCatalog::default());
-    let state = AppState {
+    let status: SharedStatus = Arc::new(parking_lot::RwLock::new(SyncStatus {
+        store: options.follow.as_ref().map(|f| f.sync.store.clone()),
+        ..Default::default()
+    }));
+    let app = AppState {
         catalog: current.clone(),
         started: Instant::now(),
         bundle_dir: options.bundle.clone(),
         metrics: crate::telemetry::prometheus(),
+        sync: status.clone(),
     };
     on_listening(local_addr);
     let server = tokio::spawn(http::run(
         listener,
-        http::router(state),
+        http::router(app),
         shutdown,
         options.drain_timeout,
     ));
-    let load_options = options.clone();
-    let (state_dir, catalog) = tokio::task::spawn_blocking(move || load_catalog(&load_options))
-        .await
-        .context("join the loading task")??;
-    current.swap(Arc::new(catalog));
-    tracing::info!("ready");
+    let booted = boot(&options, current.clone(), status).await;
+    let follower_task = match booted {
+        Ok(Some((follower, interval))) => Some(tokio::spawn(follower.run(interval))),
+        Ok(None) => None,
+        Err(error) => {
+            server.abort();
+            return Err(error);
+        }
+    };
     let result = server.await.context("join the server task")?;
+    if let Some(task) = follower_task {
+        task.abort();
+        let _ = task.await;
+    }
     // Release read handles (and their clones) before the state dir's lock.
     drop(current);
-    drop(state_dir);
     result
+}
+
+/// Boot: local version, boot-time sync within the deadline, first swap, READY=1. Returns
+/// the follower to run when a store is configured.
+async fn boot(
+    options: &ServeOptions,
+    current: Arc<CurrentCatalog>,
+    status: SharedStatus,
+) -> anyhow::Result<Option<(Arc<Follower>, Duration)>> {
+    let started = Instant::now();
+    let (bundle_dir, state_dir) = (options.bundle.clone(), options.state_dir.clone());
+    let local = tokio::task::spawn_blocking(move || open_local(&bundle_dir, &state_dir))
+        .await
+        .context("join the loading task")??;
+    status.write().bundle_seq = local.bundle.manifest.seq;
+    let Some(follow) = &options.follow else {
+        let reader_shards = options.reader_shards;
+        let catalog = tokio::task::spawn_blocking(move || {
+            open_with_fallback(&local, reader_shards).map(|c| (c, local))
+        })
+        .await
+        .context("join the loading task")??;
+        swap_first(&current, Arc::new(catalog.0), started);
+        return Ok(None);
+    };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(
+        "syncing from the delta store",
+    )]);
+    let syncer = Syncer::open(follow.sync.clone(), &local.bundle, local.model.clone()).await?;
+    let follower = Arc::new(Follower {
+        syncer,
+        state: local.state.clone(),
+        version: tokio::sync::Mutex::new(local.version.clone()),
+        current: current.clone(),
+        status: status.clone(),
+        reader_shards: options.reader_shards,
+        keep_versions: follow.sync.keep_versions,
+    });
+    let synced = with_deadline(
+        follow.boot_deadline,
+        "boot-time sync",
+        follower.sync_and_swap(),
+    )
+    .await;
+    match synced {
+        Ok(_) => {}
+        Err(error) => match follow.on_sync_failure {
+            OnSyncFailure::Fail => {
+                return Err(error.context("boot-time sync failed and --on-sync-failure is fail"));
+            }
+            OnSyncFailure::ServeStale => {
+                let mut status = status.write();
+                status.stale = true;
+                status.last_result = Some("failed".into());
+                status.last_error = Some(format!("{error:#}"));
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "boot-time sync failed; serving the newest good local version, marked stale"
+                );
+            }
+        },
+    }
+    if current.load().is_none() {
+        // Nothing new was applied: serve the local version as it is.
+        let version = follower.version.lock().await.clone();
+        let catalog = match open_catalog(
+            &local.state,
+            &version,
+            local.model.clone(),
+            options.reader_shards,
+        )
+        .await
+        {
+            Ok(catalog) => catalog,
+            Err(_) => {
+                let reader_shards = options.reader_shards;
+                Arc::new(
+                    tokio::task::spawn_blocking(move || open_with_fallback(&local, reader_shards))
+                        .await??,
+                )
+            }
+        };
+        status.write().head_issued_at = version.info.head_issued_at;
+        swap_first(&current, catalog, started);
+    } else {
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "ready");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+    Ok(Some((follower, follow.follow_interval)))
+}
+
+fn swap_first(current: &CurrentCatalog, catalog: Arc<Catalog>, started: Instant) {
+    tracing::info!(
+        dataset = %catalog.info.dataset,
+        seq = catalog.seq(),
+        version = %catalog.info.name,
+        n_items = catalog.index().n_items(),
+        seconds = started.elapsed().as_secs_f64(),
+        "ready"
+    );
+    metrics::gauge!("deltacache_current_seq").set(catalog.seq() as f64);
+    current.swap(catalog);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }

@@ -49,6 +49,10 @@ pub struct BuildOptions {
     pub model: ModelSource,
     /// The delta seq this base already includes.
     pub seq: u64,
+    /// For a compacted bundle: the digest and length of the last delta it includes, which
+    /// the next delta must name as its parent. `None` derives a base chain digest from the
+    /// items.
+    pub chain: Option<(String, u64)>,
 }
 
 /// What a build did, for the caller to report.
@@ -202,8 +206,23 @@ fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Resu
     drop(index);
     stage_seconds.push(("index", started.elapsed().as_secs_f64()));
 
-    // Compact and close the store, then drop LevelDB's scratch files.
+    // Record the chain position in the store itself, then compact and close it and drop
+    // LevelDB's scratch files.
     let started = Instant::now();
+    let (chain_digest, chain_len) = match &options.chain {
+        Some((digest, len)) => (digest.clone(), *len),
+        None => (
+            super::base_chain_digest(dataset, options.seq, model.fingerprint(), &items_sha256),
+            0,
+        ),
+    };
+    let recorded = leveldb::RecordedState {
+        seq: options.seq,
+        chain_digest: chain_digest.clone(),
+    };
+    db.put(leveldb::STATE_KEY, &serde_json::to_vec(&recorded)?)
+        .map_err(|s| anyhow!("{s}"))
+        .context("record the chain position")?;
     db.compact_range(b"", b"\xff\xff\xff\xff")
         .map_err(|s| anyhow!("{s}"))
         .context("compact LevelDB")?;
@@ -242,13 +261,8 @@ fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Resu
             .map(|d| d.as_secs())
             .unwrap_or(0),
         built_by: format!("deltacache {}", env!("CARGO_PKG_VERSION")),
-        chain_digest: super::base_chain_digest(
-            dataset,
-            options.seq,
-            model.fingerprint(),
-            &items_sha256,
-        ),
-        chain_len: 0,
+        chain_digest,
+        chain_len,
         items_sha256,
         files,
     };

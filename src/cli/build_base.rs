@@ -59,6 +59,7 @@ pub(super) fn run(args: BuildBaseArgs) -> anyhow::Result<()> {
         },
         model,
         seq: args.seq,
+        chain: None,
     })?;
     let m = &report.manifest;
     let stages: Vec<String> = report

@@ -6,6 +6,8 @@ mod keygen;
 mod publish_delta;
 mod remote_args;
 mod serve;
+mod state_tools;
+mod sync;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,16 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Serve search and lookups over HTTP from a copy-on-write clone of a bundle.
     Serve(serve::ServeArgs),
+    /// The boot-time sync alone: bring a state dir to the store's head, then exit.
+    Sync(sync::SyncArgs),
+    /// What a state dir holds: versions, current, applied seq, last sync.
+    Status(state_tools::StatusArgs),
+    /// The current version's items as JSONL.
+    Export(state_tools::ExportArgs),
+    /// Make an older kept version current and pin it (or unpin).
+    Rollback(state_tools::RollbackArgs),
+    /// Bundle + deltas → a new bundle at the head, for the next image bake.
+    Compact(state_tools::CompactArgs),
     /// Build a bundle from a built-in sample catalogue and serve it on loopback.
     Demo(demo::DemoArgs),
 }
@@ -47,6 +59,11 @@ pub fn main() -> anyhow::Result<()> {
         Command::PublishDelta(args) => publish_delta::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Sync(args) => sync::run(args),
+        Command::Status(args) => state_tools::status(args),
+        Command::Export(args) => state_tools::export(args),
+        Command::Rollback(args) => state_tools::rollback(args),
+        Command::Compact(args) => state_tools::compact(args),
         Command::Demo(args) => demo::run(args),
     }
 }

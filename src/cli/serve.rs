@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::remote_args::RemoteArgs;
 use crate::config::ConfigFile;
-use crate::server::{self, ServeOptions};
+use crate::server::{self, FollowOptions, OnSyncFailure, ServeOptions};
+use crate::sync::SyncOptions;
 
 /// Default listen address.
 pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -35,6 +37,33 @@ pub(super) struct ServeArgs {
     /// Seconds in-flight requests may take to finish after SIGTERM [default: 10].
     #[arg(long, env = "DELTACACHE_DRAIN_TIMEOUT_SECS", value_name = "SECS")]
     drain_timeout_secs: Option<u64>,
+    /// Delta store to sync from at boot and follow: file:///dir or s3://bucket/prefix.
+    /// Without it, the bundle alone is served.
+    #[arg(long, env = "DELTACACHE_STORE", value_name = "URL")]
+    store: Option<String>,
+    /// Trusted public keys (one or more `.pub` lines); required with --store.
+    #[arg(long, env = "DELTACACHE_TRUSTED_KEYS", value_name = "FILE")]
+    trusted_keys: Option<PathBuf>,
+    /// How often to poll the head for new deltas, e.g. 60s [default: 60s]. SIGHUP syncs now.
+    #[arg(long, env = "DELTACACHE_FOLLOW_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    follow_interval: Option<Duration>,
+    /// When the boot-time sync fails: serve-stale (serve the newest good local version,
+    /// report it stale, keep retrying) or fail (exit non-zero) [default: serve-stale].
+    #[arg(
+        long,
+        env = "DELTACACHE_ON_SYNC_FAILURE",
+        value_enum,
+        value_name = "POLICY"
+    )]
+    on_sync_failure: Option<OnSyncFailure>,
+    /// How long the boot-time sync may take before the policy applies [default: 120s].
+    #[arg(long, env = "DELTACACHE_BOOT_DEADLINE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    boot_deadline: Option<Duration>,
+    /// Committed versions kept in the state dir [default: 3].
+    #[arg(long, env = "DELTACACHE_KEEP_VERSIONS", value_name = "N")]
+    keep_versions: Option<usize>,
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 impl ServeArgs {
@@ -65,12 +94,41 @@ impl ServeArgs {
             .drain_timeout_secs
             .or(file.drain_timeout_secs)
             .unwrap_or(10);
+        let follow = match self.store.or(file.store) {
+            None => None,
+            Some(store) => {
+                let trusted_keys = self.trusted_keys.or(file.trusted_keys).context(
+                    "--store needs --trusted-keys FILE (or DELTACACHE_TRUSTED_KEYS, or `trusted-keys` in the config file)",
+                )?;
+                let mut sync = SyncOptions::new(store, trusted_keys);
+                sync.remote = self.remote.settings();
+                if let Some(keep) = self.keep_versions.or(file.keep_versions) {
+                    sync.keep_versions = keep.max(1);
+                }
+                Some(FollowOptions {
+                    sync,
+                    follow_interval: self
+                        .follow_interval
+                        .or(file.follow_interval.map(|d| d.0))
+                        .unwrap_or(Duration::from_secs(60)),
+                    on_sync_failure: self
+                        .on_sync_failure
+                        .or(file.on_sync_failure)
+                        .unwrap_or(OnSyncFailure::ServeStale),
+                    boot_deadline: self
+                        .boot_deadline
+                        .or(file.boot_deadline.map(|d| d.0))
+                        .unwrap_or(Duration::from_secs(120)),
+                })
+            }
+        };
         Ok(ServeOptions {
             bundle,
             state_dir,
             listen,
             reader_shards,
             drain_timeout: Duration::from_secs(drain),
+            follow,
         })
     }
 }

@@ -171,6 +171,9 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         metrics::gauge!("deltacache_current_seq").set(catalog.seq() as f64);
         metrics::gauge!("deltacache_items").set(catalog.index().n_items() as f64);
     }
+    if let Some(staleness) = state.sync.read().staleness_seconds() {
+        metrics::gauge!("deltacache_staleness_seconds").set(staleness as f64);
+    }
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -182,7 +185,20 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
 pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
     let uptime = state.started.elapsed().as_secs_f64();
     let bundle = state.bundle_dir.display().to_string();
-    Json(match state.catalog.load() {
+    let sync = state.sync.read().clone();
+    let sync_json = serde_json::json!({
+        "store": sync.store,
+        "bundle_seq": sync.bundle_seq,
+        "head_seq_seen": sync.head_seq_seen,
+        "deltas_applied": sync.deltas_applied,
+        "last_sync_at": sync.last_sync_at,
+        "last_result": sync.last_result,
+        "last_error": sync.last_error,
+        "stale": sync.stale,
+        "staleness_seconds": sync.staleness_seconds(),
+        "versions_kept": sync.versions_kept,
+    });
+    let mut body = match state.catalog.load() {
         Some(catalog) => serde_json::json!({
             "ready": true,
             "dataset": catalog.info.dataset,
@@ -199,7 +215,9 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
             "bundle": bundle,
             "uptime_seconds": uptime,
         }),
-    })
+    };
+    body["sync"] = sync_json;
+    Json(body)
 }
 
 pub(super) async fn not_found() -> ApiError {

@@ -35,6 +35,8 @@ pub struct AppState {
     pub bundle_dir: PathBuf,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// What syncing has done, for `/status` and `/metrics`.
+    pub sync: crate::sync::follow::SharedStatus,
 }
 
 /// All routes, with body limit, access log and metrics. Handlers can be driven without a
@@ -59,7 +61,9 @@ pub fn router(state: AppState) -> Router {
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                 .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                // 5xx answers are logged once where they are made (see ApiError::internal).
+                .on_failure(()),
         )
         .with_state(state)
 }

@@ -145,6 +145,25 @@ impl FileStore {
         .map_err(|e| PutError::Other(e.into()))?
     }
 
+    pub(super) async fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let (dir, file_prefix) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        let dir_path = self.root.join(dir);
+        let mut names = Vec::new();
+        let entries = match std::fs::read_dir(&dir_path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+            Err(e) => return Err(e).with_context(|| format!("list {}", dir_path.display())),
+        };
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.starts_with(file_prefix) {
+                names.push(format!("{dir}/{name}"));
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     pub(super) async fn remove(&self, name: &str) -> anyhow::Result<()> {
         let path = self.root.join(name);
         std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))

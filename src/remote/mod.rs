@@ -203,6 +203,24 @@ impl DeltaStore {
         }
     }
 
+    /// The digests of every delta object stored for `seq` (normally one; more after an
+    /// interrupted race).
+    pub async fn list_deltas(&self, seq: u64) -> anyhow::Result<Vec<String>> {
+        let prefix = format!("deltas/{seq:012}-");
+        let names = match self {
+            DeltaStore::File(store) => store.list(&prefix).await?,
+            DeltaStore::S3(store) => store.list(&prefix).await?,
+        };
+        Ok(names
+            .into_iter()
+            .filter_map(|name| {
+                name.strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_suffix(".delta"))
+                    .map(str::to_owned)
+            })
+            .collect())
+    }
+
     /// Removes a delta object that lost a publishing race (best effort; it is unreferenced).
     pub async fn remove_unreferenced_delta(&self, seq: u64, digest: &str) -> anyhow::Result<()> {
         let name = delta_name(seq, digest);

@@ -162,6 +162,30 @@ impl S3Store {
         map_put(request.send().await, key)
     }
 
+    pub(super) async fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let key_prefix = self.key(prefix);
+        let strip = self.key("");
+        let mut names = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&key_prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| anyhow::anyhow!("list {key_prefix}: {}", DisplayErrorContext(e)))?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    names.push(key.strip_prefix(&strip).unwrap_or(key).to_owned());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     pub(super) async fn remove(&self, name: &str) -> anyhow::Result<()> {
         let key = self.key(name);
         self.client

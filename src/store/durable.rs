@@ -35,9 +35,7 @@ pub fn fsync_tree(dir: &Path) -> anyhow::Result<()> {
 /// it, fsync it, rename it over `path`, fsync the parent directory. The new contents are
 /// committed when this returns `Ok`.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let parent = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    let parent = parent_dir(path);
     let file_name = path
         .file_name()
         .with_context(|| format!("{} has no file name", path.display()))?;
@@ -48,6 +46,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
             .and_then(|_| file.sync_all())
             .with_context(|| format!("write {}", tmp.display()))?;
     }
+    crate::failpoint::hit("before-pointer-rename");
     std::fs::rename(&tmp, path)
         .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
     fsync_path(parent)
@@ -57,8 +56,13 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 pub fn rename_durably(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::rename(from, to)
         .with_context(|| format!("rename {} to {}", from.display(), to.display()))?;
-    fsync_path(
-        to.parent()
-            .with_context(|| format!("{} has no parent directory", to.display()))?,
-    )
+    fsync_path(parent_dir(to))
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
 }

@@ -21,6 +21,19 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// Prefix of item keys.
 const ITEM_KEY_PREFIX: &[u8] = b"i/";
 
+/// The key recording which chain position the database holds: `{"seq", "chain_digest"}`,
+/// written in the same batch as the records that bring it there.
+pub const STATE_KEY: &[u8] = b"m/state";
+
+/// What [`STATE_KEY`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedState {
+    /// The seq the database includes.
+    pub seq: u64,
+    /// The digest of the last delta applied (or the bundle's chain digest).
+    pub chain_digest: String,
+}
+
 /// The key under which an item is stored.
 pub fn item_key(id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(ITEM_KEY_PREFIX.len() + id.len());
@@ -60,6 +73,37 @@ pub fn open_db(dir: &Path, create_if_missing: bool) -> anyhow::Result<DB> {
 /// Reads one key from a database opened on its own clone (a closure, because it also owns
 /// the database's snapshot, a type rusty-leveldb does not export).
 type ReadFn = Box<dyn FnMut(&[u8]) -> rusty_leveldb::Result<Option<Vec<u8>>>>;
+
+/// Writes every item of the closed database at `db_dir` as JSONL (one stored JSON per
+/// line, in key order), reading from a clone made under `scratch`. Returns the count.
+pub fn export_items(
+    db_dir: &Path,
+    scratch: &Path,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<u64> {
+    use rusty_leveldb::LdbIterator;
+    let clone = scratch.join("export");
+    super::clone::clone_db_dir(db_dir, &clone)?;
+    let mut db = open_db(&clone, false)?;
+    let mut iter = db
+        .new_iter()
+        .map_err(|s| anyhow!("{s}"))
+        .context("iterate LevelDB")?;
+    iter.seek(ITEM_KEY_PREFIX);
+    let mut n_items = 0u64;
+    while let Some((key, value)) = iter.current() {
+        if !key.starts_with(ITEM_KEY_PREFIX) {
+            break;
+        }
+        out.write_all(&value)?;
+        out.write_all(b"\n")?;
+        n_items += 1;
+        if !iter.advance() {
+            break;
+        }
+    }
+    Ok(n_items)
+}
 
 /// One read handle: a database opened on its own clone, with the snapshot reads use.
 struct ReadHandle {
@@ -104,6 +148,17 @@ impl MetadataReaders {
             handles,
             clone_root: clone_root.to_path_buf(),
         })
+    }
+
+    /// Reads the recorded chain position.
+    pub fn recorded_state(&self) -> anyhow::Result<Option<RecordedState>> {
+        let mut guard = self.handles[0].lock();
+        match (guard.read)(STATE_KEY).map_err(|status| anyhow!("{status}"))? {
+            Some(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes).context("parse the recorded state")?,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Reads one item's JSON. An error means the read failed (for example a corrupt block):

@@ -45,6 +45,16 @@ pub struct VersionInfo {
     pub n_items: u64,
     /// Seconds since the epoch when it was made.
     pub created_at: u64,
+    /// The digest the next delta must name as its parent (the last applied delta's, or the
+    /// bundle's chain digest). Also recorded inside the database, in the same write as the
+    /// last delta's records.
+    pub chain_digest: String,
+    /// Length of the object `chain_digest` names.
+    pub chain_len: u64,
+    /// Seq of the bundle the version descends from.
+    pub bundle_seq: u64,
+    /// Issue time of the head this version was synced to (None: the bundle alone).
+    pub head_issued_at: Option<u64>,
 }
 
 /// A committed version on disk.
@@ -73,8 +83,9 @@ impl StoreVersion {
 pub struct StateDir {
     /// The state dir's root.
     root: PathBuf,
-    /// The locked `lock` file; the lock is released when this is dropped.
-    _lock: File,
+    /// The locked `lock` file; the lock is released when this is dropped. `None` for a
+    /// read-only view.
+    _lock: Option<File>,
 }
 
 impl StateDir {
@@ -106,7 +117,23 @@ impl StateDir {
         }
         Ok(StateDir {
             root: root.to_path_buf(),
-            _lock: lock,
+            _lock: Some(lock),
+        })
+    }
+
+    /// A view of a state dir that takes no lock and changes nothing (for `status`, `export`
+    /// and `rollback` beside a running daemon). Only atomic, durable pointer writes may be
+    /// made through it.
+    pub fn inspect(root: &Path) -> anyhow::Result<Self> {
+        if !root.join("versions").is_dir() {
+            bail!(
+                "{} is not a state dir (no versions/ inside): pass the --state-dir that serve or sync uses",
+                root.display()
+            );
+        }
+        Ok(StateDir {
+            root: root.to_path_buf(),
+            _lock: None,
         })
     }
 
@@ -132,7 +159,8 @@ impl StateDir {
         }
     }
 
-    fn load_version(&self, name: &str) -> anyhow::Result<StoreVersion> {
+    /// Loads the description of a committed version.
+    pub fn load_version(&self, name: &str) -> anyhow::Result<StoreVersion> {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             bail!("current names {name:?}, which is not a version name");
         }
@@ -171,10 +199,7 @@ impl StateDir {
             );
         }
         bundle.verify_files()?;
-        let name = format!("{:012}-{}", manifest.seq, unique_suffix());
-        let staging = self.root.join("staging").join(&name);
-        std::fs::create_dir_all(&staging)
-            .with_context(|| format!("create {}", staging.display()))?;
+        let (name, staging) = self.new_staging(manifest.seq)?;
         let method = clone_db_dir(&bundle.dir.join(DB_DIR), &staging.join(DB_DIR))?;
         let index_method =
             share_immutable(&bundle.dir.join(INDEX_FILE), &staging.join(INDEX_FILE))?;
@@ -192,21 +217,132 @@ impl StateDir {
             bundle_manifest_sha256: bundle.manifest_sha256.clone(),
             n_items: manifest.n_items,
             created_at: now_secs(),
+            chain_digest: manifest.chain_digest.clone(),
+            chain_len: manifest.chain_len,
+            bundle_seq: manifest.seq,
+            head_issued_at: None,
         };
         std::fs::write(
             staging.join(VERSION_FILE),
             serde_json::to_vec_pretty(&info).context("encode version.json")?,
         )
         .context("write version.json")?;
-        self.commit(&staging, &name)?;
-        self.load_version(&name)
+        self.commit(&staging, &name)
     }
 
     /// Commits a complete staging directory as version `name` and points `current` at it.
-    fn commit(&self, staging: &Path, name: &str) -> anyhow::Result<()> {
+    /// The commit point is the fsync of the state dir after the pointer's rename.
+    pub fn commit(&self, staging: &Path, name: &str) -> anyhow::Result<StoreVersion> {
         durable::fsync_tree(staging)?;
+        crate::failpoint::hit("after-fsync");
         durable::rename_durably(staging, &self.root.join("versions").join(name))?;
+        crate::failpoint::hit("after-rename");
+        self.set_current(name)?;
+        self.load_version(name)
+    }
+
+    /// Points `current` at a committed version (atomically, durably).
+    pub fn set_current(&self, name: &str) -> anyhow::Result<()> {
         durable::write_atomically(&self.root.join("current"), format!("{name}\n").as_bytes())
+    }
+
+    /// A new, empty staging directory for a version of `seq`; returns its name and path.
+    pub fn new_staging(&self, seq: u64) -> anyhow::Result<(String, PathBuf)> {
+        let name = format!("{seq:012}-{}", unique_suffix());
+        let path = self.root.join("staging").join(&name);
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok((name, path))
+    }
+
+    /// Every committed version that loads, oldest first (by seq, then creation).
+    pub fn versions(&self) -> anyhow::Result<Vec<StoreVersion>> {
+        let dir = self.root.join("versions");
+        let mut versions = Vec::new();
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("list {}", dir.display()))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            match self.load_version(&name) {
+                Ok(version) => versions.push(version),
+                Err(error) => {
+                    tracing::warn!(version = %name, error = format!("{error:#}"), "skipping an unusable version")
+                }
+            }
+        }
+        versions.sort_by(|a, b| {
+            (a.info.seq, a.info.created_at, &a.info.name).cmp(&(
+                b.info.seq,
+                b.info.created_at,
+                &b.info.name,
+            ))
+        });
+        Ok(versions)
+    }
+
+    /// Removes committed versions beyond the newest `keep`, never the current or pinned one.
+    /// Readers never hold a version directory (they hold clones), so removal is safe.
+    pub fn collect_garbage(&self, keep: usize) -> anyhow::Result<usize> {
+        let current = self.current_name()?;
+        let pinned = self.pinned()?;
+        let versions = self.versions()?;
+        let mut removed = 0;
+        let n_old = versions.len().saturating_sub(keep.max(1));
+        for version in versions.into_iter().take(n_old) {
+            if Some(&version.info.name) == current.as_ref()
+                || Some(&version.info.name) == pinned.as_ref()
+            {
+                continue;
+            }
+            remove_any(&version.dir)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// The name `current` holds, if any.
+    pub fn current_name(&self) -> anyhow::Result<Option<String>> {
+        read_name(&self.root.join("current"))
+    }
+
+    /// The version pinned by `rollback`, if any: following does not move away from it.
+    pub fn pinned(&self) -> anyhow::Result<Option<String>> {
+        read_name(&self.root.join("pinned"))
+    }
+
+    /// Pins (or with `None`, unpins) a version.
+    pub fn set_pinned(&self, name: Option<&str>) -> anyhow::Result<()> {
+        let path = self.root.join("pinned");
+        match name {
+            Some(name) => durable::write_atomically(&path, format!("{name}\n").as_bytes()),
+            None => match std::fs::remove_file(&path) {
+                Ok(()) => durable::fsync_path(&self.root),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("remove {}", path.display())),
+            },
+        }
+    }
+
+    /// The highest head ever accepted here.
+    pub fn head_watermark(&self) -> anyhow::Result<Option<crate::delta::chain::HeadWatermark>> {
+        let path = self.root.join("trust.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("parse {}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+
+    /// Records an accepted head if it is higher than the one recorded (durably).
+    pub fn record_head(&self, seen: crate::delta::chain::HeadWatermark) -> anyhow::Result<()> {
+        let higher = match self.head_watermark()? {
+            Some(old) => (seen.seq, seen.issued_at) > (old.seq, old.issued_at),
+            None => true,
+        };
+        if higher {
+            durable::write_atomically(&self.root.join("trust.json"), &serde_json::to_vec(&seen)?)?;
+        }
+        Ok(())
     }
 
     /// A fresh directory path under `readers/` for one set of read handles.
@@ -214,6 +350,14 @@ impl StateDir {
         self.root
             .join("readers")
             .join(format!("{}-{}", version.info.name, unique_suffix()))
+    }
+}
+
+fn read_name(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(name) => Ok(Some(name.trim().to_owned()).filter(|n| !n.is_empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
 }
 

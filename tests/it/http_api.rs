@@ -17,7 +17,7 @@ use super::support::{build_bundle, sample_items};
 
 struct Fixture {
     state: AppState,
-    _state_dir: Option<StateDir>,
+    _state_dir: Option<std::sync::Arc<StateDir>>,
     _dir: tempfile::TempDir,
 }
 
@@ -33,6 +33,7 @@ fn fixture(ready: bool) -> Fixture {
             listen: "127.0.0.1:0".parse().unwrap(),
             reader_shards: 2,
             drain_timeout: Duration::from_secs(1),
+            follow: None,
         })
         .unwrap();
         current.swap(Arc::new(catalog));
@@ -44,6 +45,7 @@ fn fixture(ready: bool) -> Fixture {
             started: Instant::now(),
             bundle_dir: bundle,
             metrics: deltacache::telemetry::prometheus(),
+            sync: Default::default(),
         },
         _state_dir: state_dir,
         _dir: dir,

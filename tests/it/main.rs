@@ -8,3 +8,4 @@ mod publish;
 mod s3;
 mod serve;
 mod support;
+mod sync;

@@ -313,6 +313,7 @@ fn bundle_built_with_an_exported_model_serves_scikit_learn_rankings() {
         fields: Default::default(),
         model: ModelSource::File(fixtures().join("model_defaults.json")),
         seq: 0,
+        chain: None,
     })
     .unwrap();
     let (_state, catalog) = load_catalog(&ServeOptions {
@@ -321,6 +322,7 @@ fn bundle_built_with_an_exported_model_serves_scikit_learn_rankings() {
         listen: "127.0.0.1:0".parse().unwrap(),
         reader_shards: 1,
         drain_timeout: std::time::Duration::from_secs(1),
+        follow: None,
     })
     .unwrap();
     for query in config.queries.iter().take(100) {

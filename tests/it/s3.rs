@@ -21,6 +21,8 @@ pub const BUCKET: &str = "deltas";
 struct AtomicConditionalPuts {
     inner: s3s_fs::FileSystem,
     puts: tokio::sync::Mutex<()>,
+    /// GETs wait while this is false: a store that is slow to answer, released by the test.
+    reads_open: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 #[async_trait::async_trait]
@@ -36,6 +38,8 @@ impl S3 for AtomicConditionalPuts {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
+        let mut open = self.reads_open.subscribe();
+        let _ = open.wait_for(|open| *open).await;
         self.inner.get_object(req).await
     }
     async fn head_object(
@@ -77,6 +81,8 @@ pub struct S3Server {
     pub endpoint: String,
     /// Where objects live (as files); removed when the server is dropped.
     _root: tempfile::TempDir,
+    /// Opens and closes reads (see [`S3Server::hold_reads`]).
+    reads_open: Arc<tokio::sync::watch::Sender<bool>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -92,9 +98,11 @@ impl S3Server {
             .build()
             .unwrap();
         let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+        let reads_open = Arc::new(tokio::sync::watch::Sender::new(true));
         let mut builder = s3s::service::S3ServiceBuilder::new(AtomicConditionalPuts {
             inner: fs,
             puts: Default::default(),
+            reads_open: reads_open.clone(),
         });
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = Arc::new(builder.build());
@@ -123,8 +131,19 @@ impl S3Server {
         S3Server {
             endpoint,
             _root: root,
+            reads_open,
             runtime: Some(runtime),
         }
+    }
+
+    /// Makes every GET wait until [`S3Server::release_reads`].
+    pub fn hold_reads(&self) {
+        self.reads_open.send_replace(false);
+    }
+
+    /// Lets held and future GETs through.
+    pub fn release_reads(&self) {
+        self.reads_open.send_replace(true);
     }
 
     /// Environment for a child process (or this one) to reach the server with the SDK.

@@ -64,6 +64,7 @@ pub fn build_bundle(dir: &Path, items: &[serde_json::Value]) -> PathBuf {
             stop_words: Some(StopWords::Named("english".into())),
         }),
         seq: 0,
+        chain: None,
     })
     .unwrap();
     out
@@ -86,8 +87,15 @@ impl Daemon {
     /// Starts the binary with `args` (which must make it listen on port 0) and waits for the
     /// line that names its address.
     pub fn start(args: &[&str]) -> Daemon {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&'static str, String)]) -> Daemon {
         let mut child = Command::new(binary())
             .args(args)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,0 +1,146 @@
+//! `deltacache status`, `export`, `rollback` and `compact`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::remote_args::RemoteArgs;
+use crate::sync::SyncOptions;
+use crate::sync::ops;
+
+#[derive(Debug, Args)]
+pub(super) struct StatusArgs {
+    /// The state dir to describe (read only; fine beside a running daemon).
+    #[arg(long, env = "DELTACACHE_STATE_DIR", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let report = ops::state_report(&args.state_dir)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("current: {}", report.current.as_deref().unwrap_or("none"));
+    println!(
+        "applied seq: {}",
+        report.applied_seq.map_or("none".into(), |s| s.to_string())
+    );
+    println!(
+        "highest head accepted: {}",
+        report
+            .head_seq_seen
+            .map_or("none".into(), |s| s.to_string())
+    );
+    println!(
+        "last sync: {}",
+        report
+            .last_sync_at
+            .map_or("never".into(), |s| s.to_string())
+    );
+    if let Some(pinned) = &report.pinned {
+        println!("pinned: {pinned} (rollback --unpin to follow again)");
+    }
+    println!("versions:");
+    for (name, seq, n_items) in &report.versions {
+        println!("  {name}  seq {seq}  {n_items} items");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ExportArgs {
+    /// The state dir whose current version to export.
+    #[arg(long, env = "DELTACACHE_STATE_DIR", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// Output JSONL file [default: standard output].
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+pub(super) fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let n_items = match &args.out {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("create {}", path.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let n = ops::export(&args.state_dir, &mut out)?;
+            out.flush()?;
+            n
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let n = ops::export(&args.state_dir, &mut out)?;
+            out.flush()?;
+            n
+        }
+    };
+    eprintln!("exported {n_items} items");
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["to", "unpin"]))]
+pub(super) struct RollbackArgs {
+    /// The state dir.
+    #[arg(long, env = "DELTACACHE_STATE_DIR", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// Make the kept version with this seq current and pin it.
+    #[arg(long, value_name = "SEQ")]
+    to: Option<u64>,
+    /// Remove the pin so following moves on again.
+    #[arg(long)]
+    unpin: bool,
+}
+
+pub(super) fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        ops::rollback(&args.state_dir, if args.unpin { None } else { args.to })?
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub(super) struct CompactArgs {
+    /// The bundle the chain starts from.
+    #[arg(long, value_name = "DIR")]
+    bundle: PathBuf,
+    /// Delta store: file:///dir or s3://bucket/prefix.
+    #[arg(long, env = "DELTACACHE_STORE", value_name = "URL")]
+    store: String,
+    /// Trusted public keys.
+    #[arg(long, env = "DELTACACHE_TRUSTED_KEYS", value_name = "FILE")]
+    trusted_keys: PathBuf,
+    /// The new bundle directory (must not exist).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Fit a new model on the compacted catalogue (new fingerprint: deltas built for the old
+    /// model are then refused; publishers must publish against the new bundle).
+    #[arg(long)]
+    refit: bool,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+pub(super) fn compact(args: CompactArgs) -> anyhow::Result<()> {
+    let mut options = SyncOptions::new(args.store, args.trusted_keys);
+    options.remote = args.remote.settings();
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let report = runtime.block_on(ops::compact(&args.bundle, options, &args.out, args.refit))?;
+    println!(
+        "compacted bundle {}: dataset {}, seq {}, {} items, model {}",
+        args.out.display(),
+        report.manifest.dataset,
+        report.manifest.seq,
+        report.manifest.n_items,
+        &report.manifest.model_fingerprint[..16]
+    );
+    Ok(())
+}

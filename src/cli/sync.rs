@@ -1,0 +1,70 @@
+//! `deltacache sync`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::remote_args::RemoteArgs;
+use crate::sync::ops::sync_once;
+use crate::sync::{SyncOptions, SyncOutcome};
+
+#[derive(Debug, Args)]
+pub(super) struct SyncArgs {
+    /// The bundle (read only; never opened in place).
+    #[arg(long, env = "DELTACACHE_BUNDLE", value_name = "DIR")]
+    bundle: PathBuf,
+    /// The writable state dir (must not be in use by a running serve).
+    #[arg(long, env = "DELTACACHE_STATE_DIR", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// Delta store: file:///dir or s3://bucket/prefix.
+    #[arg(long, env = "DELTACACHE_STORE", value_name = "URL")]
+    store: String,
+    /// Trusted public keys (one or more `.pub` lines).
+    #[arg(long, env = "DELTACACHE_TRUSTED_KEYS", value_name = "FILE")]
+    trusted_keys: PathBuf,
+    /// Give up after this long.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    deadline: Duration,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+pub(super) fn run(args: SyncArgs) -> anyhow::Result<()> {
+    let mut options = SyncOptions::new(args.store, args.trusted_keys);
+    options.remote = args.remote.settings();
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let outcome = runtime.block_on(sync_once(
+        &args.bundle,
+        &args.state_dir,
+        options,
+        args.deadline,
+    ))?;
+    match outcome {
+        SyncOutcome::NoHead => println!("no head in the store yet: serving the bundle as it is"),
+        SyncOutcome::UpToDate { head_seq } => println!("up to date at seq {head_seq}"),
+        SyncOutcome::Pinned { version } => {
+            println!("version {version} is pinned (rollback); not following")
+        }
+        SyncOutcome::Applied {
+            version,
+            n_deltas,
+            n_records,
+            stage_seconds,
+            ..
+        } => {
+            let stages: Vec<String> = stage_seconds
+                .iter()
+                .map(|(n, s)| format!("{n} {s:.3}s"))
+                .collect();
+            println!(
+                "applied {n_deltas} deltas ({n_records} records): now at seq {} in version {} ({})",
+                version.info.seq,
+                version.info.name,
+                stages.join(", ")
+            );
+        }
+    }
+    Ok(())
+}

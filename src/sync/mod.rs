@@ -1,0 +1,310 @@
+//! Sync: bring a state dir to the newest signed state in a delta store.
+//!
+//! fetch head (cap, signature, binding, expiry, not older than the watermark) → record the
+//! watermark → fetch and verify every delta back to the current version by parent digests →
+//! apply to a new copy-on-write version → commit. A delta that fails in the middle of the
+//! chain: the deltas before it are found by listing the store (accepting only a single valid
+//! candidate per seq), applied, and the failure is reported.
+
+pub mod apply;
+pub mod follow;
+pub mod ops;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::bundle::Bundle;
+use crate::bundle::items::ItemFields;
+use crate::delta::chain::{
+    ChainError, ChainPosition, HeadWatermark, VerifiedDelta, fetch_chain, fetch_head,
+    verify_delta_bytes,
+};
+use crate::delta::format::DEFAULT_MAX_DELTA_BYTES;
+use crate::delta::keys::TrustedKeys;
+use crate::delta::publish::now_secs;
+use crate::remote::{DeltaStore, RemoteSettings};
+use crate::search::tfidf::TfidfModel;
+use crate::store::state::{StateDir, StoreVersion};
+
+/// Where and how to sync from.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Delta store URL.
+    pub store: String,
+    /// Trusted public keys file.
+    pub trusted_keys: PathBuf,
+    /// Remote timeouts and retries.
+    pub remote: RemoteSettings,
+    /// Largest delta accepted.
+    pub max_delta_bytes: u64,
+    /// Committed versions kept in the state dir.
+    pub keep_versions: usize,
+}
+
+impl SyncOptions {
+    /// Options with defaults for everything but the store and keys.
+    pub fn new(store: String, trusted_keys: PathBuf) -> Self {
+        SyncOptions {
+            store,
+            trusted_keys,
+            remote: RemoteSettings::default(),
+            max_delta_bytes: DEFAULT_MAX_DELTA_BYTES,
+            keep_versions: 3,
+        }
+    }
+}
+
+/// What one sync did.
+#[derive(Debug, Clone)]
+pub enum SyncOutcome {
+    /// The store has no head yet.
+    NoHead,
+    /// Already at the head.
+    UpToDate {
+        /// The head's seq.
+        head_seq: u64,
+    },
+    /// A pinned version is current; following is paused.
+    Pinned {
+        /// The pinned version.
+        version: String,
+    },
+    /// New deltas were applied and committed.
+    Applied {
+        /// The new version.
+        version: Box<StoreVersion>,
+        /// How many deltas.
+        n_deltas: usize,
+        /// How many records.
+        n_records: u64,
+        /// The head's seq.
+        head_seq: u64,
+        /// Set when only a prefix of the chain could be applied: why the rest was refused.
+        refused_rest: Option<String>,
+        /// Seconds per stage.
+        stage_seconds: Vec<(&'static str, f64)>,
+    },
+}
+
+/// Everything needed to sync one state dir; shared by `sync` and the daemon's follower.
+pub struct Syncer {
+    /// The delta store.
+    store: DeltaStore,
+    /// Keys deltas must be signed with.
+    trusted: TrustedKeys,
+    /// The bundle's model (deltas are embedded with it).
+    pub model: Arc<TfidfModel>,
+    /// The bundle's id and text fields.
+    fields: ItemFields,
+    /// Caps and retention.
+    options: SyncOptions,
+}
+
+impl Syncer {
+    /// Loads the trusted keys and opens the store.
+    pub async fn open(
+        options: SyncOptions,
+        bundle: &Bundle,
+        model: Arc<TfidfModel>,
+    ) -> anyhow::Result<Self> {
+        let trusted = TrustedKeys::load(&options.trusted_keys)?;
+        let store = DeltaStore::open(&options.store, &options.remote).await?;
+        Ok(Syncer {
+            store,
+            trusted,
+            model,
+            fields: ItemFields {
+                id_field: bundle.manifest.id_field.clone(),
+                text_field: bundle.manifest.text_field.clone(),
+            },
+            options,
+        })
+    }
+
+    /// The store, for watching and messages.
+    pub fn store(&self) -> &DeltaStore {
+        &self.store
+    }
+
+    /// Brings `state` from `current` to the head.
+    pub async fn sync(
+        &self,
+        state: &Arc<StateDir>,
+        current: &StoreVersion,
+    ) -> anyhow::Result<SyncOutcome> {
+        if let Some(pinned) = state.pinned()? {
+            return Ok(SyncOutcome::Pinned { version: pinned });
+        }
+        let position = position_of(current);
+        let watermark = state.head_watermark()?;
+        let head = fetch_head(
+            &self.store,
+            &self.trusted,
+            &position,
+            watermark,
+            now_secs(),
+            false,
+        )
+        .await?;
+        let Some(head) = head else {
+            return Ok(SyncOutcome::NoHead);
+        };
+        metrics::gauge!("deltacache_head_seq").set(head.head.seq as f64);
+        // The watermark is recorded only once the chain up to the head verified, so a refused
+        // head or delta leaves the state dir exactly as it was.
+        let watermark = HeadWatermark {
+            seq: head.head.seq,
+            issued_at: head.head.issued_at,
+        };
+        if head.head.seq <= current.info.seq {
+            // Same seq: the head must name the delta this version already has.
+            fetch_chain(
+                &self.store,
+                &self.trusted,
+                &head.head,
+                &position,
+                self.options.max_delta_bytes,
+            )
+            .await?;
+            state.record_head(watermark)?;
+            return Ok(SyncOutcome::UpToDate {
+                head_seq: head.head.seq,
+            });
+        }
+        let started = Instant::now();
+        let (deltas, refused_rest) = match fetch_chain(
+            &self.store,
+            &self.trusted,
+            &head.head,
+            &position,
+            self.options.max_delta_bytes,
+        )
+        .await
+        {
+            Ok(deltas) => {
+                state.record_head(watermark)?;
+                (deltas, None)
+            }
+            Err(ChainError::Fetch(error)) => return Err(ChainError::Fetch(error).into()),
+            Err(error) => {
+                let prefix = self.valid_prefix(&position, head.head.seq).await;
+                if prefix.is_empty() {
+                    return Err(error.into());
+                }
+                tracing::warn!(error = %error, n_deltas = prefix.len(), "applying the valid prefix of a broken chain");
+                (prefix, Some(error.to_string()))
+            }
+        };
+        let fetch_seconds = started.elapsed().as_secs_f64();
+        let bytes: u64 = deltas.iter().map(|d| d.len).sum();
+        metrics::counter!("deltacache_fetched_bytes_total").increment(bytes);
+        let state = state.clone();
+        let current = current.clone();
+        let model = self.model.clone();
+        let fields = self.fields.clone();
+        let issued_at = head.head.issued_at;
+        let n_deltas = deltas.len();
+        let started = Instant::now();
+        let applied = tokio::task::spawn_blocking(move || {
+            apply::apply_deltas(&state, &current, &model, &fields, &deltas, issued_at)
+        })
+        .await
+        .context("join the apply task")??;
+        metrics::histogram!("deltacache_apply_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("deltacache_deltas_applied_total").increment(n_deltas as u64);
+        metrics::counter!("deltacache_records_applied_total").increment(applied.n_records);
+        let mut stage_seconds = vec![("fetch+verify", fetch_seconds)];
+        stage_seconds.extend(applied.stage_seconds);
+        Ok(SyncOutcome::Applied {
+            version: Box::new(applied.version),
+            n_deltas,
+            n_records: applied.n_records,
+            head_seq: head.head.seq,
+            refused_rest,
+            stage_seconds,
+        })
+    }
+
+    /// Walks forward from `position` by listing each next seq, accepting a delta only when it
+    /// is the single candidate that verifies and continues the chain; stops at the first seq
+    /// without one. Never reaches `head_seq` itself (the head names that delta).
+    async fn valid_prefix(&self, position: &ChainPosition, head_seq: u64) -> Vec<VerifiedDelta> {
+        let mut prefix: Vec<VerifiedDelta> = Vec::new();
+        let (mut digest, mut seq) = (position.digest.clone(), position.seq);
+        while seq + 1 < head_seq {
+            let next = seq + 1;
+            let Ok(candidates) = self.store.list_deltas(next).await else {
+                break;
+            };
+            let mut valid = Vec::new();
+            for candidate in candidates {
+                let Ok(Some(bytes)) = self
+                    .store
+                    .get_delta(next, &candidate, self.options.max_delta_bytes)
+                    .await
+                else {
+                    continue;
+                };
+                if let Ok(delta) = verify_delta_bytes(
+                    &bytes,
+                    next,
+                    &candidate,
+                    self.options.max_delta_bytes,
+                    self.options.max_delta_bytes,
+                    &self.trusted,
+                    position,
+                ) && delta.batch.header.parent_seq == seq
+                    && delta.batch.header.parent_digest == digest
+                {
+                    valid.push(delta);
+                }
+            }
+            if valid.len() != 1 {
+                break;
+            }
+            let delta = valid.remove(0);
+            (digest, seq) = (delta.digest.clone(), next);
+            prefix.push(delta);
+        }
+        prefix
+    }
+}
+
+/// Where the chain continues from a version.
+pub fn position_of(version: &StoreVersion) -> ChainPosition {
+    ChainPosition {
+        dataset: version.info.dataset.clone(),
+        seq: version.info.seq,
+        digest: version.info.chain_digest.clone(),
+        len: version.info.chain_len,
+        model_fingerprint: version.info.model_fingerprint.clone(),
+        max_schema_version: crate::store::leveldb::SCHEMA_VERSION,
+    }
+}
+
+/// A short label for a sync failure, for metrics.
+pub fn failure_reason(error: &anyhow::Error) -> &'static str {
+    match error.downcast_ref::<ChainError>() {
+        Some(ChainError::Fetch(_)) => "unreachable",
+        Some(ChainError::Expired { .. }) => "expired",
+        Some(ChainError::Rollback { .. }) => "rollback",
+        Some(_) => "refused",
+        None => "other",
+    }
+}
+
+/// Runs `future` with a deadline, naming what timed out.
+pub async fn with_deadline<T>(
+    deadline: Duration,
+    what: &str,
+    future: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(deadline, future).await {
+        Ok(result) => result,
+        Err(_) => anyhow::bail!("{what} did not finish within {}s", deadline.as_secs_f64()),
+    }
+}

@@ -1,0 +1,181 @@
+//! Operator actions on a state dir: one-shot sync, status, export, rollback, compact.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use super::{SyncOptions, SyncOutcome, Syncer, with_deadline};
+use crate::bundle::build::{BuildOptions, BuildReport, ModelSource, build_base};
+use crate::bundle::items::ItemFields;
+use crate::bundle::{Bundle, MODEL_FILE};
+use crate::search::tfidf::FitOptions;
+use crate::server::open_local;
+use crate::store::leveldb::export_items;
+use crate::store::state::StateDir;
+
+/// The boot-time sync alone: brings the state dir to the head, then returns.
+pub async fn sync_once(
+    bundle_dir: &Path,
+    state_dir: &Path,
+    options: SyncOptions,
+    deadline: Duration,
+) -> anyhow::Result<SyncOutcome> {
+    let (bundle_dir, state_dir) = (bundle_dir.to_path_buf(), state_dir.to_path_buf());
+    let local = tokio::task::spawn_blocking(move || open_local(&bundle_dir, &state_dir)).await??;
+    let syncer = Syncer::open(options, &local.bundle, local.model.clone()).await?;
+    let outcome =
+        with_deadline(deadline, "sync", syncer.sync(&local.state, &local.version)).await?;
+    if let SyncOutcome::Applied {
+        refused_rest: Some(reason),
+        version,
+        ..
+    } = &outcome
+    {
+        bail!(
+            "applied up to seq {} but refused the rest of the chain: {reason}",
+            version.info.seq
+        );
+    }
+    let keep = 3;
+    local.state.collect_garbage(keep)?;
+    Ok(outcome)
+}
+
+/// What `status` prints.
+#[derive(Debug, Serialize)]
+pub struct StateReport {
+    /// The current version's name.
+    pub current: Option<String>,
+    /// The pinned version, if rolled back.
+    pub pinned: Option<String>,
+    /// Seq of the current version.
+    pub applied_seq: Option<u64>,
+    /// Highest head ever accepted.
+    pub head_seq_seen: Option<u64>,
+    /// When that head was issued.
+    pub head_issued_at: Option<u64>,
+    /// When the current version was made (the last successful sync that applied deltas).
+    pub last_sync_at: Option<u64>,
+    /// Every committed version: name, seq, items.
+    pub versions: Vec<(String, u64, u64)>,
+}
+
+/// Reads what a state dir holds, without locking it.
+pub fn state_report(state_dir: &Path) -> anyhow::Result<StateReport> {
+    let state = StateDir::inspect(state_dir)?;
+    let current_name = state.current_name()?;
+    let versions = state.versions()?;
+    let current = versions
+        .iter()
+        .find(|v| Some(&v.info.name) == current_name.as_ref());
+    let watermark = state.head_watermark()?;
+    Ok(StateReport {
+        current: current_name.clone(),
+        pinned: state.pinned()?,
+        applied_seq: current.map(|v| v.info.seq),
+        head_seq_seen: watermark.map(|w| w.seq),
+        head_issued_at: watermark.map(|w| w.issued_at),
+        last_sync_at: current.map(|v| v.info.created_at),
+        versions: versions
+            .iter()
+            .map(|v| (v.info.name.clone(), v.info.seq, v.info.n_items))
+            .collect(),
+    })
+}
+
+/// Writes the current version's items as JSONL; returns the count.
+pub fn export(state_dir: &Path, out: &mut impl std::io::Write) -> anyhow::Result<u64> {
+    let state = StateDir::inspect(state_dir)?;
+    let name = state
+        .current_name()?
+        .context("the state dir has no current version: run sync or serve first")?;
+    let version = state.load_version(&name)?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".export-")
+        .tempdir_in(state_dir.join("staging"))
+        .context("create a scratch directory in the state dir")?;
+    let n_items = export_items(&version.db_dir(), scratch.path(), out)?;
+    if n_items != version.info.n_items {
+        bail!(
+            "version {name} records {} items but its database yields {n_items}: the version is damaged",
+            version.info.n_items
+        );
+    }
+    Ok(n_items)
+}
+
+/// Makes the kept version with `seq` current and pins it (or, with `None`, unpins).
+pub fn rollback(state_dir: &Path, to_seq: Option<u64>) -> anyhow::Result<String> {
+    let state = StateDir::inspect(state_dir)?;
+    let Some(seq) = to_seq else {
+        state.set_pinned(None)?;
+        return Ok("unpinned: following resumes".into());
+    };
+    let versions = state.versions()?;
+    let Some(version) = versions.iter().rev().find(|v| v.info.seq == seq) else {
+        let kept: Vec<u64> = versions.iter().map(|v| v.info.seq).collect();
+        bail!("no kept version has seq {seq}; kept seqs: {kept:?}");
+    };
+    state.set_pinned(Some(&version.info.name))?;
+    state.set_current(&version.info.name)?;
+    Ok(format!(
+        "current version is now {} (seq {}), pinned; restart the daemon to serve it, and `rollback --unpin` to follow again",
+        version.info.name, seq
+    ))
+}
+
+/// A new bundle at the head: sync a scratch state dir from `bundle`, export it, build.
+pub async fn compact(
+    bundle_dir: &Path,
+    options: SyncOptions,
+    out: &Path,
+    refit: bool,
+) -> anyhow::Result<BuildReport> {
+    if out.exists() {
+        bail!(
+            "output {} already exists: remove it or choose another --out",
+            out.display()
+        );
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix(".deltacache-compact-")
+        .tempdir()
+        .context("create a scratch directory")?;
+    let state_dir = scratch.path().join("state");
+    sync_once(bundle_dir, &state_dir, options, Duration::from_secs(3600)).await?;
+    let bundle = Bundle::open(bundle_dir)?;
+    let state = Arc::new(StateDir::inspect(&state_dir)?);
+    let version = state.load_version(&state.current_name()?.context("sync made no version")?)?;
+    let items = scratch.path().join("items.jsonl");
+    {
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(&items).context("create the exported items")?,
+        );
+        export(&state_dir, &mut file)?;
+        std::io::Write::flush(&mut file)?;
+    }
+    let model = if refit {
+        ModelSource::Fit(FitOptions {
+            max_features: None,
+            stop_words: Some(crate::search::tfidf::StopWords::Named("english".into())),
+        })
+    } else {
+        ModelSource::File(bundle.dir.join(MODEL_FILE))
+    };
+    let options = BuildOptions {
+        input: items,
+        out: out.to_path_buf(),
+        dataset: Some(bundle.manifest.dataset.clone()),
+        fields: ItemFields {
+            id_field: bundle.manifest.id_field.clone(),
+            text_field: bundle.manifest.text_field.clone(),
+        },
+        model,
+        seq: version.info.seq,
+        chain: Some((version.info.chain_digest.clone(), version.info.chain_len)),
+    };
+    tokio::task::spawn_blocking(move || build_base(&options)).await?
+}

@@ -1,0 +1,773 @@
+//! Boot-time sync and following: the state after sync equals a fold of the changes, crashes
+//! at every step leave exactly the old or the new version, refusals leave no trace, swaps
+//! under load fail no request, nothing is served before the first swap.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use deltacache::delta::keys::PublisherKey;
+use deltacache::delta::publish::{ChangeSource, PublishOptions, publish};
+use deltacache::remote::RemoteSettings;
+use deltacache::sync::SyncOptions;
+use deltacache::sync::ops::{export, sync_once};
+
+use super::s3::S3Server;
+use super::support::{Daemon, binary, build_bundle, sample_items};
+
+/// A bundle, a key, a store URL, and the model of the catalogue: id → item JSON.
+struct World {
+    dir: tempfile::TempDir,
+    bundle: PathBuf,
+    key: PathBuf,
+    store: String,
+    remote: RemoteSettings,
+    model: BTreeMap<String, serde_json::Value>,
+    n_published: u64,
+}
+
+impl World {
+    fn new(items: Vec<serde_json::Value>, s3: Option<&S3Server>, prefix: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = build_bundle(dir.path(), &items);
+        let key = dir.path().join("publisher.key");
+        PublisherKey::generate().unwrap().save(&key).unwrap();
+        let (store, remote) = match s3 {
+            Some(server) => (
+                format!("s3://{}/{prefix}", super::s3::BUCKET),
+                server.settings(),
+            ),
+            None => (
+                format!("file://{}", dir.path().join("store").display()),
+                RemoteSettings::default(),
+            ),
+        };
+        let model = items
+            .iter()
+            .map(|i| (i["id"].as_str().unwrap().to_owned(), i.clone()))
+            .collect();
+        World {
+            dir,
+            bundle,
+            key,
+            store,
+            remote,
+            model,
+            n_published: 0,
+        }
+    }
+
+    fn trusted_keys(&self) -> PathBuf {
+        deltacache::delta::keys::public_path(&self.key)
+    }
+
+    fn sync_options(&self) -> SyncOptions {
+        let mut options = SyncOptions::new(self.store.clone(), self.trusted_keys());
+        options.remote = self.remote.clone();
+        options
+    }
+
+    /// Publishes changes and folds them into the model.
+    async fn publish(&mut self, changes: &[serde_json::Value]) {
+        self.n_published += 1;
+        let path = self
+            .dir
+            .path()
+            .join(format!("changes-{}.jsonl", self.n_published));
+        std::fs::write(
+            &path,
+            changes.iter().map(|c| format!("{c}\n")).collect::<String>(),
+        )
+        .unwrap();
+        publish(&PublishOptions {
+            store: self.store.clone(),
+            key: self.key.clone(),
+            trusted_keys: None,
+            bundle: self.bundle.clone(),
+            changes: ChangeSource::Changes(path),
+            expires_in: Duration::from_secs(3600),
+            dry_run: false,
+            remote: self.remote.clone(),
+        })
+        .await
+        .unwrap();
+        for change in changes {
+            match change["op"].as_str().unwrap() {
+                "put" => {
+                    self.model.insert(
+                        change["item"]["id"].as_str().unwrap().to_owned(),
+                        change["item"].clone(),
+                    );
+                }
+                _ => {
+                    self.model.remove(change["id"].as_str().unwrap());
+                }
+            }
+        }
+    }
+}
+
+fn exported(state_dir: &Path) -> BTreeMap<String, serde_json::Value> {
+    let mut out = Vec::new();
+    export(state_dir, &mut out).unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["id"].as_str().unwrap().to_owned(), v)
+        })
+        .collect()
+}
+
+fn put(id: &str, text: &str) -> serde_json::Value {
+    serde_json::json!({"op": "put", "item": {"id": id, "text": text, "category": "new"}})
+}
+
+fn delete(id: &str) -> serde_json::Value {
+    serde_json::json!({"op": "delete", "id": id})
+}
+
+const WORDS: [&str; 8] = [
+    "database", "balancer", "espresso", "skillet", "kafka", "vector", "search", "crema",
+];
+
+/// For random chains of puts and deletes, the synced state equals the fold of the changes,
+/// and the index answers exactly what a brute-force scan of that state answers.
+async fn check_fold(s3: Option<&S3Server>, prefix: &str, seed: u64, rounds: usize) {
+    use rand_like::Lcg;
+    let mut rng = Lcg(seed);
+    let mut world = World::new(sample_items(), s3, prefix);
+    let state_dir = world.dir.path().join("state");
+    for round in 0..rounds {
+        let mut changes = Vec::new();
+        for _ in 0..rng.below(6) + 1 {
+            let id = format!("id-{}", rng.below(12));
+            if rng.below(3) == 0 {
+                let existing: Vec<String> = world.model.keys().cloned().collect();
+                let victim = existing[rng.below(existing.len() as u64) as usize].clone();
+                changes.push(delete(&victim));
+            } else {
+                let text = (0..3)
+                    .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                changes.push(put(&id, &text));
+            }
+        }
+        // The last operation on an id wins within one delta, as in the model fold.
+        world.publish(&changes).await;
+        if round % 2 == 1 || round == rounds - 1 {
+            sync_once(
+                &world.bundle,
+                &state_dir,
+                world.sync_options(),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+            assert_eq!(exported(&state_dir), world.model, "round {round}");
+        }
+    }
+    // The index of the synced state ranks exactly like a brute-force scan of it.
+    let local = deltacache::server::open_local(&world.bundle, &state_dir).unwrap();
+    let catalog = deltacache::catalog::Catalog::open(
+        &local.version,
+        local.model.clone(),
+        &local.state.reader_dir(&local.version),
+        1,
+    )
+    .unwrap();
+    for query in WORDS {
+        let vector = catalog.model().embed(query);
+        assert_eq!(
+            catalog.index().top_k(&vector, 5),
+            catalog.index().brute_force(&vector, 5),
+            "{query}"
+        );
+    }
+}
+
+mod rand_like {
+    /// A tiny deterministic generator for test data (not for anything that needs randomness).
+    pub struct Lcg(pub u64);
+    impl Lcg {
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n.max(1)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn synced_state_equals_the_fold_of_the_changes_on_a_file_store() {
+    for seed in 1..=4 {
+        check_fold(None, "", seed, 6).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn synced_state_equals_the_fold_of_the_changes_on_s3() {
+    let server = S3Server::start();
+    for seed in 1..=2 {
+        check_fold(Some(&server), &format!("fold-{seed}"), seed, 6).await;
+    }
+}
+
+/// Every file under `dir` with its contents, for byte-identity checks.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for rel in deltacache::bundle::list_files(dir).unwrap() {
+        files.insert(rel.clone(), std::fs::read(dir.join(&rel)).unwrap());
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_deltas_leave_the_state_dir_byte_identical() {
+    use deltacache::delta::format::{DeltaBatch, DeltaHeader, Head, digest_hex};
+    use deltacache::remote::{DeltaStore, HeadCondition};
+    let mut world = World::new(sample_items(), None, "");
+    let state_dir = world.dir.path().join("state");
+    world.publish(&[put("a", "kafka crema")]).await;
+    sync_once(
+        &world.bundle,
+        &state_dir,
+        world.sync_options(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let store = DeltaStore::open(&world.store, &Default::default())
+        .await
+        .unwrap();
+    let good_key = PublisherKey::load(&world.key).unwrap();
+    let stranger = PublisherKey::from_seed([42; 32]);
+    let bundle = deltacache::bundle::Bundle::open(&world.bundle).unwrap();
+    let head = store.get_head(1 << 16).await.unwrap().unwrap();
+    let old_head: Head = {
+        let trusted = deltacache::delta::keys::TrustedKeys::load(&world.trusted_keys()).unwrap();
+        let v = deltacache::delta::format::verify_object(
+            &head.bytes,
+            deltacache::delta::format::ObjectKind::Head,
+            1 << 16,
+            None,
+            &trusted,
+        )
+        .unwrap();
+        Head::parse(v.body).unwrap()
+    };
+    let now = deltacache::delta::publish::now_secs();
+    /// A refusal: its name, the signing key, and edits to the delta header and the head.
+    type Case = (
+        &'static str,
+        PublisherKey,
+        Box<dyn Fn(&mut DeltaHeader)>,
+        Box<dyn Fn(&mut Head)>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "untrusted key",
+            PublisherKey::from_seed([42; 32]),
+            Box::new(|_| {}),
+            Box::new(|_| {}),
+        ),
+        (
+            "parent mismatch",
+            PublisherKey::load(&world.key).unwrap(),
+            Box::new(|h| h.parent_digest = "0".repeat(64)),
+            Box::new(|_| {}),
+        ),
+        (
+            "other model",
+            PublisherKey::load(&world.key).unwrap(),
+            Box::new(|h| h.model_fingerprint = "x".into()),
+            Box::new(|_| {}),
+        ),
+        (
+            "expired head",
+            PublisherKey::load(&world.key).unwrap(),
+            Box::new(|_| {}),
+            Box::new(move |h| h.expires_at = now - 1),
+        ),
+    ];
+    let _ = (&good_key, &stranger);
+    for (name, key, edit_delta, edit_head) in cases {
+        let before = snapshot(&state_dir);
+        let mut header = DeltaHeader {
+            dataset: bundle.manifest.dataset.clone(),
+            seq: old_head.seq + 1,
+            parent_seq: old_head.seq,
+            parent_digest: old_head.delta_digest.clone(),
+            parent_len: old_head.delta_len,
+            created_at: now,
+            model_fingerprint: bundle.manifest.model_fingerprint.clone(),
+            schema_version: 1,
+            n_records: 0,
+            records_len: 0,
+        };
+        edit_delta(&mut header);
+        let raw =
+            serde_json::value::RawValue::from_string(r#"{"id":"evil","text":"kafka"}"#.into())
+                .unwrap();
+        let delta = DeltaBatch {
+            header,
+            records: vec![deltacache::delta::format::DeltaRecord::Put { item: raw }],
+        }
+        .sign(&key)
+        .unwrap();
+        store
+            .put_delta(old_head.seq + 1, &digest_hex(&delta), &delta)
+            .await
+            .unwrap();
+        let mut new_head = Head {
+            seq: old_head.seq + 1,
+            delta_digest: digest_hex(&delta),
+            delta_len: delta.len() as u64,
+            issued_at: now,
+            expires_at: now + 3600,
+            ..old_head.clone()
+        };
+        edit_head(&mut new_head);
+        let current = store.get_head(1 << 16).await.unwrap().unwrap();
+        store
+            .put_head(&new_head.sign(&key), HeadCondition::Matches(current.etag))
+            .await
+            .unwrap();
+        let error = sync_once(
+            &world.bundle,
+            &state_dir,
+            world.sync_options(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_err();
+        assert!(!format!("{error:#}").is_empty(), "{name}");
+        assert_eq!(
+            snapshot(&state_dir),
+            before,
+            "{name}: the state dir changed"
+        );
+        // Put the good head back for the next case.
+        let bad = store.get_head(1 << 16).await.unwrap().unwrap();
+        store
+            .put_head(&head.bytes, HeadCondition::Matches(bad.etag))
+            .await
+            .unwrap();
+        store
+            .remove_unreferenced_delta(old_head.seq + 1, &digest_hex(&delta))
+            .await
+            .unwrap();
+    }
+    world
+        .model
+        .insert("a".into(), put("a", "kafka crema")["item"].clone());
+    assert_eq!(exported(&state_dir), world.model);
+}
+
+/// Runs `deltacache sync` as a child process.
+fn sync_command(world: &World, state_dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(binary());
+    command.args([
+        "sync",
+        "--bundle",
+        world.bundle.to_str().unwrap(),
+        "--state-dir",
+        state_dir.to_str().unwrap(),
+        "--store",
+        &world.store,
+        "--trusted-keys",
+        world.trusted_keys().to_str().unwrap(),
+    ]);
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    command
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_sync_leaves_the_old_or_the_new_version_and_converges() {
+    let mut world = World::new(sample_items(), None, "");
+    let old_model = world.model.clone();
+    // A large delta, so that kills land in the middle of applying it.
+    let changes: Vec<serde_json::Value> = (0..3000)
+        .map(|i| {
+            if i % 10 == 9 {
+                delete(&format!("bulk-{}", i - 1))
+            } else {
+                put(&format!("bulk-{i}"), &format!("{} item {i}", WORDS[i % 8]))
+            }
+        })
+        .chain([delete("db-1")])
+        .collect();
+    world.publish(&changes).await;
+    let new_model = world.model.clone();
+    let failpoints = [
+        "after-clone",
+        "after-first-batch",
+        "after-close",
+        "after-fsync",
+        "after-rename",
+        "before-pointer-rename",
+    ];
+    let mut tried = 0;
+    let mut inconsistent = 0;
+    let mut old_seen = 0;
+    let mut new_seen = 0;
+    let check =
+        |state_dir: &Path, inconsistent: &mut u32, old_seen: &mut u32, new_seen: &mut u32| {
+            let state = exported(state_dir);
+            if state == old_model {
+                *old_seen += 1;
+            } else if state == new_model {
+                *new_seen += 1;
+            } else {
+                *inconsistent += 1;
+            }
+        };
+    for (round, failpoint) in failpoints.iter().enumerate() {
+        let state_dir = world.dir.path().join(format!("state-fp-{round}"));
+        // First bring the state dir to the bundle (seq 0) with an empty-chain sync: point at
+        // a store with no head yet.
+        let empty = World {
+            store: format!("file://{}", world.dir.path().join("empty").display()),
+            ..clone_world(&world)
+        };
+        assert!(sync_command(&empty, &state_dir).status().unwrap().success());
+        let status = sync_command(&world, &state_dir)
+            .env("DELTACACHE_FAILPOINT", failpoint)
+            .status()
+            .unwrap();
+        assert!(!status.success(), "{failpoint} did not fire");
+        tried += 1;
+        check(&state_dir, &mut inconsistent, &mut old_seen, &mut new_seen);
+        assert!(
+            sync_command(&world, &state_dir).status().unwrap().success(),
+            "{failpoint}: the next run must converge"
+        );
+        assert_eq!(
+            exported(&state_dir),
+            new_model,
+            "{failpoint}: converged state"
+        );
+    }
+    // Kills at pseudo-random moments of the whole run (fault injection, not synchronisation).
+    let mut rng = rand_like::Lcg(7);
+    for round in 0..8 {
+        let state_dir = world.dir.path().join(format!("state-kill-{round}"));
+        let empty = World {
+            store: format!("file://{}", world.dir.path().join("empty").display()),
+            ..clone_world(&world)
+        };
+        assert!(sync_command(&empty, &state_dir).status().unwrap().success());
+        let mut child = sync_command(&world, &state_dir).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(20 + rng.below(400)));
+        let _ = child.kill();
+        let _ = child.wait();
+        tried += 1;
+        check(&state_dir, &mut inconsistent, &mut old_seen, &mut new_seen);
+        assert!(sync_command(&world, &state_dir).status().unwrap().success());
+        assert_eq!(exported(&state_dir), new_model);
+    }
+    println!(
+        "crash consistency: {tried} kills, {inconsistent} inconsistent, {old_seen} old, {new_seen} new"
+    );
+    assert_eq!(inconsistent, 0);
+    assert!(
+        old_seen > 0 && new_seen > 0,
+        "kills must land on both sides of the commit point"
+    );
+}
+
+fn clone_world(world: &World) -> World {
+    World {
+        dir: tempfile::tempdir().unwrap(),
+        bundle: world.bundle.clone(),
+        key: world.key.clone(),
+        store: world.store.clone(),
+        remote: world.remote.clone(),
+        model: world.model.clone(),
+        n_published: world.n_published,
+    }
+}
+
+/// Args for `serve` on 127.0.0.1:0 following `world`'s store.
+fn serve_args(world: &World, state_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "serve",
+        "--bundle",
+        world.bundle.to_str().unwrap(),
+        "--state-dir",
+        state_dir.to_str().unwrap(),
+        "--store",
+        &world.store,
+        "--trusted-keys",
+        world.trusted_keys().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(endpoint) = &world.remote.endpoint_url {
+        args.extend(["--s3-endpoint-url".to_string(), endpoint.clone()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn start(args: &[String], env: &[(&'static str, String)]) -> Daemon {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::start_with_env(&args, env)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_served_before_the_boot_sync_swaps_in_the_deltas() {
+    let server = S3Server::start();
+    let mut world = World::new(sample_items(), Some(&server), "gate");
+    world
+        .publish(&[put("fresh-1", "espresso kafka"), delete("kit-1")])
+        .await;
+    let state_dir = world.dir.path().join("state");
+    server.hold_reads();
+    let daemon = start(&serve_args(&world, &state_dir, &[]), &server.env());
+    let client = reqwest::Client::new();
+    // While the store holds every read, search and lookups answer 503 and readiness says no.
+    for _ in 0..20 {
+        let search = client
+            .post(format!("{}/search", daemon.url))
+            .json(&serde_json::json!({"query_text": "espresso"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(search.status(), 503);
+        assert_eq!(
+            client
+                .get(format!("{}/readyz", daemon.url))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            503
+        );
+        assert_eq!(
+            client
+                .get(format!("{}/livez", daemon.url))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    server.release_reads();
+    daemon.wait_ready(&client).await;
+    let response = client
+        .post(format!("{}/search", daemon.url))
+        .json(&serde_json::json!({"query_text": "espresso", "top_k": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["x-data-version"],
+        "1",
+        "the first answered search already reflects the delta"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    let ids: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"fresh-1") && !ids.contains(&"kit-1"),
+        "{ids:?}"
+    );
+    assert!(daemon.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_store_at_boot_serves_stale_or_fails_by_policy() {
+    let mut world = World::new(sample_items(), None, "");
+    // A closed port: nothing listens on port 1 of loopback.
+    world.store = "s3://deltas/nowhere".into();
+    world.remote.endpoint_url = Some("http://127.0.0.1:1".into());
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID", "x".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "y".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+    ];
+    let state_dir = world.dir.path().join("state");
+    let started = std::time::Instant::now();
+    let daemon = start(
+        &serve_args(
+            &world,
+            &state_dir,
+            &[
+                "--boot-deadline",
+                "5s",
+                "--remote-attempts",
+                "1",
+                "--remote-timeout",
+                "2s",
+            ],
+        ),
+        &env,
+    );
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "boot must end within the deadline"
+    );
+    let status: serde_json::Value = client
+        .get(format!("{}/status", daemon.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["sync"]["stale"], true, "{status}");
+    assert!(
+        status["sync"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("nowhere")
+            || status["sync"]["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("head"),
+        "{status}"
+    );
+    let metrics = client
+        .get(format!("{}/metrics", daemon.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("deltacache_sync_failures_total{reason=\"unreachable\"}"),
+        "{metrics}"
+    );
+    assert!(daemon.terminate().success());
+
+    let args = serve_args(
+        &world,
+        &state_dir,
+        &[
+            "--boot-deadline",
+            "5s",
+            "--remote-attempts",
+            "1",
+            "--remote-timeout",
+            "2s",
+            "--on-sync-failure",
+            "fail",
+        ],
+    );
+    let output = std::process::Command::new(binary())
+        .args(&args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("boot-time sync failed"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swaps_under_load_fail_no_request_and_versions_never_go_back() {
+    let mut world = World::new(sample_items(), None, "");
+    let state_dir = world.dir.path().join("state");
+    let daemon = start(
+        &serve_args(&world, &state_dir, &["--follow-interval", "1h"]),
+        &[],
+    );
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client_idx in 0..16 {
+        let (client, url, stop) = (client.clone(), daemon.url.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut last_version, mut n_requests, mut failures) = (0u64, 0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let response = if client_idx % 2 == 0 {
+                    client
+                        .post(format!("{url}/search"))
+                        .json(&serde_json::json!({"query_text": "database kafka", "top_k": 3}))
+                        .send()
+                        .await
+                } else {
+                    client.get(format!("{url}/items/db-2")).send().await
+                };
+                n_requests += 1;
+                match response {
+                    Ok(response) if response.status() == 200 => {
+                        let version: u64 = response.headers()["x-data-version"]
+                            .to_str()
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        assert!(
+                            version >= last_version,
+                            "client {client_idx}: version went from {last_version} to {version}"
+                        );
+                        last_version = version;
+                        let _ = response.bytes().await.unwrap();
+                    }
+                    Ok(response) => failures.push(format!("status {}", response.status())),
+                    Err(error) => failures.push(error.to_string()),
+                }
+            }
+            (n_requests, failures, last_version)
+        }));
+    }
+    // Publish deltas and make the daemon follow each with SIGHUP; wait for each swap.
+    let n_deltas = 5u64;
+    for seq in 1..=n_deltas {
+        world
+            .publish(&[put(&format!("load-{seq}"), "kafka database under load")])
+            .await;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+        loop {
+            let status: serde_json::Value = client
+                .get(format!("{}/status", daemon.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if status["seq"] == seq {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for handle in clients {
+        let (n_requests, failures, last_version) = handle.await.unwrap();
+        assert!(
+            failures.is_empty(),
+            "failed requests under swaps: {failures:?}"
+        );
+        assert_eq!(last_version, n_deltas);
+        total += n_requests;
+    }
+    println!("swap under load: {total} requests across {n_deltas} swaps, 0 failed");
+    assert!(daemon.terminate().success());
+}
