@@ -1,0 +1,246 @@
+//! Publishing, verifying and applying deltas, each beside its baseline in the same run:
+//! bytes on the wire per change beside the same changes as zstd-compressed JSONL, and apply
+//! throughput beside a plain rusty-leveldb write-batch loop of the same records.
+//!
+//! `cargo bench --bench deltas` (set `DELTACACHE_BENCH_CHANGES=10000,100000` to choose sizes).
+
+use std::time::{Duration, Instant};
+
+use deltacache::bundle::build::{BuildOptions, ModelSource, build_base};
+use deltacache::delta::format::{DeltaBatch, ObjectKind, verify_object};
+use deltacache::delta::keys::{PublisherKey, TrustedKeys};
+use deltacache::delta::publish::{ChangeSource, PublishOptions, publish};
+use deltacache::search::tfidf::{FitOptions, StopWords};
+use deltacache::sync::SyncOptions;
+use deltacache::sync::ops::sync_once;
+
+const WORDS: &[&str] = &[
+    "database",
+    "replication",
+    "snapshot",
+    "balancer",
+    "proxy",
+    "espresso",
+    "skillet",
+    "kafka",
+    "vector",
+    "search",
+    "index",
+    "storage",
+    "erasure",
+    "coding",
+    "latency",
+    "throughput",
+    "cache",
+    "bucket",
+    "object",
+    "signature",
+    "rollback",
+    "image",
+    "packer",
+    "systemd",
+    "metrics",
+    "histogram",
+    "trace",
+    "sample",
+    "cluster",
+    "node",
+];
+
+struct Lcg(u64);
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % n
+    }
+    fn text(&mut self, n_words: usize) -> String {
+        (0..n_words)
+            .map(|_| WORDS[self.below(WORDS.len())])
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn item(rng: &mut Lcg, id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "title": rng.text(3), "category": WORDS[rng.below(8)], "text": rng.text(40),
+        "price": rng.below(10000) as f64 / 100.0, "sku": format!("{:016x}", rng.0), "tags": [rng.text(1), rng.text(1)],
+    })
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("DELTACACHE_BENCH_CHANGES")
+        .unwrap_or_else(|_| "10000,100000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Lcg(1);
+    // A 10,000-item bundle to publish against.
+    let base_items: Vec<serde_json::Value> = (0..10_000)
+        .map(|i| item(&mut rng, &format!("base-{i}")))
+        .collect();
+    let items_path = dir.path().join("items.jsonl");
+    std::fs::write(
+        &items_path,
+        base_items
+            .iter()
+            .map(|i| format!("{i}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let bundle = dir.path().join("bundle");
+    build_base(&BuildOptions {
+        input: items_path,
+        out: bundle.clone(),
+        dataset: Some("bench".into()),
+        fields: Default::default(),
+        model: ModelSource::Fit(FitOptions {
+            max_features: None,
+            stop_words: Some(StopWords::Named("english".into())),
+        }),
+        seq: 0,
+        chain: None,
+    })
+    .unwrap();
+    let key_path = dir.path().join("bench.key");
+    let key = PublisherKey::generate().unwrap();
+    key.save(&key_path).unwrap();
+    let mut trusted = TrustedKeys::default();
+    trusted.add(key.verifying_key());
+
+    println!(
+        "| changes | publish s | delta bytes/change | zstd JSONL bytes/change | ratio | verify+parse ms/delta | apply changes/s | plain LevelDB batch writes/s | apply/plain |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (round, &n_changes) in sizes.iter().enumerate() {
+        // Changes, each on its own id (so none collapse): deletes and updates of base items
+        // while they last, adds otherwise.
+        let mut changes = String::new();
+        let mut puts: Vec<(String, String)> = Vec::new();
+        for i in 0..n_changes {
+            let base = i / 5;
+            if i % 5 == 4 && base < 10_000 {
+                changes.push_str(&format!(
+                    "{}\n",
+                    serde_json::json!({"op": "delete", "id": format!("base-{base}")})
+                ));
+                continue;
+            }
+            let id = if i % 5 == 2 && base < 10_000 {
+                format!("base-{}", 9_999 - base)
+            } else {
+                format!("new-{round}-{i}")
+            };
+            let item = item(&mut rng, &id);
+            puts.push((id, item.to_string()));
+            changes.push_str(&format!(
+                "{}\n",
+                serde_json::json!({"op": "put", "item": item})
+            ));
+        }
+        let changes_path = dir.path().join(format!("changes-{round}.jsonl"));
+        std::fs::write(&changes_path, &changes).unwrap();
+        let zstd_bytes = zstd::bulk::compress(changes.as_bytes(), 3).unwrap().len();
+
+        let store_dir = dir.path().join(format!("store-{round}"));
+        let store = format!("file://{}", store_dir.display());
+        let started = Instant::now();
+        let report = runtime
+            .block_on(publish(&PublishOptions {
+                store: store.clone(),
+                key: key_path.clone(),
+                trusted_keys: None,
+                bundle: bundle.clone(),
+                changes: ChangeSource::Changes(changes_path),
+                expires_in: Duration::from_secs(3600),
+                dry_run: false,
+                remote: Default::default(),
+            }))
+            .unwrap();
+        let publish_seconds = started.elapsed().as_secs_f64();
+
+        let delta_path = store_dir.join(deltacache::remote::delta_name(report.seq, &report.digest));
+        let bytes = std::fs::read(&delta_path).unwrap();
+        let verify_ms = median(
+            (0..5)
+                .map(|_| {
+                    let started = Instant::now();
+                    let verified = verify_object(
+                        &bytes,
+                        ObjectKind::Delta,
+                        u64::MAX,
+                        Some(&report.digest),
+                        &trusted,
+                    )
+                    .unwrap();
+                    let batch = DeltaBatch::parse(verified.body).unwrap();
+                    assert_eq!(
+                        batch.records.len() as u64,
+                        report.adds + report.updates + report.deletes
+                    );
+                    started.elapsed().as_secs_f64() * 1000.0
+                })
+                .collect(),
+        );
+
+        // Apply through sync (clone, verify, write, index, fsync, commit).
+        let state_dir = dir.path().join(format!("state-{round}"));
+        let pub_path = deltacache::delta::keys::public_path(&key_path);
+        runtime
+            .block_on(sync_once(
+                &bundle,
+                &state_dir,
+                SyncOptions::new(
+                    format!("file://{}", dir.path().join("empty").display()),
+                    pub_path.clone(),
+                ),
+                Duration::from_secs(600),
+            ))
+            .unwrap();
+        let started = Instant::now();
+        runtime
+            .block_on(sync_once(
+                &bundle,
+                &state_dir,
+                SyncOptions::new(store, pub_path),
+                Duration::from_secs(600),
+            ))
+            .unwrap();
+        let apply_seconds = started.elapsed().as_secs_f64();
+        let n_records = report.adds + report.updates + report.deletes;
+
+        // Baseline: the same puts as plain LevelDB write batches, no verification, no index,
+        // no fsync.
+        let plain_dir = dir.path().join(format!("plain-{round}"));
+        let started = Instant::now();
+        let mut db = deltacache::store::leveldb::open_db(&plain_dir, true).unwrap();
+        for chunk in puts.chunks(4096) {
+            let mut batch = rusty_leveldb::WriteBatch::default();
+            for (id, json) in chunk {
+                batch.put(&deltacache::store::leveldb::item_key(id), json.as_bytes());
+            }
+            db.write(batch, false).unwrap();
+        }
+        db.close().unwrap();
+        let plain_seconds = started.elapsed().as_secs_f64();
+        let apply_rate = n_records as f64 / apply_seconds;
+        let plain_rate = puts.len() as f64 / plain_seconds;
+        println!(
+            "| {n_changes} | {publish_seconds:.2} | {:.1} | {:.1} | {:.2} | {verify_ms:.1} | {apply_rate:.0} | {plain_rate:.0} | {:.2} |",
+            report.bytes as f64 / n_changes as f64,
+            zstd_bytes as f64 / n_changes as f64,
+            report.bytes as f64 / zstd_bytes as f64,
+            apply_rate / plain_rate,
+        );
+    }
+}
