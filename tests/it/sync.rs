@@ -771,3 +771,147 @@ async fn swaps_under_load_fail_no_request_and_versions_never_go_back() {
     println!("swap under load: {total} requests across {n_deltas} swaps, 0 failed");
     assert!(daemon.terminate().success());
 }
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let output = std::process::Command::new(binary())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_export_rollback_and_compact_through_the_binary() {
+    let mut world = World::new(sample_items(), None, "");
+    let state = world.dir.path().join("state");
+    let (bundle, keys) = (
+        world.bundle.to_str().unwrap().to_owned(),
+        world.trusted_keys().to_str().unwrap().to_owned(),
+    );
+    let sync_args = |store: &str| {
+        vec![
+            "sync".to_owned(),
+            "--bundle".into(),
+            bundle.clone(),
+            "--state-dir".into(),
+            state.to_str().unwrap().into(),
+            "--store".into(),
+            store.into(),
+            "--trusted-keys".into(),
+            keys.clone(),
+        ]
+    };
+    world.publish(&[put("one", "kafka")]).await;
+    let seq1_model = world.model.clone();
+    assert!(run_ok(&&strs(&sync_args(&world.store))).contains("now at seq 1"));
+    world.publish(&[put("two", "crema"), delete("db-1")]).await;
+    assert!(run_ok(&&strs(&sync_args(&world.store))).contains("now at seq 2"));
+    assert!(run_ok(&&strs(&sync_args(&world.store))).contains("up to date at seq 2"));
+
+    let status: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "status",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(status["applied_seq"], 2);
+    assert_eq!(status["head_seq_seen"], 2);
+    assert_eq!(status["versions"].as_array().unwrap().len(), 3, "{status}");
+
+    let out = world.dir.path().join("export.jsonl");
+    run_ok(&[
+        "export",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().lines().count(),
+        world.model.len()
+    );
+    assert_eq!(exported(&state), world.model);
+
+    // Rollback to seq 1 is pinned: a sync does not move it, unpinning does.
+    assert!(
+        run_ok(&[
+            "rollback",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--to",
+            "1"
+        ])
+        .contains("pinned")
+    );
+    assert_eq!(exported(&state), seq1_model);
+    assert!(run_ok(&&strs(&sync_args(&world.store))).contains("pinned"));
+    assert_eq!(exported(&state), seq1_model);
+    run_ok(&[
+        "rollback",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--unpin",
+    ]);
+    assert!(run_ok(&&strs(&sync_args(&world.store))).contains("now at seq 2"));
+    assert_eq!(exported(&state), world.model);
+    let output = std::process::Command::new(binary())
+        .args([
+            "rollback",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--to",
+            "7",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success()
+            && String::from_utf8_lossy(&output.stderr).contains("no kept version has seq 7")
+    );
+
+    // Compact: a new bundle at seq 2 whose state equals the chain's, and a later delta
+    // published on the old bundle applies on top of the compacted one.
+    let compacted = world.dir.path().join("compacted");
+    assert!(
+        run_ok(&[
+            "compact",
+            "--bundle",
+            &bundle,
+            "--store",
+            &world.store,
+            "--trusted-keys",
+            &keys,
+            "--out",
+            compacted.to_str().unwrap()
+        ])
+        .contains("seq 2")
+    );
+    world.publish(&[put("three", "skillet")]).await;
+    let fresh_state = world.dir.path().join("fresh-state");
+    let output = run_ok(&[
+        "sync",
+        "--bundle",
+        compacted.to_str().unwrap(),
+        "--state-dir",
+        fresh_state.to_str().unwrap(),
+        "--store",
+        &world.store,
+        "--trusted-keys",
+        &keys,
+    ]);
+    assert!(
+        output.contains("applied 1 deltas") && output.contains("now at seq 3"),
+        "{output}"
+    );
+    assert_eq!(exported(&fresh_state), world.model);
+}
