@@ -812,10 +812,10 @@ async fn status_export_rollback_and_compact_through_the_binary() {
     };
     world.publish(&[put("one", "kafka")]).await;
     let seq1_model = world.model.clone();
-    assert!(run_ok(&&strs(&sync_args(&world.store))).contains("now at seq 1"));
+    assert!(run_ok(&strs(&sync_args(&world.store))).contains("now at seq 1"));
     world.publish(&[put("two", "crema"), delete("db-1")]).await;
-    assert!(run_ok(&&strs(&sync_args(&world.store))).contains("now at seq 2"));
-    assert!(run_ok(&&strs(&sync_args(&world.store))).contains("up to date at seq 2"));
+    assert!(run_ok(&strs(&sync_args(&world.store))).contains("now at seq 2"));
+    assert!(run_ok(&strs(&sync_args(&world.store))).contains("up to date at seq 2"));
 
     let status: serde_json::Value = serde_json::from_str(&run_ok(&[
         "status",
@@ -854,7 +854,7 @@ async fn status_export_rollback_and_compact_through_the_binary() {
         .contains("pinned")
     );
     assert_eq!(exported(&state), seq1_model);
-    assert!(run_ok(&&strs(&sync_args(&world.store))).contains("pinned"));
+    assert!(run_ok(&strs(&sync_args(&world.store))).contains("pinned"));
     assert_eq!(exported(&state), seq1_model);
     run_ok(&[
         "rollback",
@@ -862,7 +862,7 @@ async fn status_export_rollback_and_compact_through_the_binary() {
         state.to_str().unwrap(),
         "--unpin",
     ]);
-    assert!(run_ok(&&strs(&sync_args(&world.store))).contains("now at seq 2"));
+    assert!(run_ok(&strs(&sync_args(&world.store))).contains("now at seq 2"));
     assert_eq!(exported(&state), world.model);
     let output = std::process::Command::new(binary())
         .args([
