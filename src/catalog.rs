@@ -55,7 +55,22 @@ impl Catalog {
         reader_dir: &Path,
         n_shards: usize,
     ) -> anyhow::Result<Self> {
-        let index = VectorIndex::load(&version.index_path())?;
+        Self::open_with_index(version, model, None, reader_dir, n_shards)
+    }
+
+    /// [`Catalog::open`] with the version's index already in memory (as apply leaves it),
+    /// which saves reading it back.
+    pub fn open_with_index(
+        version: &StoreVersion,
+        model: Arc<TfidfModel>,
+        index: Option<VectorIndex>,
+        reader_dir: &Path,
+        n_shards: usize,
+    ) -> anyhow::Result<Self> {
+        let index = match index {
+            Some(index) => index,
+            None => VectorIndex::load(&version.index_path())?,
+        };
         if index.n_terms() != model.n_terms() {
             bail!(
                 "index of version {} has dimension {} but the model has {} terms",

@@ -198,12 +198,21 @@ impl StateDir {
                 "bundle is newer than (or incompatible with) the state dir; starting again from the bundle"
             );
         }
+        let started = std::time::Instant::now();
         bundle.verify_files()?;
+        let verify_seconds = started.elapsed().as_secs_f64();
+        let started = std::time::Instant::now();
         let (name, staging) = self.new_staging(manifest.seq)?;
         let method = clone_db_dir(&bundle.dir.join(DB_DIR), &staging.join(DB_DIR))?;
         let index_method =
             share_immutable(&bundle.dir.join(INDEX_FILE), &staging.join(INDEX_FILE))?;
-        tracing::info!(db = %method, index = %index_method, "cloned the bundle into a new version");
+        tracing::info!(
+            db = %method,
+            index = %index_method,
+            verify_seconds,
+            clone_seconds = started.elapsed().as_secs_f64(),
+            "checked the bundle's digests and cloned it into a new version"
+        );
         if method != CloneMethod::HardLink {
             tracing::warn!(
                 "tables were cloned by {method}, not hard link: keep the state dir on the bundle's filesystem, owned by the service user"

@@ -31,6 +31,8 @@ pub struct Applied {
     pub n_records: u64,
     /// Wall time per stage, in order.
     pub stage_seconds: Vec<(&'static str, f64)>,
+    /// The new version's index, as written (so serving need not read it back).
+    pub index: VectorIndex,
 }
 
 /// Applies `deltas` (verified, in order, continuing `current`) and commits a new version.
@@ -154,5 +156,6 @@ fn apply_into(
         version,
         n_records,
         stage_seconds,
+        index,
     })
 }

@@ -11,6 +11,7 @@ use super::{SyncOutcome, Syncer, failure_reason};
 use crate::catalog::{Catalog, CurrentCatalog};
 use crate::delta::publish::now_secs;
 use crate::remote::DeltaStore;
+use crate::search::index::VectorIndex;
 use crate::store::state::{StateDir, StoreVersion};
 
 /// What `/status` reports about syncing.
@@ -76,13 +77,14 @@ impl Follower {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("syncing")]);
         let outcome = self.syncer.sync(&self.state, &version).await;
         let new_version = self.record_outcome(outcome)?;
-        let Some(new_version) = new_version else {
+        let Some((new_version, index)) = new_version else {
             return Ok(false);
         };
         let catalog = open_catalog(
             &self.state,
             &new_version,
             self.syncer.model.clone(),
+            Some(index),
             self.reader_shards,
         )
         .await?;
@@ -108,7 +110,7 @@ impl Follower {
     fn record_outcome(
         &self,
         outcome: anyhow::Result<SyncOutcome>,
-    ) -> anyhow::Result<Option<StoreVersion>> {
+    ) -> anyhow::Result<Option<(StoreVersion, VectorIndex)>> {
         let mut status = self.status.write();
         status.last_sync_at = Some(now_secs());
         if let Ok(Some(seen)) = self.state.head_watermark() {
@@ -146,6 +148,7 @@ impl Follower {
                 head_seq,
                 refused_rest,
                 stage_seconds,
+                index,
             } => {
                 tracing::info!(
                     seq = version.info.seq,
@@ -160,7 +163,7 @@ impl Follower {
                     status.last_error = Some(refused);
                     status.stale = true;
                 }
-                ("applied", Some(*version))
+                ("applied", Some((*version, *index)))
             }
         };
         status.last_result = Some(result.into());
@@ -245,12 +248,20 @@ pub async fn open_catalog(
     state: &Arc<StateDir>,
     version: &StoreVersion,
     model: Arc<crate::search::tfidf::TfidfModel>,
+    index: Option<VectorIndex>,
     reader_shards: usize,
 ) -> anyhow::Result<Arc<Catalog>> {
     let state = state.clone();
     let version = version.clone();
     tokio::task::spawn_blocking(move || {
-        Catalog::open(&version, model, &state.reader_dir(&version), reader_shards).map(Arc::new)
+        Catalog::open_with_index(
+            &version,
+            model,
+            index,
+            &state.reader_dir(&version),
+            reader_shards,
+        )
+        .map(Arc::new)
     })
     .await?
 }

@@ -86,6 +86,8 @@ pub enum SyncOutcome {
         refused_rest: Option<String>,
         /// Seconds per stage.
         stage_seconds: Vec<(&'static str, f64)>,
+        /// The new version's index, already in memory.
+        index: Box<crate::search::index::VectorIndex>,
     },
 }
 
@@ -226,6 +228,7 @@ impl Syncer {
             head_seq: head.head.seq,
             refused_rest,
             stage_seconds,
+            index: Box::new(applied.index),
         })
     }
 
