@@ -915,3 +915,67 @@ async fn status_export_rollback_and_compact_through_the_binary() {
     );
     assert_eq!(exported(&fresh_state), world.model);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_slower_than_the_boot_deadline_serves_stale_then_catches_up() {
+    let server = S3Server::start();
+    let mut world = World::new(sample_items(), Some(&server), "slow");
+    world.publish(&[put("late-1", "espresso kafka")]).await;
+    let state_dir = world.dir.path().join("state");
+    server.hold_reads();
+    let started = std::time::Instant::now();
+    let daemon = start(
+        &serve_args(
+            &world,
+            &state_dir,
+            &["--boot-deadline", "2s", "--follow-interval", "1h"],
+        ),
+        &server.env(),
+    );
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "boot must end at the deadline"
+    );
+    let status: serde_json::Value = client
+        .get(format!("{}/status", daemon.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["seq"], 0,
+        "the bundle's version serves while the store is slow"
+    );
+    assert_eq!(status["sync"]["stale"], true);
+    assert!(
+        status["sync"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within"),
+        "{status}"
+    );
+    // Once the store answers, a sync (SIGHUP) brings the daemon to the head.
+    server.release_reads();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    loop {
+        let status: serde_json::Value = client
+            .get(format!("{}/status", daemon.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["seq"] == 1 {
+            assert_eq!(status["sync"]["stale"], false);
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(daemon.terminate().success());
+}
