@@ -84,6 +84,7 @@ fn run(bundle: &Path, queries_path: &Path) -> anyhow::Result<()> {
         reader_shards: n_threads,
         drain_timeout: Duration::from_secs(1),
         follow: None,
+        pinecone: None,
     };
     let load_started = Instant::now();
     let (state, catalog) = load_catalog(&options).context("load the catalog")?;

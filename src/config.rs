@@ -33,6 +33,20 @@ pub struct ConfigFile {
     pub boot_deadline: Option<HumanDuration>,
     /// Committed versions kept.
     pub keep_versions: Option<usize>,
+    /// `local` or `pinecone`.
+    pub vector_backend: Option<crate::search::backend::VectorBackendKind>,
+    /// Pinecone index host or URL.
+    pub pinecone_index_host: Option<String>,
+    /// Pinecone namespace.
+    pub pinecone_namespace: Option<String>,
+    /// File holding the Pinecone API key (never the key itself).
+    pub pinecone_api_key_file: Option<PathBuf>,
+    /// `X-Pinecone-Api-Version`.
+    pub pinecone_api_version: Option<String>,
+    /// Timeout of one Pinecone call attempt, e.g. "2s".
+    pub pinecone_timeout: Option<HumanDuration>,
+    /// Attempts per Pinecone call.
+    pub pinecone_attempts: Option<u32>,
 }
 
 /// A duration written as "60s", "5m", "7d".

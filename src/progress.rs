@@ -35,6 +35,23 @@ impl Progress {
         }
     }
 
+    /// Starts progress over `total` items.
+    pub fn items(what: &'static str, total: u64) -> Self {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(what);
+        Progress {
+            bar,
+            what,
+            total: total.max(1),
+            next_log_tenth: 1,
+        }
+    }
+
     /// Records that `done` units are complete.
     pub fn set(&mut self, done: u64) {
         self.bar.set_position(done);

@@ -15,6 +15,8 @@ use anyhow::Context;
 use crate::bundle::Bundle;
 use crate::catalog::{Catalog, CurrentCatalog};
 use crate::http::{self, AppState};
+use crate::search::backend::VectorBackend;
+use crate::search::pinecone::{PineconeClient, PineconeSettings};
 use crate::search::tfidf::TfidfModel;
 use crate::store::state::{StateDir, StoreVersion};
 use crate::sync::follow::{Follower, SharedStatus, SyncStatus, open_catalog};
@@ -58,6 +60,8 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// The delta store to follow; `None` serves the bundle alone.
     pub follow: Option<FollowOptions>,
+    /// The Pinecone index `/search` ranks with; `None` uses the local index.
+    pub pinecone: Option<PineconeSettings>,
 }
 
 /// The bundle, its model, the state dir and the newest usable committed version.
@@ -148,6 +152,10 @@ pub async fn run(
         })?;
     let local_addr = listener.local_addr().context("read the bound address")?;
     let current = Arc::new(CurrentCatalog::default());
+    let vectors = match &options.pinecone {
+        None => VectorBackend::Local,
+        Some(settings) => VectorBackend::Pinecone(PineconeClient::new(settings.clone())?),
+    };
     let status: SharedStatus = Arc::new(parking_lot::RwLock::new(SyncStatus {
         store: options.follow.as_ref().map(|f| f.sync.store.clone()),
         ..Default::default()
@@ -158,6 +166,7 @@ pub async fn run(
         bundle_dir: options.bundle.clone(),
         metrics: crate::telemetry::prometheus(),
         sync: status.clone(),
+        vectors: vectors.clone(),
     };
     on_listening(local_addr);
     let server = tokio::spawn(http::run(
@@ -166,7 +175,7 @@ pub async fn run(
         shutdown,
         options.drain_timeout,
     ));
-    let booted = boot(&options, current.clone(), status).await;
+    let booted = boot(&options, current.clone(), status, &vectors).await;
     let follower_task = match booted {
         Ok(Some((follower, interval))) => Some(tokio::spawn(follower.run(interval))),
         Ok(None) => None,
@@ -191,12 +200,17 @@ async fn boot(
     options: &ServeOptions,
     current: Arc<CurrentCatalog>,
     status: SharedStatus,
+    vectors: &VectorBackend,
 ) -> anyhow::Result<Option<(Arc<Follower>, Duration)>> {
     let started = Instant::now();
     let (bundle_dir, state_dir) = (options.bundle.clone(), options.state_dir.clone());
     let local = tokio::task::spawn_blocking(move || open_local(&bundle_dir, &state_dir))
         .await
         .context("join the loading task")??;
+    if let VectorBackend::Pinecone(client) = vectors {
+        // Before the first swap: a mismatched index never serves a request.
+        client.check_dimension(local.model.n_terms()).await?;
+    }
     status.write().bundle_seq = local.bundle.manifest.seq;
     let Some(follow) = &options.follow else {
         let reader_shards = options.reader_shards;
@@ -252,6 +266,7 @@ async fn boot(
             &local.state,
             &version,
             local.model.clone(),
+            None,
             options.reader_shards,
         )
         .await

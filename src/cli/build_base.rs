@@ -2,7 +2,12 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
+
+use super::pinecone_args::PineconeArgs;
+use crate::search::pinecone::PineconeClient;
+use crate::search::pinecone_sync::{progress_path, upsert_bundle};
 
 use crate::bundle::build::{BuildOptions, ModelSource, build_base, stop_words_setting};
 use crate::bundle::items::ItemFields;
@@ -39,9 +44,33 @@ pub(super) struct BuildBaseArgs {
     /// The delta sequence number this base already includes.
     #[arg(long, default_value_t = 0)]
     seq: u64,
+    /// Also upsert every item's vector to a Pinecone index (resumable: re-run the same
+    /// command after an interruption; progress is kept in OUT.pinecone-progress.json).
+    #[arg(long)]
+    pinecone: bool,
+    #[command(flatten)]
+    pinecone_args: PineconeArgs,
 }
 
 pub(super) fn run(args: BuildBaseArgs) -> anyhow::Result<()> {
+    let pinecone = if args.pinecone {
+        let settings = args
+            .pinecone_args
+            .settings(&crate::config::ConfigFile::default())?;
+        Some(PineconeClient::new(settings)?)
+    } else {
+        None
+    };
+    // A bundle already built by an interrupted `--pinecone` run: resume the upload.
+    if let Some(client) = &pinecone
+        && args.out.join(crate::bundle::MANIFEST_FILE).exists()
+    {
+        println!(
+            "bundle {} exists; resuming the Pinecone upload",
+            args.out.display()
+        );
+        return upload(&args.out, client);
+    }
     let model = match args.sklearn_model {
         Some(path) => ModelSource::File(path),
         None => ModelSource::Fit(FitOptions {
@@ -76,6 +105,23 @@ pub(super) fn run(args: BuildBaseArgs) -> anyhow::Result<()> {
         m.n_terms,
         &m.model_fingerprint[..16],
         stages.join(", ")
+    );
+    match &pinecone {
+        Some(client) => upload(&args.out, client),
+        None => Ok(()),
+    }
+}
+
+fn upload(bundle: &std::path::Path, client: &PineconeClient) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let report = runtime.block_on(upsert_bundle(bundle, client))?;
+    println!(
+        "pinecone {}: {} vectors upserted in {} requests, {} already acknowledged (progress: {})",
+        client.describe(),
+        report.n_sent,
+        report.n_requests,
+        report.n_skipped,
+        progress_path(bundle).display()
     );
     Ok(())
 }

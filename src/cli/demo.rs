@@ -116,6 +116,7 @@ pub(super) fn run(args: DemoArgs) -> anyhow::Result<()> {
             on_sync_failure: OnSyncFailure::ServeStale,
             boot_deadline: Duration::from_secs(30),
         }),
+        pinecone: None,
     };
     runtime.block_on(server::run(options, crate::http::shutdown_signal(), |addr| {
         println!("deltacache: listening on http://{addr}");

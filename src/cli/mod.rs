@@ -3,6 +3,7 @@
 mod build_base;
 mod demo;
 mod keygen;
+mod pinecone_args;
 mod publish_delta;
 mod remote_args;
 mod serve;

@@ -6,8 +6,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::pinecone_args::PineconeArgs;
 use super::remote_args::RemoteArgs;
+use crate::bundle::Bundle;
+use crate::bundle::items::ItemFields;
 use crate::delta::publish::{ChangeSource, PublishOptions, publish};
+use crate::search::pinecone::PineconeClient;
+use crate::search::pinecone_sync::mirror_changes;
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("source").required(true).args(["changes", "diff"]))]
@@ -39,6 +44,12 @@ pub(super) struct PublishDeltaArgs {
     /// always accepted), e.g. during key rotation.
     #[arg(long, value_name = "FILE")]
     trusted_keys: Option<PathBuf>,
+    /// Also mirror the delta to a Pinecone index, after the head moved: delete the deleted
+    /// ids, then upsert the put items' vectors (see the README, "Pinecone users").
+    #[arg(long)]
+    pinecone: bool,
+    #[command(flatten)]
+    pinecone_args: PineconeArgs,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -54,6 +65,22 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("pass exactly one of --changes FILE or --diff OLD NEW"),
     };
+    let pinecone = if args.pinecone && !args.dry_run {
+        let settings = args
+            .pinecone_args
+            .settings(&crate::config::ConfigFile::default())?;
+        let bundle = Bundle::open(&args.bundle)?;
+        let model = bundle.load_model()?;
+        let client = PineconeClient::new(settings)?;
+        Some((client, model, bundle.manifest))
+    } else {
+        None
+    };
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    if let Some((client, model, _)) = &pinecone {
+        // Refuse a mismatched index before anything is published.
+        runtime.block_on(client.check_dimension(model.n_terms()))?;
+    }
     let options = PublishOptions {
         store: args.store,
         key: args.key,
@@ -64,7 +91,6 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
         dry_run: args.dry_run,
         remote: args.remote.settings(),
     };
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     let report = runtime.block_on(publish(&options))?;
     let counts = format!(
         "{} adds, {} updates, {} deletes, {} unchanged, {} unknown deletes dropped, {} bytes",
@@ -79,6 +105,28 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
         println!("dry run: would publish seq {}: {counts}", report.seq);
     } else {
         println!("published seq {} ({}): {counts}", report.seq, report.digest);
+    }
+    if let Some((client, model, manifest)) = &pinecone {
+        let fields = ItemFields {
+            id_field: manifest.id_field.clone(),
+            text_field: manifest.text_field.clone(),
+        };
+        let mirrored = runtime
+            .block_on(mirror_changes(client, model, &fields, &report.puts, &report.deleted_ids))
+            .with_context(|| {
+                format!(
+                    "seq {} is published but Pinecone {} is behind it: instances will count join misses for its new ids; re-run `build-base --pinecone` against a bundle at this seq, or re-publish the items",
+                    report.seq,
+                    client.describe()
+                )
+            })?;
+        println!(
+            "pinecone {}: {} ids deleted, {} vectors upserted in {} requests",
+            client.describe(),
+            report.deleted_ids.len(),
+            mirrored.n_sent,
+            mirrored.n_requests
+        );
     }
     Ok(())
 }

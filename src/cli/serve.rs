@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::pinecone_args::PineconeArgs;
 use super::remote_args::RemoteArgs;
 use crate::config::ConfigFile;
+use crate::search::backend::VectorBackendKind;
 use crate::server::{self, FollowOptions, OnSyncFailure, ServeOptions};
 use crate::sync::SyncOptions;
 
@@ -62,6 +64,16 @@ pub(super) struct ServeArgs {
     /// Committed versions kept in the state dir [default: 3].
     #[arg(long, env = "DELTACACHE_KEEP_VERSIONS", value_name = "N")]
     keep_versions: Option<usize>,
+    /// Where /search ranks: local (the version's own index) or pinecone [default: local].
+    #[arg(
+        long,
+        env = "DELTACACHE_VECTOR_BACKEND",
+        value_enum,
+        value_name = "BACKEND"
+    )]
+    vector_backend: Option<VectorBackendKind>,
+    #[command(flatten)]
+    pinecone: PineconeArgs,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -71,6 +83,14 @@ impl ServeArgs {
         let file = match &self.config {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
+        };
+        let pinecone = match self
+            .vector_backend
+            .or(file.vector_backend)
+            .unwrap_or_default()
+        {
+            VectorBackendKind::Local => None,
+            VectorBackendKind::Pinecone => Some(self.pinecone.settings(&file)?),
         };
         let bundle = self.bundle.or(file.bundle).context(
             "no bundle: pass --bundle DIR (or set DELTACACHE_BUNDLE, or `bundle` in the config file)",
@@ -129,6 +149,7 @@ impl ServeArgs {
             reader_shards,
             drain_timeout: Duration::from_secs(drain),
             follow,
+            pinecone,
         })
     }
 }

@@ -81,6 +81,10 @@ pub struct PublishReport {
     pub unknown_deletes: u64,
     /// Whether nothing was published.
     pub dry_run: bool,
+    /// The items put by the delta (their JSON as written), for mirroring to Pinecone.
+    pub puts: Vec<String>,
+    /// The ids deleted by the delta, for mirroring to Pinecone.
+    pub deleted_ids: Vec<String>,
 }
 
 /// Publishes the next delta.
@@ -194,6 +198,12 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
         records,
     };
     let delta = batch.sign(&key)?;
+    for record in &batch.records {
+        match record {
+            DeltaRecord::Put { item } => report.puts.push(item.get().to_owned()),
+            DeltaRecord::Delete { id } => report.deleted_ids.push(id.clone()),
+        }
+    }
     report.digest = digest_hex(&delta);
     report.bytes = delta.len() as u64;
     if options.dry_run {

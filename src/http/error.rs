@@ -43,6 +43,23 @@ impl ApiError {
         )
     }
 
+    /// 503: the remote vector backend failed or its circuit is open; the cause is logged
+    /// here, once, and `/items` keeps working.
+    pub fn vector_backend_unavailable(error: crate::search::pinecone::PineconeError) -> Self {
+        match error {
+            // Failing fast is the breaker working; its opening was logged once.
+            crate::search::pinecone::PineconeError::CircuitOpen => {
+                tracing::debug!(error = %error, "vector backend unavailable")
+            }
+            _ => tracing::error!(error = %error, "vector backend unavailable"),
+        }
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "vector_backend_unavailable",
+            "the vector backend is unavailable; retry shortly (item lookups still work)",
+        )
+    }
+
     /// 500: the cause is logged here, once; the answer stays generic.
     pub fn internal(error: anyhow::Error) -> Self {
         tracing::error!(error = format!("{error:#}"), "request failed");

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::error::{ApiError, JsonBody};
 use super::{AppState, DATA_VERSION_HEADER};
 use crate::catalog::Catalog;
+use crate::search::backend::{SearchError, VectorBackend};
 
 /// The most results one search may ask for.
 pub const MAX_TOP_K: i64 = 1000;
@@ -63,9 +64,19 @@ pub(super) async fn search(
         ));
     }
     let catalog = current(&state)?;
-    let outcome = catalog
-        .search(&request.query_text, top_k as usize)
-        .map_err(ApiError::internal)?;
+    let outcome = match &state.vectors {
+        // The benchmarked hot path, unchanged.
+        VectorBackend::Local => catalog
+            .search(&request.query_text, top_k as usize)
+            .map_err(ApiError::internal)?,
+        remote => remote
+            .search(&catalog, &request.query_text, top_k as usize)
+            .await
+            .map_err(|error| match error {
+                SearchError::Unavailable(error) => ApiError::vector_backend_unavailable(error),
+                SearchError::Internal(error) => ApiError::internal(error),
+            })?,
+    };
     metrics::counter!("deltacache_items_served_total").increment(outcome.hits.len() as u64);
     // The stored JSON is written out as it is: no re-parsing on the hot path.
     let mut body = Vec::with_capacity(
@@ -207,6 +218,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
             "n_items": catalog.index().n_items(),
             "model_fingerprint": catalog.model().fingerprint(),
             "n_terms": catalog.model().n_terms(),
+            "vector_backend": state.vectors.name(),
             "bundle": bundle,
             "uptime_seconds": uptime,
         }),

@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// What syncing has done, for `/status` and `/metrics`.
     pub sync: crate::sync::follow::SharedStatus,
+    /// Where `/search` ranks: the local index or Pinecone.
+    pub vectors: crate::search::backend::VectorBackend,
 }
 
 /// All routes, with body limit, access log and metrics. Handlers can be driven without a

@@ -48,114 +48,93 @@ pub fn apply_deltas(
         bail!("no deltas to apply");
     };
     let (name, staging) = state.new_staging(last.seq)?;
-    let result = apply_into(
-        state,
-        current,
-        model,
-        fields,
-        deltas,
-        head_issued_at,
-        &name,
-        &staging,
-    );
+    let name = name.as_str();
+    let staging = staging.as_path();
+    // Everything up to the commit happens in staging; on any error it is removed, so the
+    // state dir is left as it was.
+    let result = (|| -> anyhow::Result<Applied> {
+        let mut stage_seconds = Vec::new();
+        let started = Instant::now();
+        let method = clone_db_dir(&current.db_dir(), &staging.join(DB_DIR))?;
+        tracing::debug!(%method, version = %name, "cloned the current version");
+        let mut index = VectorIndex::load(&current.index_path())?;
+        stage_seconds.push(("clone", started.elapsed().as_secs_f64()));
+        crate::failpoint::hit("after-clone");
+
+        let started = Instant::now();
+        let mut db = leveldb::open_db(&staging.join(DB_DIR), false)?;
+        let mut n_records = 0u64;
+        for (delta_idx, delta) in deltas.iter().enumerate() {
+            let mut batch = WriteBatch::default();
+            for (record_idx, record) in delta.batch.records.iter().enumerate() {
+                match record {
+                    DeltaRecord::Put { item } => {
+                        let item = parse_item(item.get(), fields).map_err(|e| {
+                            anyhow!("delta seq {} record {}: {e}", delta.seq, record_idx + 1)
+                        })?;
+                        batch.put(&leveldb::item_key(&item.id), item.json.as_bytes());
+                        index.upsert(&item.id, &model.embed(&item.text))?;
+                    }
+                    DeltaRecord::Delete { id } => {
+                        batch.delete(&leveldb::item_key(id));
+                        index.delete(id);
+                    }
+                }
+                n_records += 1;
+            }
+            let recorded = RecordedState {
+                seq: delta.seq,
+                chain_digest: delta.digest.clone(),
+            };
+            batch.put(STATE_KEY, &serde_json::to_vec(&recorded)?);
+            db.write(batch, true)
+                .map_err(|s| anyhow!("{s}"))
+                .with_context(|| format!("write delta seq {}", delta.seq))?;
+            if delta_idx == 0 {
+                crate::failpoint::hit("after-first-batch");
+            }
+        }
+        db.close()
+            .map_err(|s| anyhow!("{s}"))
+            .context("close the new version's database")?;
+        drop(db);
+        crate::failpoint::hit("after-close");
+        index.compact_if_worthwhile();
+        index.save(&staging.join(INDEX_FILE))?;
+        stage_seconds.push(("apply", started.elapsed().as_secs_f64()));
+
+        let started = Instant::now();
+        let info = VersionInfo {
+            name: name.to_owned(),
+            dataset: current.info.dataset.clone(),
+            seq: last.seq,
+            model_fingerprint: current.info.model_fingerprint.clone(),
+            bundle_manifest_sha256: current.info.bundle_manifest_sha256.clone(),
+            n_items: index.n_items() as u64,
+            created_at: crate::delta::publish::now_secs(),
+            chain_digest: last.digest.clone(),
+            chain_len: last.len,
+            bundle_seq: current.info.bundle_seq,
+            head_issued_at: Some(head_issued_at),
+        };
+        std::fs::write(
+            staging.join(VERSION_FILE),
+            serde_json::to_vec_pretty(&info)?,
+        )
+        .context("write version.json")?;
+        let version = state.commit(staging, name)?;
+        stage_seconds.push(("commit", started.elapsed().as_secs_f64()));
+        Ok(Applied {
+            version,
+            n_records,
+            stage_seconds,
+            index,
+        })
+    })();
     if result.is_err() && staging.exists() {
-        // Nothing was committed: leave the state dir as it was.
-        if let Err(error) = std::fs::remove_dir_all(&staging) {
+        if let Err(error) = std::fs::remove_dir_all(staging) {
             tracing::warn!(%error, dir = %staging.display(), "remove an abandoned staging directory");
         }
     }
     result
-}
-
-#[allow(clippy::too_many_arguments)]
-fn apply_into(
-    state: &StateDir,
-    current: &StoreVersion,
-    model: &TfidfModel,
-    fields: &ItemFields,
-    deltas: &[VerifiedDelta],
-    head_issued_at: u64,
-    name: &str,
-    staging: &std::path::Path,
-) -> anyhow::Result<Applied> {
-    let Some(last) = deltas.last() else {
-        bail!("no deltas to apply");
-    };
-    let mut stage_seconds = Vec::new();
-    let started = Instant::now();
-    let method = clone_db_dir(&current.db_dir(), &staging.join(DB_DIR))?;
-    tracing::debug!(%method, version = %name, "cloned the current version");
-    let mut index = VectorIndex::load(&current.index_path())?;
-    stage_seconds.push(("clone", started.elapsed().as_secs_f64()));
-    crate::failpoint::hit("after-clone");
-
-    let started = Instant::now();
-    let mut db = leveldb::open_db(&staging.join(DB_DIR), false)?;
-    let mut n_records = 0u64;
-    for (delta_idx, delta) in deltas.iter().enumerate() {
-        let mut batch = WriteBatch::default();
-        for (record_idx, record) in delta.batch.records.iter().enumerate() {
-            match record {
-                DeltaRecord::Put { item } => {
-                    let item = parse_item(item.get(), fields).map_err(|e| {
-                        anyhow!("delta seq {} record {}: {e}", delta.seq, record_idx + 1)
-                    })?;
-                    batch.put(&leveldb::item_key(&item.id), item.json.as_bytes());
-                    index.upsert(&item.id, &model.embed(&item.text))?;
-                }
-                DeltaRecord::Delete { id } => {
-                    batch.delete(&leveldb::item_key(id));
-                    index.delete(id);
-                }
-            }
-            n_records += 1;
-        }
-        let recorded = RecordedState {
-            seq: delta.seq,
-            chain_digest: delta.digest.clone(),
-        };
-        batch.put(STATE_KEY, &serde_json::to_vec(&recorded)?);
-        db.write(batch, true)
-            .map_err(|s| anyhow!("{s}"))
-            .with_context(|| format!("write delta seq {}", delta.seq))?;
-        if delta_idx == 0 {
-            crate::failpoint::hit("after-first-batch");
-        }
-    }
-    db.close()
-        .map_err(|s| anyhow!("{s}"))
-        .context("close the new version's database")?;
-    drop(db);
-    crate::failpoint::hit("after-close");
-    index.compact_if_worthwhile();
-    index.save(&staging.join(INDEX_FILE))?;
-    stage_seconds.push(("apply", started.elapsed().as_secs_f64()));
-
-    let started = Instant::now();
-    let info = VersionInfo {
-        name: name.to_owned(),
-        dataset: current.info.dataset.clone(),
-        seq: last.seq,
-        model_fingerprint: current.info.model_fingerprint.clone(),
-        bundle_manifest_sha256: current.info.bundle_manifest_sha256.clone(),
-        n_items: index.n_items() as u64,
-        created_at: crate::delta::publish::now_secs(),
-        chain_digest: last.digest.clone(),
-        chain_len: last.len,
-        bundle_seq: current.info.bundle_seq,
-        head_issued_at: Some(head_issued_at),
-    };
-    std::fs::write(
-        staging.join(VERSION_FILE),
-        serde_json::to_vec_pretty(&info)?,
-    )
-    .context("write version.json")?;
-    let version = state.commit(staging, name)?;
-    stage_seconds.push(("commit", started.elapsed().as_secs_f64()));
-    Ok(Applied {
-        version,
-        n_records,
-        stage_seconds,
-        index,
-    })
 }

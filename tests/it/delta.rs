@@ -78,8 +78,17 @@ fn trusted(key: &PublisherKey) -> TrustedKeys {
 
 /// Publishes a chain of `n` one-record deltas after `position()`; returns the delta bytes.
 async fn publish_chain(store: &DeltaStore, key: &PublisherKey, n: u64) -> Vec<Vec<u8>> {
+    publish_chain_over(store, key, n, None).await
+}
+
+/// Like [`publish_chain`], replacing the head whose tag is `head_etag` (None: no head yet).
+async fn publish_chain_over(
+    store: &DeltaStore,
+    key: &PublisherKey,
+    n: u64,
+    mut head_etag: Option<String>,
+) -> Vec<Vec<u8>> {
     let mut deltas: Vec<Vec<u8>> = Vec::new();
-    let mut head_etag: Option<String> = None;
     for seq in 1..=n {
         let (parent_digest, parent_len) = match deltas.last() {
             Some(prev) => (digest_hex(prev), prev.len() as u64),
@@ -204,41 +213,9 @@ async fn check_store_contract(store: DeltaStore) {
 }
 
 async fn publish_chain_in_fresh_prefix(store: &DeltaStore, key: &PublisherKey) -> usize {
-    // The contract test already wrote a head; start again from a clean head.
+    // The contract test already wrote a head: publish over it, then read the chain back.
     let current = store.get_head(1 << 16).await.unwrap().unwrap();
-    let deltas = {
-        let mut deltas: Vec<Vec<u8>> = Vec::new();
-        let mut etag = current.etag;
-        for seq in 1..=3u64 {
-            let (parent_digest, parent_len) = match deltas.last() {
-                Some(prev) => (digest_hex(prev), prev.len() as u64),
-                None => (position().digest, 0),
-            };
-            let delta = batch(
-                seq,
-                seq - 1,
-                &parent_digest,
-                parent_len,
-                vec![put(&format!("item-{seq}"), "text")],
-            )
-            .sign(key)
-            .unwrap();
-            store
-                .put_delta(seq, &digest_hex(&delta), &delta)
-                .await
-                .unwrap();
-            store
-                .put_head(
-                    &head_for(seq, &delta, NOW).sign(key),
-                    HeadCondition::Matches(etag),
-                )
-                .await
-                .unwrap();
-            etag = store.get_head(1 << 16).await.unwrap().unwrap().etag;
-            deltas.push(delta);
-        }
-        deltas
-    };
+    let deltas = publish_chain_over(store, key, 3, Some(current.etag)).await;
     let trusted = trusted(key);
     let head = fetch_head(store, &trusted, &position(), None, NOW, false)
         .await

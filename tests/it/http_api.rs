@@ -34,6 +34,7 @@ fn fixture(ready: bool) -> Fixture {
             reader_shards: 2,
             drain_timeout: Duration::from_secs(1),
             follow: None,
+            pinecone: None,
         })
         .unwrap();
         current.swap(Arc::new(catalog));
@@ -46,6 +47,7 @@ fn fixture(ready: bool) -> Fixture {
             bundle_dir: bundle,
             metrics: deltacache::telemetry::prometheus(),
             sync: Default::default(),
+            vectors: deltacache::search::backend::VectorBackend::Local,
         },
         _state_dir: state_dir,
         _dir: dir,

@@ -4,6 +4,7 @@ mod build_base;
 mod delta;
 mod http_api;
 mod parity;
+mod pinecone;
 mod publish;
 mod s3;
 mod serve;

@@ -323,6 +323,7 @@ fn bundle_built_with_an_exported_model_serves_scikit_learn_rankings() {
         reader_shards: 1,
         drain_timeout: std::time::Duration::from_secs(1),
         follow: None,
+        pinecone: None,
     })
     .unwrap();
     for query in config.queries.iter().take(100) {

@@ -1,0 +1,95 @@
+//! Where the top-k ids come from: the local index (the default, exact, in-process) or a
+//! Pinecone index. Either way each id's metadata is then read from the local store.
+
+use std::sync::Arc;
+
+use crate::catalog::{Catalog, SearchHit, SearchOutcome};
+use crate::search::pinecone::{PineconeClient, PineconeError, densify};
+
+/// Which backend to use, as configured (`--vector-backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VectorBackendKind {
+    /// The local index.
+    #[default]
+    Local,
+    /// A Pinecone index.
+    Pinecone,
+}
+
+/// The vector backend `/search` ranks with.
+#[derive(Debug, Clone)]
+pub enum VectorBackend {
+    /// The version's own in-memory index ([`Catalog::search`]).
+    Local,
+    /// A Pinecone index kept in step by `build-base --pinecone` and `publish-delta --pinecone`.
+    Pinecone(Arc<PineconeClient>),
+}
+
+/// Why a search failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// The remote vector backend did not answer usably (or its circuit is open).
+    #[error(transparent)]
+    Unavailable(#[from] PineconeError),
+    /// Anything else (a metadata read failed).
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl VectorBackend {
+    /// `local` or `pinecone`, for `/status`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VectorBackend::Local => "local",
+            VectorBackend::Pinecone(_) => "pinecone",
+        }
+    }
+
+    /// Ranks `query_text` and joins each hit with its metadata from `catalog`.
+    ///
+    /// With Pinecone, the catalog is only read before and after the call (no lock is held
+    /// across it). A match whose id the local store lacks is skipped and counted in
+    /// `deltacache_join_misses_total` and in the outcome's `missing`; matches with a score
+    /// of 0 or less are dropped, as the local index never returns them.
+    pub async fn search(
+        &self,
+        catalog: &Catalog,
+        query_text: &str,
+        top_k: usize,
+    ) -> Result<SearchOutcome, SearchError> {
+        let client = match self {
+            VectorBackend::Local => return Ok(catalog.search(query_text, top_k)?),
+            VectorBackend::Pinecone(client) => client,
+        };
+        let model = catalog.model();
+        let query = model.embed(query_text);
+        if query.is_empty() {
+            // No known term: nothing can score above zero, as with the local index.
+            return Ok(SearchOutcome::default());
+        }
+        let dense = densify(&query, model.n_terms());
+        let matches = client.query(&dense, top_k).await?;
+        let mut outcome = SearchOutcome {
+            hits: Vec::with_capacity(matches.len()),
+            missing: 0,
+        };
+        for found in matches {
+            if found.score <= 0.0 || !found.score.is_finite() {
+                continue;
+            }
+            match catalog.get(&found.id)? {
+                Some(metadata) => outcome.hits.push(SearchHit {
+                    id: found.id,
+                    score: found.score,
+                    metadata,
+                }),
+                None => outcome.missing += 1,
+            }
+        }
+        if outcome.missing > 0 {
+            metrics::counter!("deltacache_join_misses_total").increment(outcome.missing as u64);
+        }
+        Ok(outcome)
+    }
+}
