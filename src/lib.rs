@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`bundle`]: what `build-base` writes and an image bakes (manifest, model, index, db).
 //! - [`store`]: the LevelDB layout, copy-on-write clones, durability, the state dir.
-//! - [`search`]: TF-IDF embedding and the local vector index.
+//! - [`search`]: TF-IDF embedding, the local vector index, and the vector backends (local,
+//!   Pinecone).
 //! - [`delta`]: keys, the signed delta and head format, chain verification, publishing.
 //! - [`remote`]: delta stores (a local directory, S3).
 //! - [`sync`]: fetch, verify, apply to a new version, swap; and the daemon's follower.
