@@ -84,6 +84,13 @@ impl FileStore {
             let tmp =
                 tempfile::NamedTempFile::new_in(dir).context("create a temporary delta file")?;
             std::fs::write(tmp.path(), &bytes).context("write delta")?;
+            // Temporary files are private; a delta is readable by the daemons that follow
+            // the store, like the head.
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+                    .context("make the delta readable")?;
+            }
             durable::fsync_path(tmp.path())?;
             match std::fs::hard_link(tmp.path(), &path) {
                 Ok(()) => {}

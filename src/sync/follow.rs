@@ -229,7 +229,20 @@ fn watch_directory(
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Only a new or replaced head matters. Reads are events too (inotify reports opens
+        // and closes): reacting to them would make every sync's own read of the head
+        // trigger the next sync.
+        let Ok(event) = event else { return };
+        let changes_head = matches!(
+            event.kind,
+            notify::EventKind::Create(_)
+                | notify::EventKind::Modify(_)
+                | notify::EventKind::Remove(_)
+        ) && event.paths.iter().any(|path| {
+            path.file_name()
+                .is_some_and(|name| name == crate::remote::HEAD_NAME)
+        });
+        if changes_head {
             let _ = wake.send("store changed");
         }
     })

@@ -979,3 +979,68 @@ async fn a_store_slower_than_the_boot_deadline_serves_stale_then_catches_up() {
     }
     assert!(daemon.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn following_a_file_store_syncs_on_a_new_head_and_is_idle_otherwise() {
+    let mut world = World::new(sample_items(), None, "");
+    world.publish(&[put("first", "kafka")]).await;
+    let state_dir = world.dir.path().join("state");
+    let daemon = start(
+        &serve_args(&world, &state_dir, &["--follow-interval", "1h"]),
+        &[],
+    );
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    let attempts = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("deltacache_sync_attempts_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let metrics_url = format!("{}/metrics", daemon.url);
+    let before = attempts(
+        &client
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    // Reading the store (which every sync does) must not wake the follower again.
+    for _ in 0..200 {
+        let now = attempts(
+            &client
+                .get(&metrics_url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+        assert!(
+            now <= before + 1,
+            "the follower keeps syncing with nothing new: {before} → {now}"
+        );
+    }
+    // A new head in the watched directory is applied without SIGHUP or waiting an interval.
+    world.publish(&[put("second", "crema")]).await;
+    loop {
+        let status: serde_json::Value = client
+            .get(format!("{}/status", daemon.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["seq"] == 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(daemon.terminate().success());
+}
