@@ -35,6 +35,10 @@ Options:
   --skip-1m        skip the 1,000,000-item build
   --skip-stages    skip the in-process stage timings (cargo bench)
   --no-build       use target/release/deltacache as it is (default: cargo build --release)
+  --profile        also profile the server (perf record, software clock) during one extra
+                   c32 run of /search and of /items on the 10k corpus, and split its CPU
+                   time into buckets with scripts/perf_buckets.py (needs perf)
+  --quick          check the harness: 10,000 items only, 1 run of 2 s, no 1m build
   -h, --help       show this help
 
 Needs: python3, curl, wrk, redis-server, redis-cli, redis-benchmark, cargo, and
@@ -51,6 +55,8 @@ REDIS_REQUESTS=400000
 SKIP_1M=0
 SKIP_STAGES=0
 BUILD=1
+QUICK=0
+PROFILE=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT_DIR=${2:?--out needs a directory}; shift 2 ;;
@@ -61,10 +67,15 @@ while [[ $# -gt 0 ]]; do
         --skip-1m) SKIP_1M=1; shift ;;
         --skip-stages) SKIP_STAGES=1; shift ;;
         --no-build) BUILD=0; shift ;;
+        --quick) QUICK=1; shift ;;
+        --profile) PROFILE=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+if [[ $QUICK -eq 1 ]]; then
+    DURATION=2 RUNS=1 SKIP_1M=1 REDIS_REQUESTS=50000
+fi
 for value in "$DURATION" "$RUNS" "$SEED" "$REDIS_REQUESTS"; do
     [[ $value =~ ^[0-9]+$ && $value -gt 0 ]] || { echo "bench.sh: expected a positive whole number, got '$value'" >&2; exit 2; }
 done
@@ -87,9 +98,15 @@ need redis-server "install Redis (Debian: apt-get install redis-server redis-too
 need redis-cli "install Redis tools (Debian: apt-get install redis-tools)"
 need redis-benchmark "install Redis tools (Debian: apt-get install redis-tools)"
 need cargo "install the Rust toolchain (https://rustup.rs)"
+if [[ $PROFILE -eq 1 ]]; then
+    need perf "install perf (Debian: apt-get install linux-perf), or drop --profile"
+    perf record -e cpu-clock -o /dev/null -- true >/dev/null 2>&1 \
+        || die "perf record is not allowed here (see /proc/sys/kernel/perf_event_paranoid), or drop --profile"
+fi
 if [[ $SKIP_1M -eq 0 ]]; then
-    [[ -x /usr/bin/time ]] && /usr/bin/time -v true >/dev/null 2>&1 \
-        || die "GNU time not found at /usr/bin/time (Debian: apt-get install time), or pass --skip-1m"
+    if ! { [[ -x /usr/bin/time ]] && /usr/bin/time -v true >/dev/null 2>&1; }; then
+        die "GNU time not found at /usr/bin/time (Debian: apt-get install time), or pass --skip-1m"
+    fi
 fi
 
 mkdir -p "$OUT_DIR"
@@ -143,6 +160,36 @@ rows.sort()
 print(rows[len(rows) // 2][1])
 EOF
 }
+# cpu_run PID OUTFILE CMD...: runs CMD (output to OUTFILE) and prints, in cores (CPU-seconds
+# per second of wall time), what the server PID, CMD itself, and everything else on the
+# machine used meanwhile: "server_cores=.. client_cores=.. other_cores=..". Exits as CMD did.
+cpu_run() {
+    python3 - "$@" <<'EOF'
+import os, resource, subprocess, sys, time
+pid, outfile, cmd = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+tick = os.sysconf("SC_CLK_TCK")
+def proc_cpu(p):
+    with open(f"/proc/{p}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / tick
+def machine_busy():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / tick  # all but idle and iowait (guest is in user)
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+s0, m0, c0, t0 = proc_cpu(pid), machine_busy(), children_cpu(), time.monotonic()
+with open(outfile, "w") as out:
+    rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+s1, m1, c1, t1 = proc_cpu(pid), machine_busy(), children_cpu(), time.monotonic()
+wall = t1 - t0
+server, client, machine = (s1 - s0) / wall, (c1 - c0) / wall, (m1 - m0) / wall
+print(f"server_cores={server:.2f} client_cores={client:.2f} other_cores={max(machine - server - client, 0):.2f}")
+sys.exit(rc)
+EOF
+}
+
 field() { # field KEY LINE
     local key=$1 line=$2
     sed -n "s/.* $key=\([^ ]*\).*/\1/p" <<<"$line"
@@ -154,21 +201,27 @@ if [[ $BUILD -eq 1 ]]; then
     cargo build --release --quiet || die "cargo build --release failed"
 fi
 [[ -x $BIN ]] || die "$BIN not found; run 'cargo build --release' (or drop --no-build)"
+# A private copy, so a concurrent `cargo build` cannot swap the binary in the middle of a run.
+cp "$BIN" "$OUT_DIR/deltacache"
+BIN=$OUT_DIR/deltacache
 
 record meta all - date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 record meta all - nproc "$(nproc)"
 record meta all - cpu "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
-record meta all - git_commit "$(git rev-parse --short HEAD 2>/dev/null || echo none)"
+record meta all - git_commit "$(git describe --always --dirty 2>/dev/null || echo none)"
 record meta all - wrk "$(wrk --version 2>&1 | head -1 | awk '{print $2}')"
 record meta all - redis "$(redis-server --version | awk '{print $3}')"
 record meta all - duration_s "$DURATION"
+record meta all - loadavg_start "$(cut -d' ' -f1 /proc/loadavg)"
 record meta all - runs "$RUNS"
 
 # --- corpora and bundles -------------------------------------------------------------------
 # gen_corpus.py is deterministic in (--n, --seed, --queries): reuse files made with the same.
 gen_corpus() {
     local n=$1 items=$2 queries=$3
-    local stamp="$items.stamp" want="n=$n seed=$SEED queries=1000 gen=$(sha256sum scripts/gen_corpus.py | cut -c1-16)"
+    local stamp="$items.stamp" gen_digest want
+    gen_digest=$(sha256sum scripts/gen_corpus.py | cut -c1-16)
+    want="n=$n seed=$SEED queries=1000 gen=$gen_digest"
     if [[ -s $items && -s $queries && -f $stamp && $(cat "$stamp") == "$want" ]]; then
         log "corpus of $n items: reusing $items"
         return
@@ -233,26 +286,55 @@ server_rss_mb() {
 run_wrk() {
     local label=$1 name=$2 threads=$3 conns=$4 script=$5
     shift 5
-    local lines=() i out result
+    local lines=() i out result cpu
+    local run_out=$OUT_DIR/wrk-run.out
     for ((i = 1; i <= RUNS; i++)); do
-        out=$(wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout 5s -s "$script" "$SERVER_URL" -- "$@" 2>&1) \
-            || { echo "$out" >&2; die "wrk failed"; }
+        cpu=$(cpu_run "$SERVER_PID" "$run_out" \
+            wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout 5s -s "$script" "$SERVER_URL" -- "$@") \
+            || { cat "$run_out" >&2; die "wrk failed"; }
+        out=$(cat "$run_out")
         echo "$out" >>"$OUT_DIR/wrk-$label-$name-c$conns.log"
+        echo "CPU $cpu" >>"$OUT_DIR/wrk-$label-$name-c$conns.log"
         result=$(grep '^WRK_RESULT' <<<"$out") || { echo "$out" >&2; die "wrk printed no WRK_RESULT line"; }
+        result="$result $cpu"
         local errors=0 key
         for key in connect_errors read_errors write_errors status_errors timeouts; do
             errors=$((errors + $(field "$key" "$result")))
         done
         ((errors == 0)) || log "  WARNING: run $i had $errors errors: $result"
-        log "  $name c$conns run $i: $(field rps "$result") req/s, p50 $(field p50_us "$result") us, p99 $(field p99_us "$result") us"
+        log "  $name c$conns run $i: $(field rps "$result") req/s, p50 $(field p50_us "$result") us, p99 $(field p99_us "$result") us; cores: $cpu"
         lines+=("$result")
     done
     result=$(median_run "${lines[@]}")
     local metric
-    for metric in rps p50_us p99_us; do
+    for metric in rps p50_us p99_us server_cores client_cores other_cores; do
         record "$name" "$label" "c$conns" "$metric" "$(field "$metric" "$result")"
     done
     record "$name" "$label" "c$conns" runs_rps "$(for l in "${lines[@]}"; do field rps "$l"; done | paste -sd, -)"
+}
+
+# profile_wrk LABEL NAME SCRIPT ARGS...: one c32 run under perf record, split into buckets.
+profile_wrk() {
+    local label=$1 name=$2 script=$3
+    shift 3
+    local data=$OUT_DIR/perf-$label-$name.data secs=$((DURATION < 8 ? DURATION : 8))
+    log "  profiling $name c32 for $secs s (perf record -e cpu-clock)"
+    perf record -q -F 499 -e cpu-clock --call-graph dwarf,8192 -p "$SERVER_PID" -o "$data" \
+        -- sleep "$secs" >"$OUT_DIR/perf-$label-$name.log" 2>&1 &
+    local perf_pid=$!
+    wrk -t2 -c32 -d"$((secs + 1))s" --timeout 5s -s "$script" "$SERVER_URL" -- "$@" \
+        >>"$OUT_DIR/perf-$label-$name.log" 2>&1 || die "wrk failed while profiling"
+    wait "$perf_pid" || die "perf record failed (see $OUT_DIR/perf-$label-$name.log)"
+    perf script -i "$data" 2>/dev/null >"$OUT_DIR/perf-$label-$name.txt"
+    local pct bucket_name
+    while IFS=$'\t' read -r pct bucket_name; do
+        if [[ $pct == samples ]]; then
+            record profile "$label" "$name" samples "$bucket_name"
+        else
+            record profile "$label" "$name" "$bucket_name" "$pct"
+        fi
+    done < <(python3 scripts/perf_buckets.py "$OUT_DIR/perf-$label-$name.txt")
+    rm -f "$data" "$OUT_DIR/perf-$label-$name.txt"
 }
 
 # --- redis -----------------------------------------------------------------------------------
@@ -285,32 +367,42 @@ EOF
     dbsize=$(redis-cli -p "$port" dbsize)
     [[ $dbsize -eq $n ]] || die "redis holds $dbsize keys, expected $n"
     local value_size
-    value_size=$(redis-cli -p "$port" strlen key:000000000000)
+    value_size=$(( ($(wc -c <"$items") - n) / n ))  # mean item JSON size, bytes
     record redis "$label" - value_bytes "$value_size"
-    local lines=() i csv rps p50 p99
+    redis_bench "$label" "$port" "$n" "$value_size" 1 1 $((REDIS_REQUESTS / 4))
+    redis_bench "$label" "$port" "$n" "$value_size" 32 2 "$REDIS_REQUESTS"
+    stop_pid "$REDIS_PID"
+    REDIS_PID=""
+}
+
+# redis_bench LABEL PORT N VALUE_SIZE CONNS THREADS REQUESTS: RUNS runs of redis-benchmark GET.
+redis_bench() {
+    local label=$1 port=$2 n=$3 value_size=$4 conns=$5 threads=$6 requests=$7
+    local lines=() i csv rps p50 p99 cpu
+    local run_out=$OUT_DIR/redis-run.out
     for ((i = 1; i <= RUNS; i++)); do
-        # --threads 2 matches wrk -t2; -d only sizes SET values, given for the record.
-        csv=$(redis-benchmark -h 127.0.0.1 -p "$port" -t get -n "$REDIS_REQUESTS" -c 32 \
-            --threads 2 -d "$value_size" -r "$n" --csv 2>/dev/null | grep '^"GET"') \
-            || die "redis-benchmark failed"
-        echo "$csv" >>"$OUT_DIR/redis-$label.csv"
+        # --threads matches wrk's -t; -d only sizes SET values, given for the record.
+        cpu=$(cpu_run "$REDIS_PID" "$run_out" \
+            redis-benchmark -h 127.0.0.1 -p "$port" -t get -n "$requests" -c "$conns" \
+            --threads "$threads" -d "$value_size" -r "$n" --csv) \
+            || { cat "$run_out" >&2; die "redis-benchmark failed"; }
+        csv=$(grep '^"GET"' "$run_out") || { cat "$run_out" >&2; die "redis-benchmark printed no GET line"; }
+        echo "$csv $cpu" >>"$OUT_DIR/redis-$label-c$conns.csv"
         # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
         rps=$(cut -d, -f2 <<<"$csv" | tr -d '"')
         p50=$(cut -d, -f5 <<<"$csv" | tr -d '"')
         p99=$(cut -d, -f7 <<<"$csv" | tr -d '"')
         p50=$(python3 -c "print(round(float('$p50') * 1000))")
         p99=$(python3 -c "print(round(float('$p99') * 1000))")
-        log "  redis GET c32 run $i: $rps req/s, p50 $p50 us, p99 $p99 us"
-        lines+=("WRK_RESULT rps=$rps p50_us=$p50 p99_us=$p99")
+        log "  redis GET c$conns run $i: $rps req/s, p50 $p50 us, p99 $p99 us; cores: $cpu"
+        lines+=("WRK_RESULT rps=$rps p50_us=$p50 p99_us=$p99 $cpu")
     done
     local result metric
     result=$(median_run "${lines[@]}")
-    for metric in rps p50_us p99_us; do
-        record redis_get "$label" c32 "$metric" "$(field "$metric" "$result")"
+    for metric in rps p50_us p99_us server_cores client_cores other_cores; do
+        record redis_get "$label" "c$conns" "$metric" "$(field "$metric" "$result")"
     done
-    record redis_get "$label" c32 runs_rps "$(for l in "${lines[@]}"; do field rps "$l"; done | paste -sd, -)"
-    stop_pid "$REDIS_PID"
-    REDIS_PID=""
+    record redis_get "$label" "c$conns" runs_rps "$(for l in "${lines[@]}"; do field rps "$l"; done | paste -sd, -)"
 }
 
 # --- one corpus --------------------------------------------------------------------------
@@ -331,6 +423,10 @@ bench_corpus() {
     run_wrk "$label" items 1 1 scripts/wrk_items.lua "$n" "$SEED"
     run_wrk "$label" items 2 32 scripts/wrk_items.lua "$n" "$SEED"
     record serve "$label" - rss_mb_after "$(server_rss_mb)"
+    if [[ $PROFILE -eq 1 && $label == 10k ]]; then
+        profile_wrk "$label" search scripts/wrk_search.lua "$QUERIES" 10
+        profile_wrk "$label" items scripts/wrk_items.lua "$n" "$SEED"
+    fi
     stop_pid "$SERVER_PID"
     SERVER_PID=""
 
@@ -352,7 +448,7 @@ bench_corpus() {
 
 START=$(now)
 bench_corpus 10k 10000
-bench_corpus 200k 200000
+[[ $QUICK -eq 1 ]] || bench_corpus 200k 200000
 
 if [[ $SKIP_1M -eq 0 ]]; then
     items=$OUT_DIR/items-1m.jsonl
@@ -377,6 +473,7 @@ print(f'{s:.2f}')" "$wall")
     record build 1m - bundle_mb "$(du -sm "$OUT_DIR/bundle-1m" | cut -f1)"
     record build 1m - stages "$(tail -1 "$OUT_DIR/build-1m.log" | sed -n 's/.*(\(.*\))$/\1/p')"
 fi
+record meta all - loadavg_end "$(cut -d' ' -f1 /proc/loadavg)"
 record meta all - total_s "$(elapsed "$START" "$(now)")"
 
 # --- summary -------------------------------------------------------------------------------
@@ -408,13 +505,17 @@ print(f"- date: {meta.get('date')}; commit {meta.get('git_commit')}")
 print(f"- machine: {meta.get('nproc')} CPUs, {meta.get('cpu')}")
 print(f"- wrk {meta.get('wrk')}, redis {meta.get('redis')}; {meta.get('runs')} runs of "
       f"{meta.get('duration_s')} s per configuration, median run (by req/s) shown")
+print(f"- load average (1 min) at start {meta.get('loadavg_start')}, at end {meta.get('loadavg_end')}")
 print(f"- total time: {meta.get('total_s')} s\n")
 
 corpora = [c for c in ("10k", "200k") if ("build", c, "-") in v]
 
 print("## HTTP (wrk on the same machine)\n")
-print("| corpus | endpoint | concurrency | req/s | p50 ms | p99 ms | req/s of each run |")
-print("|---|---|---:|---:|---:|---:|---|")
+print("Cores: CPU-seconds per second used during the median run by the server, by the load")
+print("generator, and by everything else on the machine (noise), out of "
+      f"{meta.get('nproc')}.\n")
+print("| corpus | endpoint | concurrency | req/s | p50 ms | p99 ms | req/s of each run | cores server / client / other |")
+print("|---|---|---:|---:|---:|---:|---|---|")
 for c in corpora:
     for bench, name in (("search", "POST /search top_k=10"), ("items", "GET /items/{id}"),
                         ("redis_get", "redis GET (redis-benchmark)")):
@@ -423,7 +524,8 @@ for c in corpora:
                 continue
             rps = num(get(bench, c, conf, "rps"))
             print(f"| {c} | {name} | {conf[1:]} | {rps:,.0f} | {ms(get(bench, c, conf, 'p50_us'))} "
-                  f"| {ms(get(bench, c, conf, 'p99_us'))} | {get(bench, c, conf, 'runs_rps')} |")
+                  f"| {ms(get(bench, c, conf, 'p99_us'))} | {get(bench, c, conf, 'runs_rps')} "
+                  f"| {get(bench, c, conf, 'server_cores')} / {get(bench, c, conf, 'client_cores')} / {get(bench, c, conf, 'other_cores')} |")
 print()
 
 print("## Goals\n")
@@ -459,9 +561,20 @@ if ("build", "1m", "-") in v:
     print(f"\n1m build: user {b.get('user_s')} s, system {b.get('system_s')} s; stages: {b.get('stages')}")
 print()
 
+profiles = [(c, name) for c in corpora for name in ("search", "items") if ("profile", c, name) in v]
+for c, name in profiles:
+    buckets = v[("profile", c, name)]
+    print(f"## Server CPU profile, {name} at concurrency 32, {c} (perf, {buckets.get('samples')} samples)\n")
+    print("| share of server CPU | where |")
+    print("|---:|---|")
+    for bucket, pct in sorted(buckets.items(), key=lambda kv: -float(kv[1])):
+        if bucket != "samples":
+            print(f"| {pct}% | {bucket} |")
+    print()
+
 for c in corpora:
     f = out_dir / f"stages-{c}.md"
-    if f.exists():
+    if f.exists() and ("stages", c, "-") in v:
         print(f"## In-process stages, {c} (cargo bench --bench stages)\n")
         print(f.read_text().strip())
         print()

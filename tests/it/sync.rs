@@ -702,7 +702,9 @@ async fn swaps_under_load_fail_no_request_and_versions_never_go_back() {
         let (client, url, stop) = (client.clone(), daemon.url.clone(), stop.clone());
         clients.push(tokio::spawn(async move {
             let (mut last_version, mut n_requests, mut failures) = (0u64, 0u64, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            loop {
+                // The request issued after the test saw the last swap must see its version.
+                let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
                 let response = if client_idx % 2 == 0 {
                     client
                         .post(format!("{url}/search"))
@@ -729,6 +731,9 @@ async fn swaps_under_load_fail_no_request_and_versions_never_go_back() {
                     }
                     Ok(response) => failures.push(format!("status {}", response.status())),
                     Err(error) => failures.push(error.to_string()),
+                }
+                if stopping {
+                    break;
                 }
             }
             (n_requests, failures, last_version)

@@ -1,0 +1,419 @@
+#!/usr/bin/env bash
+# A local rehearsal of an instance's first boot, run by CI: prepares the artefacts exactly as
+# a bake does, installs them with provision.sh into a temporary root, starts the installed
+# binary with the installed config against a file:// delta store holding signed deltas, and
+# checks what an instance would serve, how it stops, and what the image holds.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+usage() {
+    cat <<'EOF'
+Usage: rehearse_boot.sh [--skip-build] [--binary PATH] [--run-as USER] [--timeout SECS] [--keep]
+
+  --skip-build     reuse target/release/deltacache instead of `cargo build --release --locked`
+  --binary PATH    rehearse with this binary (implies --skip-build)
+  --run-as USER    when run as root: the unprivileged user that owns the installed bundle and
+                   runs the daemon, standing in for the image's deltacache user
+                   [default: deltacache if it exists, else nobody]
+  --timeout SECS   overall limit for the daemon to become ready or to follow [default: 60]
+  --keep           keep the temporary directory (it is always kept after a failure)
+  -h, --help       this text
+
+As root, and where mount namespaces are allowed, the daemon runs under the mounts that the
+unit's ProtectSystem=strict and StateDirectory= give it (the root read-only, /var/lib/deltacache
+read-write) and the rehearsal checks that the bundle's tables were still hard-linked.
+Prints one line per check and ends with `rehearsal: N passed, M failed`; exits non-zero on
+any failure.
+EOF
+}
+
+skip_build=false
+binary=""
+run_as=""
+timeout_secs=60
+keep=false
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --skip-build) skip_build=true; shift ;;
+        --binary) [[ $# -ge 2 ]] || { echo "rehearse_boot.sh: --binary needs a path" >&2; exit 2; }; binary="$2"; skip_build=true; shift 2 ;;
+        --run-as) [[ $# -ge 2 ]] || { echo "rehearse_boot.sh: --run-as needs a user" >&2; exit 2; }; run_as="$2"; shift 2 ;;
+        --timeout) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || { echo "rehearse_boot.sh: --timeout needs whole seconds" >&2; exit 2; }; timeout_secs="$2"; shift 2 ;;
+        --keep) keep=true; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; echo "rehearse_boot.sh: unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+missing=()
+for tool in python3 curl sha256sum; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "rehearse_boot.sh: missing tools: ${missing[*]} (apt-get install ${missing[*]})" >&2
+    exit 2
+fi
+
+n_passed=0
+n_failed=0
+daemon_pid=""
+tmp=""
+
+pass() {
+    n_passed=$((n_passed + 1))
+    echo "ok   $*"
+}
+fail() {
+    n_failed=$((n_failed + 1))
+    echo "FAIL $*"
+}
+check() { # DESCRIPTION COMMAND...: passes when the command succeeds
+    local description="$1"
+    shift
+    if "$@"; then pass "$description"; else fail "$description"; fi
+}
+summary() {
+    echo "rehearsal: $n_passed passed, $n_failed failed"
+}
+fatal() { # a step the rest depends on failed: count it, report, stop
+    fail "$*"
+    [[ -z "$tmp" ]] || echo "rehearse_boot.sh: logs and files kept in $tmp"
+    summary
+    exit 1
+}
+cleanup() {
+    if [[ -n "$daemon_pid" ]] && kill -0 "$daemon_pid" 2>/dev/null; then
+        kill -KILL "$daemon_pid" 2>/dev/null || true
+        wait "$daemon_pid" 2>/dev/null || true
+    fi
+    if [[ -n "$tmp" ]] && ! $keep && [[ $n_failed -eq 0 ]]; then
+        rm -rf "$tmp"
+    fi
+}
+trap cleanup EXIT
+
+started_at=$SECONDS
+deadline() { echo $((SECONDS + timeout_secs)); }
+
+# --- the binary -------------------------------------------------------------------------
+if ! $skip_build; then
+    echo "rehearse_boot.sh: cargo build --release --locked"
+    (cd "$repo" && cargo build --release --locked) || fatal "cargo build --release --locked"
+fi
+[[ -n "$binary" ]] || binary="$repo/target/release/deltacache"
+[[ -x "$binary" ]] || fatal "no deltacache binary at $binary (run without --skip-build)"
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/deltacache-rehearsal.XXXXXX")"
+# The service user must be able to reach the installed root and the store below it.
+chmod 0755 "$tmp"
+work="$tmp/work"
+root="$tmp/root"
+store_dir="$tmp/store"
+mkdir -p "$work" "$root" "$store_dir"
+# A private copy: target/release may be rebuilt while the rehearsal runs.
+cp "$binary" "$work/deltacache"
+dc="$work/deltacache"
+echo "rehearse_boot.sh: $("$dc" --version), working in $tmp"
+
+# Who owns the bundle and runs the daemon. As root: an unprivileged user, so that file modes
+# and fs.protected_hardlinks apply as they do to the image's deltacache user.
+run_prefix=()
+provision_owner=()
+if [[ $EUID -eq 0 ]]; then
+    if [[ -z "$run_as" ]]; then
+        if getent passwd deltacache >/dev/null; then run_as=deltacache; else run_as=nobody; fi
+    fi
+    getent passwd "$run_as" >/dev/null || fatal "--run-as $run_as: no such user"
+    command -v setpriv >/dev/null || fatal "setpriv not found (apt-get install util-linux)"
+    run_group="$(id -gn "$run_as")"
+    run_prefix=(setpriv "--reuid=$run_as" "--regid=$run_group" --clear-groups --)
+    provision_owner=(--owner "$run_as")
+else
+    run_as="$(id -un)"
+fi
+
+# --- a catalogue, a publishing key, a base bundle, signed deltas -------------------------
+python3 "$repo/scripts/gen_corpus.py" --n 500 --out "$work/items.jsonl" >/dev/null ||
+    fatal "scripts/gen_corpus.py --n 500"
+"$dc" keygen --out "$work/publisher.key" >/dev/null || fatal "deltacache keygen"
+secret_hex="$(awk '{print $2}' "$work/publisher.key")"
+[[ ${#secret_hex} -eq 64 ]] || fatal "read the secret key's hex from $work/publisher.key"
+# The publisher's bundle: the same catalogue through build-base, as prepare_artifacts.sh
+# will build it again (build-base is deterministic but for created_at).
+"$dc" build-base --input "$work/items.jsonl" --out "$work/publisher-bundle" >/dev/null 2>"$work/build-base.log" ||
+    fatal "deltacache build-base (see $work/build-base.log)"
+
+# Delta 1: a new item, an updated item, a deleted item. Delta 2: another new item. Their
+# texts are made of words from the catalogue, so that they are in the model's vocabulary.
+python3 - "$work/items.jsonl" "$work" <<'PY' || fatal "write the changes files"
+import json, sys
+items = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8") if line.strip()]
+work = sys.argv[2]
+def mix(*idx):
+    return " ".join(items[i]["text"] for i in idx)
+new1 = {"id": "rehearsal-new-1", "title": "Rehearsal item one", "category": "rehearsal", "text": mix(10, 20, 30)}
+upd = dict(items[5]); upd["title"] = "Rehearsal updated title"; upd["text"] = mix(40, 50)
+gone = items[7]["id"]
+new2 = {"id": "rehearsal-new-2", "title": "Rehearsal item two", "category": "rehearsal", "text": mix(60, 70)}
+new3 = {"id": "rehearsal-new-3", "title": "Rehearsal item three", "category": "rehearsal", "text": mix(80, 90)}
+with open(f"{work}/changes-1.jsonl", "w") as f:
+    for op in ({"op": "put", "item": new1}, {"op": "put", "item": upd}, {"op": "delete", "id": gone}):
+        f.write(json.dumps(op) + "\n")
+with open(f"{work}/changes-2.jsonl", "w") as f:
+    f.write(json.dumps({"op": "put", "item": new2}) + "\n")
+with open(f"{work}/changes-3.jsonl", "w") as f:
+    f.write(json.dumps({"op": "put", "item": new3}) + "\n")
+with open(f"{work}/expect.json", "w") as f:
+    json.dump({"new1": new1, "upd": upd, "gone": gone, "new2": new2, "new3": new3}, f)
+PY
+
+store_url="file://$store_dir"
+publish() { # N
+    "$dc" publish-delta --store "$store_url" --key "$work/publisher.key" \
+        --bundle "$work/publisher-bundle" --changes "$work/changes-$1.jsonl" --expires-in 1h \
+        >>"$work/publish.log" 2>&1 || fatal "deltacache publish-delta changes-$1.jsonl (see $work/publish.log)"
+    # publish-delta writes delta files 0600 (a temporary file renamed into place); a file://
+    # store read by another user needs them readable. S3 stores are not affected.
+    chmod -R a+rX "$store_dir"
+}
+publish 1
+publish 2
+published_seq=2
+
+# --- prepare and provision, as a bake does ------------------------------------------------
+# Canaries: run-time secrets present in the environment of whoever bakes must not reach the
+# image.
+pinecone_canary="pcsk_rehearsal_canary_$RANDOM$RANDOM"
+aws_canary="awsSecretRehearsalCanary$RANDOM$RANDOM"
+PINECONE_API_KEY="$pinecone_canary" AWS_SECRET_ACCESS_KEY="$aws_canary" \
+    "$repo/scripts/prepare_artifacts.sh" --skip-build --binary "$dc" \
+    --catalogue "$work/items.jsonl" --store "$store_url" \
+    --trusted-keys "$work/publisher.key.pub" --out "$tmp/artifacts" >"$work/prepare.log" 2>&1 ||
+    fatal "prepare_artifacts.sh (see $work/prepare.log)"
+pass "prepare_artifacts.sh laid out the artefacts and verified the bundle against the store"
+check "prepare_artifacts.sh verified the chain up to seq $published_seq" \
+    grep -q "ok head: dataset items, seq $published_seq," "$work/prepare.log"
+
+bundle_digests() { # DIR: sha256 and relative path of every file, sorted
+    (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
+}
+bundle_digests "$tmp/artifacts/bundle" >"$work/bundle.before.sha256"
+
+"$repo/scripts/provision.sh" --root "$root" --artifacts "$tmp/artifacts" "${provision_owner[@]}" \
+    >"$work/provision.log" 2>&1 || fatal "provision.sh --root $root (see $work/provision.log)"
+pass "provision.sh --root $root"
+
+bin_path="$root/usr/local/bin/deltacache"
+bundle_path="$root/var/lib/deltacache/bundle"
+state_path="$root/var/lib/deltacache/state"
+config_path="$root/etc/deltacache/config.toml"
+keys_path="$root/etc/deltacache/trusted-keys.pub"
+unit_path="$root/etc/systemd/system/deltacache.service"
+
+mode_is() { # MODE FILE
+    [[ "$(stat -c %a "$2")" == "$1" ]]
+}
+all_modes_are() { # MODE TYPE DIR: every entry of TYPE under DIR has MODE
+    [[ -z "$(find "$3" -type "$2" ! -perm "$1" -print -quit)" ]]
+}
+check "binary installed 0755 at /usr/local/bin/deltacache" mode_is 755 "$bin_path"
+check "bundle files installed 0444" all_modes_are 0444 f "$bundle_path"
+check "bundle directories installed 0555" all_modes_are 0555 d "$bundle_path"
+check "config installed 0644" mode_is 644 "$config_path"
+check "trusted keys installed 0644" mode_is 644 "$keys_path"
+check "unit installed 0644" mode_is 644 "$unit_path"
+check "bundle owned by the service user ($run_as)" \
+    test -z "$(find "$bundle_path" "$state_path" ! -user "$run_as" -print -quit)"
+check "no run-time environment file baked (/etc/deltacache/env)" test ! -e "$root/etc/deltacache/env"
+if command -v systemctl >/dev/null; then
+    check "unit enabled for multi-user.target" \
+        test -L "$root/etc/systemd/system/multi-user.target.wants/deltacache.service"
+fi
+check "installed config points at the store and the installed trusted keys" \
+    grep -qx "store = \"$store_url\"" "$config_path"
+
+# --- first boot ---------------------------------------------------------------------------
+# The installed config with its paths moved under the temporary root. Everything else,
+# including the store and the policies, is what the image ships; reader-shards (commented
+# out in the image) is set so that every key of the file is exercised.
+sed -e "s|^bundle = \"/|bundle = \"$root/|" \
+    -e "s|^state-dir = \"/|state-dir = \"$root/|" \
+    -e "s|^trusted-keys = \"/|trusted-keys = \"$root/|" \
+    -e "s|^# reader-shards = |reader-shards = |" \
+    "$config_path" >"$work/config.toml"
+chmod 0644 "$work/config.toml"
+check "every config key is set in the rehearsal's config" \
+    test "$(grep -cE '^(bundle|state-dir|listen|reader-shards|drain-timeout-secs|store|trusted-keys|follow-interval|on-sync-failure|boot-deadline|keep-versions) = ' "$work/config.toml")" -eq 11
+
+# As root where mount namespaces are allowed: the unit's view of the filesystem. The root is
+# read-only (ProtectSystem=strict) and /var/lib/deltacache a read-write bind mount on top
+# (StateDirectory=, ReadWritePaths=); link(2) fails across mounts, so this shows whether the
+# layout still lets the first version hard-link the bundle's tables.
+sandbox=false
+if [[ $EUID -eq 0 ]] && unshare --mount --propagation private true 2>/dev/null; then
+    sandbox=true
+fi
+start_daemon() { # LOGNAME
+    local out="$work/$1.stdout" err="$work/$1.stderr"
+    local cmd=("${run_prefix[@]}" "$bin_path" serve --config "$work/config.toml" --listen 127.0.0.1:0)
+    if $sandbox; then
+        # shellcheck disable=SC2016 # expanded by the inner shell
+        RUST_LOG="info,deltacache::sync::follow=debug" unshare --mount --propagation private bash -c '
+            set -e
+            root="$1"; shift
+            mount --bind "$root" "$root"
+            mount -o remount,bind,ro "$root"
+            mount --bind "$root/var/lib/deltacache" "$root/var/lib/deltacache"
+            mount -o remount,bind,rw "$root/var/lib/deltacache"
+            exec "$@"' sandbox "$root" "${cmd[@]}" >"$out" 2>"$err" &
+    else
+        RUST_LOG="info,deltacache::sync::follow=debug" "${cmd[@]}" >"$out" 2>"$err" &
+    fi
+    daemon_pid=$!
+}
+wait_for() { # DESCRIPTION COMMAND...: polls every 0.1 s until the command succeeds or time runs out
+    local description="$1" until
+    shift
+    until=$(deadline)
+    while ! "$@"; do
+        if [[ -n "$daemon_pid" ]] && ! kill -0 "$daemon_pid" 2>/dev/null; then
+            echo "rehearse_boot.sh: the daemon exited while waiting for: $description" >&2
+            return 1
+        fi
+        if [[ $SECONDS -ge $until ]]; then
+            echo "rehearse_boot.sh: timed out after ${timeout_secs}s waiting for: $description" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+start_daemon boot
+boot_started=$SECONDS
+wait_for "the listening line" grep -q '^deltacache: listening on http://' "$work/boot.stdout" ||
+    fatal "the installed binary started with the installed config (see $work/boot.stderr)"
+addr="$(sed -n 's|^deltacache: listening on http://||p' "$work/boot.stdout" | head -n 1)"
+base="http://$addr"
+pass "the installed binary started with the installed config, listening on $addr"
+
+http_code() { # PATH
+    curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$base$1" || true
+}
+readyz_ok() { [[ "$(http_code /readyz)" == 200 ]]; }
+wait_for "/readyz 200" readyz_ok || fatal "/readyz answered 200 (see $work/boot.stderr)"
+pass "/readyz answered 200 after $((SECONDS - boot_started))s"
+
+curl -s --max-time 5 "$base/status" >"$work/status.json" || true
+json_check() { # FILE PYTHON-EXPRESSION over `d` (the parsed file) and `e` (the expectations)
+    python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+e = json.load(open(sys.argv[2]))
+sys.exit(0 if eval(sys.argv[3]) else 1)' "$1" "$work/expect.json" "$2" 2>/dev/null
+}
+check "/status: seq $published_seq, the published head" json_check "$work/status.json" "d['seq'] == $published_seq"
+check "/status: ready, not stale, dataset items, bundle seq 0" json_check "$work/status.json" \
+    "d['ready'] and d['sync']['stale'] is False and d['dataset'] == 'items' and d['sync']['bundle_seq'] == 0"
+check "/status: the bundle path is the installed one" json_check "$work/status.json" "d['bundle'] == '$bundle_path'"
+
+curl -s -D "$work/item1.headers" --max-time 5 "$base/items/rehearsal-new-1" >"$work/item1.json" || true
+check "/items: the put from delta 1 is served" json_check "$work/item1.json" "d == e['new1']"
+check "/items: the answer names data version $published_seq" \
+    grep -qi "^x-data-version: $published_seq" "$work/item1.headers"
+curl -s --max-time 5 "$base/items/rehearsal-new-2" >"$work/item2.json" || true
+check "/items: the put from delta 2 is served" json_check "$work/item2.json" "d == e['new2']"
+upd_id="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["upd"]["id"])' "$work/expect.json")"
+gone_id="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gone"])' "$work/expect.json")"
+curl -s --max-time 5 "$base/items/$upd_id" >"$work/upd.json" || true
+check "/items: the update from delta 1 is served" json_check "$work/upd.json" "d == e['upd']"
+check "/items: the delete from delta 1 answers 404" test "$(http_code "/items/$gone_id")" == 404
+
+search() { # ID-KEY OUTFILE: searches for the text of expectation ID-KEY
+    python3 -c '
+import json, sys
+print(json.dumps({"query_text": json.load(open(sys.argv[1]))[sys.argv[2]]["text"], "top_k": 3}))' \
+        "$work/expect.json" "$1" >"$work/query.json"
+    curl -s --max-time 5 -X POST -H 'content-type: application/json' \
+        --data-binary "@$work/query.json" "$base/search" >"$2" || true
+}
+search new1 "$work/search1.json"
+check "/search: the item put by delta 1 ranks first for its own text" json_check "$work/search1.json" \
+    "d['results'][0]['id'] == 'rehearsal-new-1' and d['results'][0]['metadata'] == e['new1'] and d['data_version'] == $published_seq"
+
+if $sandbox; then
+    check "under the unit's mounts, the first version hard-linked the bundle's tables" \
+        grep -qE 'cloned .*db=hard link' "$work/boot.stderr"
+else
+    echo "skip under the unit's mounts: needs root and mount namespaces; hard links checked without them"
+    check "the first version hard-linked the bundle's tables" \
+        grep -qE 'cloned .*db=hard link' "$work/boot.stderr"
+fi
+
+# --- following: systemctl reload (SIGHUP) syncs now -----------------------------------------
+sighup_synced() { grep -q 'trigger="\?SIGHUP' "$work/boot.stderr"; }
+kill -HUP "$daemon_pid"
+check "SIGHUP (ExecReload) makes the daemon sync" wait_for "a sync triggered by SIGHUP" sighup_synced
+publish 3
+kill -HUP "$daemon_pid"
+seq3() {
+    curl -s --max-time 5 "$base/status" >"$work/status3.json" 2>/dev/null &&
+        json_check "$work/status3.json" "d['seq'] == 3"
+}
+check "a delta published while serving is applied (seq 3)" wait_for "/status seq 3" seq3
+curl -s --max-time 5 "$base/items/rehearsal-new-3" >"$work/item3.json" || true
+check "/items: the put from delta 3 is served without a restart" json_check "$work/item3.json" "d == e['new3']"
+
+# Once in step, a following daemon must be idle until the next poll, signal or store change.
+cpu_ticks() { # utime + stime of the daemon, in clock ticks
+    awk '{print $14 + $15}' "/proc/$daemon_pid/stat"
+}
+idle_daemon() { # the daemon used under 20% of a core over one second
+    local before after hz _
+    hz=$(getconf CLK_TCK)
+    before=$(cpu_ticks) || return 1
+    for _ in 1 2 3 4 5 6 7 8 9 10; do sleep 0.1; done
+    after=$(cpu_ticks) || return 1
+    echo "rehearse_boot.sh: daemon CPU over 1 s after the last sync: $(( (after - before) * 100 / hz ))% of a core (sync triggers logged so far: $(grep -c 'syncing trigger' "$work/boot.stderr"))"
+    [[ $(( (after - before) * 100 )) -lt $(( 20 * hz )) ]]
+}
+check "the daemon is idle once in step (no sync loop)" idle_daemon
+
+# --- shutdown -------------------------------------------------------------------------------
+kill -TERM "$daemon_pid"
+pid="$daemon_pid"
+daemon_pid=""
+until_stop=$((SECONDS + 30))
+while kill -0 "$pid" 2>/dev/null && [[ $SECONDS -lt $until_stop ]]; do sleep 0.1; done
+if kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid" 2>/dev/null || true
+    fail "SIGTERM stopped the daemon within 30 s"
+fi
+exit_code=0
+wait "$pid" || exit_code=$?
+check "SIGTERM: clean exit 0 (got $exit_code)" test "$exit_code" -eq 0
+
+# --- what the image holds, after a boot ---------------------------------------------------
+bundle_digests "$bundle_path" >"$work/bundle.after.sha256"
+check "bundle byte-identical after boot, sync and shutdown (sha256 of every file)" \
+    cmp -s "$work/bundle.before.sha256" "$work/bundle.after.sha256"
+check "bundle files still 0444 after boot" all_modes_are 0444 f "$bundle_path"
+check "a committed version in the installed state dir, owned by $run_as" \
+    test -n "$(find "$state_path/versions" -mindepth 1 -maxdepth 1 -user "$run_as" -print -quit)"
+
+no_fixed_string() { # STRING: absent from every installed file (binary, bundle, config, unit)
+    ! grep -rqF -e "$1" "$root/usr" "$root/etc" "$bundle_path"
+}
+check "the signing key's secret hex is in no installed file" no_fixed_string "$secret_hex"
+check "no secret key file (deltacache-ed25519-secret) is installed" no_fixed_string "deltacache-ed25519-secret-v1 "
+check "the PINECONE_API_KEY value from the bake's environment is in no installed file" no_fixed_string "$pinecone_canary"
+check "the AWS_SECRET_ACCESS_KEY value from the bake's environment is in no installed file" no_fixed_string "$aws_canary"
+secret_assignments() {
+    grep -HinE '^[[:space:]]*[A-Za-z0-9_.-]*(secret|api[_-]?key|password|token)[A-Za-z0-9_.-]*[[:space:]]*=|PINECONE_API_KEY=[^[:space:]]' \
+        "$config_path" "$keys_path" "$unit_path"
+}
+check "no secret, API key, password or token is set in the config, keys or unit" \
+    test -z "$(secret_assignments)"
+
+echo "rehearse_boot.sh: $((SECONDS - started_at))s; files in $tmp$( [[ $n_failed -eq 0 ]] && ! $keep && echo " (removed)")"
+summary
+[[ $n_failed -eq 0 ]]
