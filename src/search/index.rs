@@ -254,33 +254,42 @@ impl VectorIndex {
         hits
     }
 
-    /// Writes the index (live slots only) to `path`.
+    /// Writes the index (live slots only, renumbered in order) to `path`, streaming: retired
+    /// slots are skipped on the way out rather than compacted in a copy.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let file = std::fs::File::create(path)
             .with_context(|| format!("create index {}", path.display()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        let mut compacted;
-        let index = if self.n_retired > 0 {
-            compacted = self.clone();
-            compacted.compact();
-            &compacted
-        } else {
-            self
-        };
+        let mut new_slot = Vec::with_capacity(self.slot_ids.len());
+        let mut n_live = 0u32;
+        for live in &self.slot_live {
+            new_slot.push(if *live { n_live } else { u32::MAX });
+            n_live += u32::from(*live);
+        }
         out.write_all(INDEX_MAGIC)?;
         out.write_all(&INDEX_FORMAT_VERSION.to_le_bytes())?;
-        out.write_all(&(index.postings.len() as u64).to_le_bytes())?;
-        out.write_all(&(index.slot_ids.len() as u64).to_le_bytes())?;
-        for id in &index.slot_ids {
-            out.write_all(&(id.len() as u32).to_le_bytes())?;
-            out.write_all(id.as_bytes())?;
-        }
-        for list in &index.postings {
-            out.write_all(&(list.len() as u32).to_le_bytes())?;
-            for p in list {
-                out.write_all(&p.slot.to_le_bytes())?;
-                out.write_all(&p.weight.to_le_bytes())?;
+        out.write_all(&(self.postings.len() as u64).to_le_bytes())?;
+        out.write_all(&u64::from(n_live).to_le_bytes())?;
+        for (id, live) in self.slot_ids.iter().zip(&self.slot_live) {
+            if *live {
+                out.write_all(&(id.len() as u32).to_le_bytes())?;
+                out.write_all(id.as_bytes())?;
             }
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        for list in &self.postings {
+            buf.clear();
+            let mut n = 0u32;
+            for p in list {
+                let slot = new_slot[p.slot as usize];
+                if slot != u32::MAX {
+                    buf.extend_from_slice(&slot.to_le_bytes());
+                    buf.extend_from_slice(&p.weight.to_le_bytes());
+                    n += 1;
+                }
+            }
+            out.write_all(&n.to_le_bytes())?;
+            out.write_all(&buf)?;
         }
         out.flush()
             .with_context(|| format!("write index {}", path.display()))?;
@@ -338,6 +347,7 @@ impl VectorIndex {
             index.slot_ids.push(id);
         }
         index.slot_live = vec![true; n_slots as usize];
+        let mut buf: Vec<u8> = Vec::new();
         for term in 0..n_terms as usize {
             let len = read_u32(input)? as u64;
             if len > n_slots {
@@ -345,10 +355,12 @@ impl VectorIndex {
             }
             let list = &mut index.postings[term];
             list.reserve(len as usize);
+            buf.resize(len as usize * 8, 0);
+            input.read_exact(&mut buf).context("index is truncated")?;
             let mut last: Option<u32> = None;
-            for _ in 0..len {
-                let slot = read_u32(input)?;
-                let weight = f32::from_bits(read_u32(input)?);
+            for entry in buf.chunks_exact(8) {
+                let slot = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
+                let weight = f32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
                 if slot as u64 >= n_slots || last.is_some_and(|l| l >= slot) || !weight.is_finite()
                 {
                     bail!("posting list of term {term} is corrupt (slot {slot})");

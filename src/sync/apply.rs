@@ -131,10 +131,11 @@ pub fn apply_deltas(
             index,
         })
     })();
-    if result.is_err() && staging.exists() {
-        if let Err(error) = std::fs::remove_dir_all(staging) {
-            tracing::warn!(%error, dir = %staging.display(), "remove an abandoned staging directory");
-        }
+    if result.is_err()
+        && staging.exists()
+        && let Err(error) = std::fs::remove_dir_all(staging)
+    {
+        tracing::warn!(%error, dir = %staging.display(), "remove an abandoned staging directory");
     }
     result
 }
