@@ -2,9 +2,11 @@
 //! objects stored as files).
 //!
 //! s3s-fs checks `If-None-Match` / `If-Match` and then writes, without holding anything in
-//! between, so two conditional puts racing can both pass its check. S3 itself decides them
-//! atomically. [`AtomicConditionalPuts`] serialises `PutObject` so the server under test
-//! behaves like S3 for the publish race; everything else goes straight to s3s-fs.
+//! between, so two conditional puts racing can both pass its check; and a read racing a
+//! replacement can pair the old bytes with the new checksum. S3 itself decides conditional
+//! writes atomically and reads whole objects. [`AtomicConditionalPuts`] serialises writes and
+//! keeps reads from interleaving with them, so the server under test behaves like S3 for the
+//! publish race; everything else goes straight to s3s-fs.
 
 use std::sync::Arc;
 
@@ -20,7 +22,10 @@ pub const BUCKET: &str = "deltas";
 
 struct AtomicConditionalPuts {
     inner: s3s_fs::FileSystem,
-    puts: tokio::sync::Mutex<()>,
+    /// Writers (puts, deletes) exclusive; a read holds it shared while s3s-fs opens the
+    /// object and its checksum record, so a read never pairs one version's bytes with the
+    /// next version's checksum (S3 reads are atomic; s3s-fs's are not).
+    puts: tokio::sync::RwLock<()>,
     /// GETs wait while this is false: a store that is slow to answer, released by the test.
     reads_open: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -31,7 +36,7 @@ impl S3 for AtomicConditionalPuts {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        let _serialised = self.puts.lock().await;
+        let _serialised = self.puts.write().await;
         self.inner.put_object(req).await
     }
     async fn get_object(
@@ -40,6 +45,7 @@ impl S3 for AtomicConditionalPuts {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let mut open = self.reads_open.subscribe();
         let _ = open.wait_for(|open| *open).await;
+        let _consistent = self.puts.read().await;
         self.inner.get_object(req).await
     }
     async fn head_object(
@@ -52,7 +58,7 @@ impl S3 for AtomicConditionalPuts {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
-        let _serialised = self.puts.lock().await;
+        let _serialised = self.puts.write().await;
         self.inner.delete_object(req).await
     }
     async fn create_bucket(
