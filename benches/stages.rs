@@ -119,6 +119,7 @@ fn run(bundle: &Path, queries_path: &Path) -> anyhow::Result<()> {
     let vectors: Vec<_> = queries.iter().map(|q| catalog.model().embed(q)).collect();
     let mean_terms = vectors.iter().map(Vec::len).sum::<usize>() as f64 / vectors.len() as f64;
 
+    let cpu_before = CpuSample::now();
     let stages = [
         time_stage("embed", iters, warmup, queries.len(), |i| {
             black_box(catalog.model().embed(black_box(queries[i])));
@@ -192,6 +193,14 @@ fn run(bundle: &Path, queries_path: &Path) -> anyhow::Result<()> {
         machine.push_str(&format!(
             " search_threads={n_threads} search_per_s={per_sec:.0}"
         ));
+    }
+    if let (Some(before), Some(after)) = (cpu_before, CpuSample::now()) {
+        let others = after.others_cores_since(&before);
+        println!();
+        println!(
+            "The rest of the machine used {others:.2} cores on average meanwhile (0 on an idle machine; compare runs only when it is)."
+        );
+        machine.push_str(&format!(" other_cores={others:.2}"));
     }
     println!();
     println!("{machine}");
@@ -274,6 +283,49 @@ fn threaded_search(catalog: &Catalog, queries: &[&str], n_threads: usize, secs: 
         stop.store(true, Ordering::Relaxed);
     });
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// CPU time of this process and of the whole machine (Linux `/proc`), to tell how much of
+/// the machine other processes took while the stages ran.
+struct CpuSample {
+    at: Instant,
+    own_ticks: u64,
+    machine_busy_ticks: u64,
+}
+
+impl CpuSample {
+    fn now() -> Option<Self> {
+        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // After the command name: index 0 is field 3 (state), 11 is utime (14), 12 stime (15).
+        let after_comm: Vec<&str> = own.rsplit_once(')')?.1.split_whitespace().collect();
+        let own_ticks =
+            after_comm.get(11)?.parse::<u64>().ok()? + after_comm.get(12)?.parse::<u64>().ok()?;
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        // Everything but idle (3) and iowait (4).
+        let machine_busy_ticks = cpu.iter().sum::<u64>() - cpu.get(3)? - cpu.get(4)?;
+        Some(CpuSample {
+            at: Instant::now(),
+            own_ticks,
+            machine_busy_ticks,
+        })
+    }
+
+    /// Cores used by other processes since `before` (clock ticks are 1/100 s on Linux).
+    fn others_cores_since(&self, before: &CpuSample) -> f64 {
+        let ticks = self
+            .machine_busy_ticks
+            .saturating_sub(before.machine_busy_ticks) as f64
+            - self.own_ticks.saturating_sub(before.own_ticks) as f64;
+        (ticks / 100.0 / self.at.duration_since(before.at).as_secs_f64()).max(0.0)
+    }
 }
 
 fn micros(duration: Duration) -> f64 {

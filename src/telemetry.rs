@@ -30,7 +30,19 @@ pub fn prometheus() -> PrometheusHandle {
                 )
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
-                Ok(handle) => handle,
+                Ok(handle) => {
+                    // Histograms buffer samples until upkeep drains them; without a scraper
+                    // they would grow with every request. Drain them on a timer.
+                    let upkeep = handle.clone();
+                    std::thread::Builder::new()
+                        .name("metrics-upkeep".into())
+                        .spawn(move || loop {
+                            std::thread::sleep(std::time::Duration::from_secs(5));
+                            upkeep.run_upkeep();
+                        })
+                        .ok();
+                    handle
+                }
                 Err(error) => {
                     tracing::warn!(%error, "a metrics recorder is already installed; /metrics will be empty");
                     PrometheusBuilder::new().build_recorder().handle()
