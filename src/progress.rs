@@ -18,28 +18,26 @@ pub struct Progress {
 impl Progress {
     /// Starts progress over `total` bytes.
     pub fn bytes(what: &'static str, total: u64) -> Self {
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg:>12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_message(what);
-        Progress {
-            bar,
+        Self::with_template(
             what,
-            total: total.max(1),
-            next_log_tenth: 1,
-        }
+            total,
+            "{msg:>12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
     }
 
     /// Starts progress over `total` items.
     pub fn items(what: &'static str, total: u64) -> Self {
+        Self::with_template(
+            what,
+            total,
+            "{msg:>12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+        )
+    }
+
+    fn with_template(what: &'static str, total: u64, template: &str) -> Self {
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            ProgressStyle::with_template(template)
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );

@@ -120,6 +120,28 @@ async fn publish_chain_over(
     deltas
 }
 
+/// Stores `delta` under `seq` and swaps the current head for one pointing at it.
+async fn point_head_at(
+    store: &DeltaStore,
+    key: &PublisherKey,
+    seq: u64,
+    delta: &[u8],
+    issued_at: u64,
+) {
+    store
+        .put_delta(seq, &digest_hex(delta), delta)
+        .await
+        .unwrap();
+    let etag = store.get_head(1 << 16).await.unwrap().unwrap().etag;
+    store
+        .put_head(
+            &head_for(seq, delta, issued_at).sign(key),
+            HeadCondition::Matches(etag),
+        )
+        .await
+        .unwrap();
+}
+
 /// The contract every delta store keeps.
 async fn check_store_contract(store: DeltaStore) {
     let key = PublisherKey::from_seed([1; 32]);
@@ -420,15 +442,7 @@ async fn every_refusal_names_the_object_and_reason() {
             )
             .sign(key)
             .unwrap();
-            store.put_delta(3, &digest_hex(&gap), &gap).await.unwrap();
-            let etag = store.get_head(1 << 16).await.unwrap().unwrap().etag;
-            store
-                .put_head(
-                    &head_for(3, &gap, NOW).sign(key),
-                    HeadCondition::Matches(etag),
-                )
-                .await
-                .unwrap();
+            point_head_at(store, key, 3, &gap, NOW).await;
             read_chain(store, &trusted(key), &position()).await
         },
     )
@@ -444,15 +458,7 @@ async fn every_refusal_names_the_object_and_reason() {
         )
         .sign(key)
         .unwrap();
-        store.put_delta(1, &digest_hex(&dup), &dup).await.unwrap();
-        let etag = store.get_head(1 << 16).await.unwrap().unwrap().etag;
-        store
-            .put_head(
-                &head_for(1, &dup, NOW + 1).sign(key),
-                HeadCondition::Matches(etag),
-            )
-            .await
-            .unwrap();
+        point_head_at(store, key, 1, &dup, NOW + 1).await;
         let position = ChainPosition {
             seq: 0,
             ..position()

@@ -51,14 +51,7 @@ async fn serve_answers_over_http_and_leaves_the_bundle_untouched() {
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["results"][0]["id"], "kit-1", "round {round}");
         assert_eq!(body["results"][0]["metadata"], sample_items()[4]);
-        let status: serde_json::Value = client
-            .get(format!("{}/status", daemon.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = daemon.status(&client).await;
         assert_eq!(status["n_items"], 6);
         let exit = daemon.terminate();
         assert!(

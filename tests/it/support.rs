@@ -116,6 +116,18 @@ impl Daemon {
         Daemon { child, url }
     }
 
+    /// `GET /status` as JSON.
+    pub async fn status(&self, client: &reqwest::Client) -> serde_json::Value {
+        client
+            .get(format!("{}/status", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Polls `/readyz` until it answers 200 (bounded by a deadline, not a sleep).
     pub async fn wait_ready(&self, client: &reqwest::Client) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

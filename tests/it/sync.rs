@@ -625,14 +625,7 @@ async fn unreachable_store_at_boot_serves_stale_or_fails_by_policy() {
         started.elapsed() < Duration::from_secs(30),
         "boot must end within the deadline"
     );
-    let status: serde_json::Value = client
-        .get(format!("{}/status", daemon.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = daemon.status(&client).await;
     assert_eq!(status["sync"]["stale"], true, "{status}");
     assert!(
         status["sync"]["last_error"]
@@ -748,14 +741,7 @@ async fn swaps_under_load_fail_no_request_and_versions_never_go_back() {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
         loop {
-            let status: serde_json::Value = client
-                .get(format!("{}/status", daemon.url))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let status = daemon.status(&client).await;
             if status["seq"] == seq {
                 break;
             }
@@ -943,14 +929,7 @@ async fn a_store_slower_than_the_boot_deadline_serves_stale_then_catches_up() {
         started.elapsed() < Duration::from_secs(20),
         "boot must end at the deadline"
     );
-    let status: serde_json::Value = client
-        .get(format!("{}/status", daemon.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = daemon.status(&client).await;
     assert_eq!(
         status["seq"], 0,
         "the bundle's version serves while the store is slow"
@@ -968,14 +947,7 @@ async fn a_store_slower_than_the_boot_deadline_serves_stale_then_catches_up() {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
     loop {
-        let status: serde_json::Value = client
-            .get(format!("{}/status", daemon.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = daemon.status(&client).await;
         if status["seq"] == 1 {
             assert_eq!(status["sync"]["stale"], false);
             break;
@@ -1034,14 +1006,7 @@ async fn following_a_file_store_syncs_on_a_new_head_and_is_idle_otherwise() {
     // A new head in the watched directory is applied without SIGHUP or waiting an interval.
     world.publish(&[put("second", "crema")]).await;
     loop {
-        let status: serde_json::Value = client
-            .get(format!("{}/status", daemon.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = daemon.status(&client).await;
         if status["seq"] == 2 {
             break;
         }
