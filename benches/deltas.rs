@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use deltacache::bundle::build::{BuildOptions, ModelSource, build_base};
+use deltacache::bundle::build::{BuildOptions, InputFormat, ModelSource, build_base};
 use deltacache::delta::format::{DeltaBatch, ObjectKind, verify_object};
 use deltacache::delta::keys::{PublisherKey, TrustedKeys};
 use deltacache::delta::publish::{ChangeSource, PublishOptions, publish};
@@ -101,6 +101,8 @@ fn main() {
     let bundle = dir.path().join("bundle");
     build_base(&BuildOptions {
         input: items_path,
+        input_format: InputFormat::Jsonl,
+        filter_fields: vec!["category".into()],
         out: bundle.clone(),
         dataset: Some("bench".into()),
         fields: Default::default(),

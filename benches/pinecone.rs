@@ -20,7 +20,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
-use deltacache::bundle::build::{BuildOptions, ModelSource, build_base};
+use deltacache::bundle::build::{BuildOptions, InputFormat, ModelSource, build_base};
 use deltacache::bundle::items::ItemFields;
 use deltacache::catalog::CurrentCatalog;
 use deltacache::http::{AppState, router};
@@ -112,6 +112,8 @@ async fn run() -> anyhow::Result<()> {
     let bundle = dir.path().join("bundle");
     build_base(&BuildOptions {
         input: dir.path().join("items.jsonl"),
+        input_format: InputFormat::Jsonl,
+        filter_fields: vec!["category".into()],
         out: bundle.clone(),
         dataset: Some("bench".into()),
         fields: ItemFields::default(),

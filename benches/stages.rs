@@ -140,7 +140,7 @@ fn run(bundle: &Path, queries_path: &Path) -> anyhow::Result<()> {
         time_stage("search(10)", iters, warmup, queries.len(), |i| {
             black_box(
                 catalog
-                    .search(black_box(queries[i]), TOP_K)
+                    .search(black_box(queries[i]), TOP_K, None)
                     .expect("search"),
             );
         }),
@@ -270,7 +270,7 @@ fn threaded_search(catalog: &Catalog, queries: &[&str], n_threads: usize, secs: 
                 while !stop.load(Ordering::Relaxed) {
                     black_box(
                         catalog
-                            .search(queries[i % queries.len()], TOP_K)
+                            .search(queries[i % queries.len()], TOP_K, None)
                             .expect("search"),
                     );
                     i += 1;

@@ -11,6 +11,7 @@ use arc_swap::ArcSwapOption;
 
 use crate::search::index::VectorIndex;
 use crate::search::tfidf::TfidfModel;
+use crate::store::filter::{Filter, FilterError, FilterIndex, bit_is_set};
 use crate::store::leveldb::MetadataReaders;
 use crate::store::state::{StoreVersion, VersionInfo};
 
@@ -24,6 +25,8 @@ pub struct Catalog {
     index: VectorIndex,
     /// Read handles on clones of the version's metadata store.
     metadata: MetadataReaders,
+    /// The version's filter index, in memory.
+    filters: FilterIndex,
 }
 
 /// One search result: the item's id, its score and its stored JSON.
@@ -87,7 +90,10 @@ impl Catalog {
                 version.info.n_items
             );
         }
-        let metadata = MetadataReaders::open(&version.db_dir(), reader_dir, n_shards)
+        let (metadata, filters) =
+            MetadataReaders::open_with(&version.db_dir(), reader_dir, n_shards, |db| {
+                FilterIndex::load(db, &index)
+            })
             .with_context(|| format!("open read handles on version {}", version.info.name))?;
         let recorded = metadata.recorded_state()?;
         let expected = crate::store::leveldb::RecordedState {
@@ -107,6 +113,7 @@ impl Catalog {
             model,
             index,
             metadata,
+            filters,
         })
     }
 
@@ -125,10 +132,36 @@ impl Catalog {
         &self.index
     }
 
-    /// Embeds `query_text`, ranks the index, and joins each hit with its metadata.
-    pub fn search(&self, query_text: &str, top_k: usize) -> anyhow::Result<SearchOutcome> {
+    /// The fields a search may filter on.
+    pub fn filter_fields(&self) -> &[String] {
+        self.filters.fields()
+    }
+
+    /// Checks a request's `filter` object against this version's indexed fields.
+    pub fn parse_filter(
+        &self,
+        object: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Filter, FilterError> {
+        Filter::parse(object, self.filters.fields())
+    }
+
+    /// Embeds `query_text`, ranks the index (over the items `filter` admits, if any, before
+    /// top-k is taken), and joins each hit with its metadata.
+    pub fn search(
+        &self,
+        query_text: &str,
+        top_k: usize,
+        filter: Option<&Filter>,
+    ) -> anyhow::Result<SearchOutcome> {
         let query = self.model.embed(query_text);
-        let hits = self.index.top_k(&query, top_k);
+        let hits = match filter {
+            None => self.index.top_k(&query, top_k),
+            Some(filter) => {
+                let admitted = self.filters.matching(filter, self.index.n_slots());
+                self.index
+                    .top_k_filtered(&query, top_k, |slot| bit_is_set(&admitted, slot))
+            }
+        };
         let mut outcome = SearchOutcome {
             hits: Vec::with_capacity(hits.len()),
             missing: 0,

@@ -6,6 +6,12 @@
 //! fitted (or loaded); pass two embeds every text into the index. Everything is written into
 //! a temporary directory beside the target, fsynced, and renamed into place at the end, so a
 //! failed build leaves no half bundle.
+//!
+//! The input is JSONL, or (`--from-leveldb`) a LevelDB of the original Python pipeline's
+//! plain layout (id → item JSON). That source is cloned into the new bundle and the clone
+//! migrated (migrations/0001, 0002); the source directory is never opened. Either way the
+//! store is written in layout 1 first and brought to the current layout by the same
+//! migrations a state dir runs, so the filter index has one builder.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -15,7 +21,7 @@ use anyhow::{Context, anyhow, bail};
 use rusty_leveldb::WriteBatch;
 use sha2::{Digest, Sha256};
 
-use super::items::{ItemFields, ItemReader};
+use super::items::{ItemFields, ItemReader, parse_item};
 use super::{
     BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, Bundle, DB_DIR, INDEX_FILE, MANIFEST_FILE, MODEL_FILE,
     Manifest, digest_file, list_files,
@@ -23,6 +29,9 @@ use super::{
 use crate::progress::Progress;
 use crate::search::index::VectorIndex;
 use crate::search::tfidf::{FitOptions, StopWords, TermStatistics, TfidfModel};
+use crate::store::clone::clone_db_dir;
+use crate::store::filter::check_field_names;
+use crate::store::migrate::{MigrationContext, migrate};
 use crate::store::{durable, leveldb};
 
 /// Where the model of a new bundle comes from.
@@ -34,11 +43,26 @@ pub enum ModelSource {
     File(PathBuf),
 }
 
+/// What `BuildOptions::input` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InputFormat {
+    /// A JSONL file, one item per line.
+    #[default]
+    Jsonl,
+    /// A LevelDB directory of the original pipeline's layout (key = id, value = item JSON),
+    /// or of any earlier deltacache layout.
+    LevelDb,
+}
+
 /// Everything `build-base` needs.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
-    /// JSONL items.
+    /// JSONL items, or a LevelDB directory (see `input_format`).
     pub input: PathBuf,
+    /// What `input` is.
+    pub input_format: InputFormat,
+    /// Top-level item fields the filter index covers.
+    pub filter_fields: Vec<String>,
     /// The bundle directory to create (must not exist).
     pub out: PathBuf,
     /// Dataset name; defaults to the input file's stem.
@@ -111,7 +135,7 @@ pub fn build_base(options: &BuildOptions) -> anyhow::Result<BuildReport> {
 fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Result<BuildReport> {
     let mut stage_seconds = Vec::new();
     let input_len = std::fs::metadata(&options.input)
-        .with_context(|| format!("open items file {}", options.input.display()))?
+        .with_context(|| format!("open input {}", options.input.display()))?
         .len();
 
     // Pass one: validate, store metadata, count terms.
@@ -120,55 +144,17 @@ fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Resu
         ModelSource::Fit(fit) => Some(TermStatistics::new(fit.stop_words.as_ref())?),
         ModelSource::File(_) => None,
     };
+    check_field_names(&options.filter_fields)?;
+    let migration = MigrationContext::new(options.filter_fields.clone());
     let db_dir = dir.join(DB_DIR);
-    let mut db = leveldb::open_db(&db_dir, true)?;
-    let mut seen: HashMap<Box<str>, usize> = HashMap::new();
-    let mut batch = WriteBatch::default();
-    let mut batch_len = 0;
-    let mut n_items = 0u64;
-    let mut items_hasher = Sha256::new();
-    let mut progress = Progress::bytes("store", input_len);
-    let mut reader = ItemReader::open(&options.input, options.fields.clone())?;
-    while let Some(next) = reader.next() {
-        let (line_no, item) = next?;
-        if let Some(first) = seen.get(item.id.as_str()) {
-            bail!(
-                "{} line {line_no}: duplicate id {:?} (first on line {first}): ids must be unique; remove or rename one of them",
-                options.input.display(),
-                item.id
-            );
+    let (mut db, n_items, items_sha256) = match options.input_format {
+        InputFormat::Jsonl => {
+            let (mut db, n_items, items_sha256) = store_jsonl(options, &db_dir, stats.as_mut())?;
+            migrate(&mut db, 1, &migration, "the new bundle")?;
+            (db, n_items, items_sha256)
         }
-        seen.insert(item.id.as_str().into(), line_no);
-        if let Some(stats) = stats.as_mut() {
-            stats.add_document(&item.text);
-        }
-        items_hasher.update(item.json.as_bytes());
-        items_hasher.update(b"\n");
-        batch.put(&leveldb::item_key(&item.id), item.json.as_bytes());
-        batch_len += 1;
-        n_items += 1;
-        if batch_len == BATCH_ITEMS {
-            db.write(std::mem::take(&mut batch), false)
-                .map_err(|s| anyhow!("{s}"))
-                .context("write items to LevelDB")?;
-            batch_len = 0;
-            progress.set(reader.bytes_read());
-        }
-    }
-    progress.finish();
-    if n_items == 0 {
-        bail!(
-            "{} holds no items: give a JSONL file with one JSON object per line",
-            options.input.display()
-        );
-    }
-    if batch_len > 0 {
-        db.write(batch, false)
-            .map_err(|s| anyhow!("{s}"))
-            .context("write items to LevelDB")?;
-    }
-    drop(seen);
-    let items_sha256 = hex::encode(items_hasher.finalize());
+        InputFormat::LevelDb => adopt_leveldb(options, &db_dir, &migration, stats.as_mut())?,
+    };
     stage_seconds.push(("store", started.elapsed().as_secs_f64()));
 
     // The model.
@@ -184,23 +170,41 @@ fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Resu
     // Pass two: the index.
     let started = Instant::now();
     let mut index = VectorIndex::new(model.n_terms());
-    let mut progress = Progress::bytes("index", input_len);
-    let mut reader = ItemReader::open(&options.input, options.fields.clone())?;
-    let mut n_read = 0u64;
-    while let Some(next) = reader.next() {
-        let (_, item) = next?;
-        index.upsert(&item.id, &model.embed(&item.text))?;
-        n_read += 1;
-        if n_read.is_multiple_of(8192) {
-            progress.set(reader.bytes_read());
+    match options.input_format {
+        InputFormat::Jsonl => {
+            let mut progress = Progress::bytes("index", input_len);
+            let mut reader = ItemReader::open(&options.input, options.fields.clone())?;
+            let mut n_read = 0u64;
+            while let Some(next) = reader.next() {
+                let (_, item) = next?;
+                index.upsert(&item.id, &model.embed(&item.text))?;
+                n_read += 1;
+                if n_read.is_multiple_of(8192) {
+                    progress.set(reader.bytes_read());
+                }
+            }
+            progress.finish();
+            if n_read != n_items {
+                bail!(
+                    "{} changed while it was read ({n_items} items, then {n_read}): build from a file nothing writes to",
+                    options.input.display()
+                );
+            }
         }
-    }
-    progress.finish();
-    if n_read != n_items {
-        bail!(
-            "{} changed while it was read ({n_items} items, then {n_read}): build from a file nothing writes to",
-            options.input.display()
-        );
+        InputFormat::LevelDb => {
+            let mut progress = Progress::items("index", n_items);
+            let mut n_read = 0u64;
+            leveldb::for_each_item(&mut db, |_, json| {
+                let item = parse_item(std::str::from_utf8(json)?, &options.fields)?;
+                index.upsert(&item.id, &model.embed(&item.text))?;
+                n_read += 1;
+                if n_read.is_multiple_of(8192) {
+                    progress.set(n_read);
+                }
+                Ok(())
+            })?;
+            progress.finish();
+        }
     }
     index.save(&dir.join(INDEX_FILE))?;
     drop(index);
@@ -251,6 +255,7 @@ fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Resu
         dataset: dataset.to_owned(),
         seq: options.seq,
         schema_version: leveldb::SCHEMA_VERSION,
+        filter_fields: options.filter_fields.clone(),
         model_fingerprint: model.fingerprint().to_owned(),
         n_terms: model.n_terms(),
         n_items,
@@ -275,6 +280,121 @@ fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Resu
         manifest,
         stage_seconds,
     })
+}
+
+/// Pass one over JSONL: validates every line, writes the items in layout 1, counts terms.
+/// Returns the open database, the item count and the items' digest.
+fn store_jsonl(
+    options: &BuildOptions,
+    db_dir: &Path,
+    mut stats: Option<&mut TermStatistics>,
+) -> anyhow::Result<(rusty_leveldb::DB, u64, String)> {
+    let input_len = std::fs::metadata(&options.input)
+        .with_context(|| format!("open items file {}", options.input.display()))?
+        .len();
+    let mut db = leveldb::open_db(db_dir, true)?;
+    let mut seen: HashMap<Box<str>, usize> = HashMap::new();
+    let mut batch = WriteBatch::default();
+    let mut batch_len = 0;
+    let mut n_items = 0u64;
+    let mut items_hasher = Sha256::new();
+    let mut progress = Progress::bytes("store", input_len);
+    let mut reader = ItemReader::open(&options.input, options.fields.clone())?;
+    while let Some(next) = reader.next() {
+        let (line_no, item) = next?;
+        if let Some(first) = seen.get(item.id.as_str()) {
+            bail!(
+                "{} line {line_no}: duplicate id {:?} (first on line {first}): ids must be unique; remove or rename one of them",
+                options.input.display(),
+                item.id
+            );
+        }
+        seen.insert(item.id.as_str().into(), line_no);
+        if let Some(stats) = stats.as_mut() {
+            stats.add_document(&item.text);
+        }
+        items_hasher.update(item.json.as_bytes());
+        items_hasher.update(b"\n");
+        batch.put(&leveldb::item_key(&item.id), item.json.as_bytes());
+        batch_len += 1;
+        n_items += 1;
+        if batch_len == BATCH_ITEMS {
+            db.write(std::mem::take(&mut batch), false)
+                .map_err(|s| anyhow!("{s}"))
+                .context("write items to LevelDB")?;
+            batch_len = 0;
+            progress.set(reader.bytes_read());
+        }
+    }
+    progress.finish();
+    if n_items == 0 {
+        bail!(
+            "{} holds no items: give a JSONL file with one JSON object per line",
+            options.input.display()
+        );
+    }
+    if batch_len > 0 {
+        db.write(batch, false)
+            .map_err(|s| anyhow!("{s}"))
+            .context("write items to LevelDB")?;
+    }
+    Ok((db, n_items, hex::encode(items_hasher.finalize())))
+}
+
+/// Pass one over a LevelDB of an earlier layout: clones it into the bundle (the source is
+/// never opened), migrates the clone to the current layout, then validates every item and
+/// counts terms. The items' digest is taken in key order.
+fn adopt_leveldb(
+    options: &BuildOptions,
+    db_dir: &Path,
+    migration: &MigrationContext,
+    mut stats: Option<&mut TermStatistics>,
+) -> anyhow::Result<(rusty_leveldb::DB, u64, String)> {
+    let source = &options.input;
+    if !source.join("CURRENT").is_file() {
+        bail!(
+            "{} is not a LevelDB directory (no CURRENT file inside): pass the directory the original pipeline wrote",
+            source.display()
+        );
+    }
+    let method = clone_db_dir(source, db_dir)
+        .with_context(|| format!("copy LevelDB {}", source.display()))?;
+    tracing::info!(source = %source.display(), %method, "cloned the source LevelDB; it is not opened");
+    let what = format!("LevelDB {}", source.display());
+    let mut db = leveldb::open_db(db_dir, false)?;
+    let migrated = migrate(&mut db, 0, migration, &what)?;
+    tracing::info!(from = migrated.from, to = migrated.to, applied = ?migrated.applied, "migrated the copy");
+    let mut n_items = 0u64;
+    let mut items_hasher = Sha256::new();
+    let mut progress = Progress::items("store", 0);
+    leveldb::for_each_item(&mut db, |id, json| {
+        let text = std::str::from_utf8(json)
+            .map_err(|_| anyhow!("{what}: item {id:?} is not UTF-8 JSON"))?;
+        let item =
+            parse_item(text, &options.fields).map_err(|e| anyhow!("{what}: item {id:?}: {e}"))?;
+        if item.id != id {
+            bail!(
+                "{what}: the item stored under key {id:?} has {} {:?}: the original layout keys each item by its id; fix the source or name the id field with --id-field",
+                options.fields.id_field,
+                item.id
+            );
+        }
+        if let Some(stats) = stats.as_mut() {
+            stats.add_document(&item.text);
+        }
+        items_hasher.update(json);
+        items_hasher.update(b"\n");
+        n_items += 1;
+        if n_items.is_multiple_of(8192) {
+            progress.set(n_items);
+        }
+        Ok(())
+    })?;
+    progress.finish();
+    if n_items == 0 {
+        bail!("{what} holds no items: nothing to build a bundle from");
+    }
+    Ok((db, n_items, hex::encode(items_hasher.finalize())))
 }
 
 /// Parses `--stop-words`.

@@ -59,6 +59,10 @@ pub struct Manifest {
     pub seq: u64,
     /// The store layout version of `db/`.
     pub schema_version: u32,
+    /// Top-level item fields the filter index covers (bundles of schema 1 name none; their
+    /// state dirs index the default, `category`).
+    #[serde(default = "crate::store::filter::default_filter_fields")]
+    pub filter_fields: Vec<String>,
     /// Fingerprint of `model.json`; deltas are bound to it.
     pub model_fingerprint: String,
     /// The model's dimension.
@@ -152,14 +156,10 @@ impl Bundle {
                 BUNDLE_FORMAT_VERSION
             );
         }
-        if manifest.schema_version > crate::store::leveldb::SCHEMA_VERSION {
-            bail!(
-                "{}: store schema version {} is newer than this binary's {}: use a newer deltacache",
-                path.display(),
-                manifest.schema_version,
-                crate::store::leveldb::SCHEMA_VERSION
-            );
-        }
+        crate::store::migrate::check_supported(
+            manifest.schema_version,
+            &format!("bundle {}", dir.display()),
+        )?;
         Ok(Bundle {
             dir: dir.to_path_buf(),
             manifest,

@@ -9,15 +9,30 @@ use super::pinecone_args::PineconeArgs;
 use crate::search::pinecone::PineconeClient;
 use crate::search::pinecone_sync::{progress_path, upsert_bundle};
 
-use crate::bundle::build::{BuildOptions, ModelSource, build_base, stop_words_setting};
+use crate::bundle::build::{
+    BuildOptions, InputFormat, ModelSource, build_base, stop_words_setting,
+};
 use crate::bundle::items::ItemFields;
 use crate::search::tfidf::FitOptions;
 
 #[derive(Debug, Args)]
 pub(super) struct BuildBaseArgs {
     /// JSONL items, one JSON object per line; the whole object is the item's metadata.
-    #[arg(long, value_name = "FILE")]
-    input: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "from_leveldb")]
+    input: Option<PathBuf>,
+    /// Adopt a LevelDB written by the original Python pipeline (key = item id, value =
+    /// item JSON) instead of JSONL: it is copied, never opened in place, and the copy is
+    /// migrated to the current layout. Usually given with --sklearn-model.
+    #[arg(long, value_name = "DIR", conflicts_with = "input")]
+    from_leveldb: Option<PathBuf>,
+    /// Top-level item fields to index for filtered search (comma-separated; "" for none).
+    #[arg(
+        long,
+        value_name = "FIELDS",
+        value_delimiter = ',',
+        default_value = "category"
+    )]
+    filter_fields: Vec<String>,
     /// Bundle directory to create; must not exist. Written to a temporary directory beside
     /// it and renamed into place at the end.
     #[arg(long, value_name = "DIR")]
@@ -78,8 +93,19 @@ pub(super) fn run(args: BuildBaseArgs) -> anyhow::Result<()> {
             stop_words: stop_words_setting(&args.stop_words)?,
         }),
     };
+    let (input, input_format) = match (args.input, args.from_leveldb) {
+        (Some(input), _) => (input, InputFormat::Jsonl),
+        (None, Some(dir)) => (dir, InputFormat::LevelDb),
+        (None, None) => anyhow::bail!("give --input FILE or --from-leveldb DIR"),
+    };
     let report = build_base(&BuildOptions {
-        input: args.input,
+        input,
+        input_format,
+        filter_fields: args
+            .filter_fields
+            .into_iter()
+            .filter(|f| !f.is_empty())
+            .collect(),
         out: args.out.clone(),
         dataset: args.dataset,
         fields: ItemFields {

@@ -112,7 +112,14 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
             text_field: manifest.text_field.clone(),
         };
         let mirrored = runtime
-            .block_on(mirror_changes(client, model, &fields, &report.puts, &report.deleted_ids))
+            .block_on(mirror_changes(
+                client,
+                model,
+                &fields,
+                &manifest.filter_fields,
+                &report.puts,
+                &report.deleted_ids,
+            ))
             .with_context(|| {
                 format!(
                     "seq {} is published but Pinecone {} is behind it: instances will count join misses for its new ids; re-run `build-base --pinecone` against a bundle at this seq, or re-publish the items",

@@ -116,6 +116,19 @@ pub enum ChainError {
         /// What the object has.
         found: String,
     },
+    /// Built for a store layout newer than this binary knows.
+    #[error(
+        "{object}: built for store schema version {found}, newer than this binary's {supported}: \
+         upgrade deltacache on this instance (the delta was not applied; the last good version keeps serving)"
+    )]
+    NewerSchema {
+        /// Object name.
+        object: String,
+        /// The delta's schema version.
+        found: u32,
+        /// The newest this binary knows.
+        supported: u32,
+    },
     /// A seq out of line.
     #[error("{object}: {message}")]
     Sequence {
@@ -253,11 +266,10 @@ pub fn verify_delta_bytes(
         &header.model_fingerprint,
     )?;
     if header.schema_version > position.max_schema_version {
-        return Err(ChainError::Binding {
+        return Err(ChainError::NewerSchema {
             object,
-            field: "schema version",
-            expected: format!("at most {}", position.max_schema_version),
-            found: header.schema_version.to_string(),
+            found: header.schema_version,
+            supported: position.max_schema_version,
         });
     }
     if header.seq != seq {

@@ -191,7 +191,9 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
             parent_len,
             created_at: now,
             model_fingerprint: position.model_fingerprint.clone(),
-            schema_version: bundle.manifest.schema_version,
+            // The layout this binary writes: an instance whose binary is older refuses the
+            // delta rather than guess; one whose copy is older migrates it first.
+            schema_version: crate::store::migrate::SCHEMA_VERSION,
             n_records: records.len() as u64,
             records_len: 0,
         },

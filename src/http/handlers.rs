@@ -27,6 +27,10 @@ pub struct SearchRequest {
     /// How many results, 1..=1000; default 5.
     #[serde(default)]
     top_k: Option<i64>,
+    /// Equality on indexed top-level fields, all of which must hold:
+    /// `{"category": "database"}`.
+    #[serde(default)]
+    filter: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `POST /items/batch` body.
@@ -64,13 +68,26 @@ pub(super) async fn search(
         ));
     }
     let catalog = current(&state)?;
+    let filter = match &request.filter {
+        Some(object) if !object.is_empty() => Some(
+            catalog
+                .parse_filter(object)
+                .map_err(|error| ApiError::unprocessable("bad_filter", error.to_string()))?,
+        ),
+        _ => None,
+    };
     let outcome = match &state.vectors {
         // The benchmarked hot path, unchanged.
         VectorBackend::Local => catalog
-            .search(&request.query_text, top_k as usize)
+            .search(&request.query_text, top_k as usize, filter.as_ref())
             .map_err(ApiError::internal)?,
         remote => remote
-            .search(&catalog, &request.query_text, top_k as usize)
+            .search(
+                &catalog,
+                &request.query_text,
+                top_k as usize,
+                filter.as_ref(),
+            )
             .await
             .map_err(|error| match error {
                 SearchError::Unavailable(error) => ApiError::vector_backend_unavailable(error),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::catalog::{Catalog, SearchHit, SearchOutcome};
 use crate::search::pinecone::{PineconeClient, PineconeError, densify};
+use crate::store::filter::Filter;
 
 /// Which backend to use, as configured (`--vector-backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -46,7 +47,9 @@ impl VectorBackend {
         }
     }
 
-    /// Ranks `query_text` and joins each hit with its metadata from `catalog`.
+    /// Ranks `query_text` and joins each hit with its metadata from `catalog`. A filter is
+    /// applied before top-k: locally through the version's filter index, with Pinecone as
+    /// its metadata filter (the upserts carry the indexed fields as metadata).
     ///
     /// With Pinecone, the catalog is only read before and after the call (no lock is held
     /// across it). A match whose id the local store lacks is skipped and counted in
@@ -57,9 +60,10 @@ impl VectorBackend {
         catalog: &Catalog,
         query_text: &str,
         top_k: usize,
+        filter: Option<&Filter>,
     ) -> Result<SearchOutcome, SearchError> {
         let client = match self {
-            VectorBackend::Local => return Ok(catalog.search(query_text, top_k)?),
+            VectorBackend::Local => return Ok(catalog.search(query_text, top_k, filter)?),
             VectorBackend::Pinecone(client) => client,
         };
         let model = catalog.model();
@@ -69,7 +73,9 @@ impl VectorBackend {
             return Ok(SearchOutcome::default());
         }
         let dense = densify(&query, model.n_terms());
-        let matches = client.query(&dense, top_k).await?;
+        let matches = client
+            .query(&dense, top_k, filter.map(Filter::to_pinecone))
+            .await?;
         let mut outcome = SearchOutcome {
             hits: Vec::with_capacity(matches.len()),
             missing: 0,

@@ -87,6 +87,16 @@ impl VectorIndex {
         &self.slot_ids[slot as usize]
     }
 
+    /// The live slot of `id`, if the index holds it.
+    pub fn slot_of(&self, id: &str) -> Option<u32> {
+        self.id_slot.get(id).copied()
+    }
+
+    /// The number of slots (live and retired): the bound of every slot number.
+    pub fn n_slots(&self) -> usize {
+        self.slot_ids.len()
+    }
+
     /// Whether an item id is live in the index.
     pub fn contains(&self, id: &str) -> bool {
         self.id_slot.contains_key(id)

@@ -344,19 +344,24 @@ impl PineconeClient {
         &self.settings
     }
 
-    /// The top `top_k` matches of a dense `vector`, best first.
+    /// The top `top_k` matches of a dense `vector`, best first, among the vectors whose
+    /// metadata satisfies `filter` (Pinecone's filter syntax) if one is given.
     pub async fn query(
         &self,
         vector: &[f32],
         top_k: usize,
+        filter: Option<serde_json::Value>,
     ) -> Result<Vec<QueryMatch>, PineconeError> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "namespace": self.settings.namespace,
             "vector": vector,
             "topK": top_k,
             "includeValues": false,
             "includeMetadata": false,
         });
+        if let Some(filter) = filter {
+            body["filter"] = filter;
+        }
         let response: QueryResponse = self.call("/query", body.to_string().into_bytes()).await?;
         Ok(response.matches)
     }
@@ -533,10 +538,20 @@ impl UpsertBatcher {
     }
 
     /// Adds one item's vector; returns a full batch to send first when it would not fit.
-    pub fn push(&mut self, id: &str, vector: &SparseVector) -> anyhow::Result<Option<UpsertBatch>> {
+    /// `metadata` (the item's indexed fields, for Pinecone's metadata filter) is sent when
+    /// not empty.
+    pub fn push(
+        &mut self,
+        id: &str,
+        vector: &SparseVector,
+        metadata: &serde_json::Map<String, serde_json::Value>,
+    ) -> anyhow::Result<Option<UpsertBatch>> {
         let dense = densify(vector, self.n_terms);
-        let one = serde_json::to_vec(&serde_json::json!({"id": id, "values": dense}))
-            .context("serialise a vector")?;
+        let mut record = serde_json::json!({"id": id, "values": dense});
+        if !metadata.is_empty() {
+            record["metadata"] = serde_json::Value::Object(metadata.clone());
+        }
+        let one = serde_json::to_vec(&record).context("serialise a vector")?;
         // `{"vectors":[` + `],"namespace":` + the namespace + `}`.
         let overhead = 14 + 14 + self.namespace_len + 1;
         if one.len() + overhead > MAX_UPSERT_BYTES {
@@ -624,7 +639,10 @@ mod tests {
         let vector: SparseVector = (0..n_terms as u32).map(|t| (t, 0.123_456_7)).collect();
         let mut batches = Vec::new();
         for i in 0..300 {
-            if let Some(batch) = batcher.push(&format!("id-{i}"), &vector).unwrap() {
+            if let Some(batch) = batcher
+                .push(&format!("id-{i}"), &vector, &Default::default())
+                .unwrap()
+            {
                 batches.push(batch);
             }
         }

@@ -21,6 +21,7 @@ use crate::progress::Progress;
 use crate::search::pinecone::{PineconeClient, UpsertBatch, UpsertBatcher};
 use crate::search::tfidf::TfidfModel;
 use crate::store::durable;
+use crate::store::filter::filterable_metadata;
 
 /// What the progress file records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,7 +132,8 @@ pub async fn upsert_bundle(
         let line = line.context("read the export file")?;
         let item = parse_item(&line, &fields).context("an item of the bundle")?;
         let vector = model.embed(&item.text);
-        if let Some(batch) = batcher.push(&item.id, &vector)? {
+        let metadata = filterable_metadata(item.json.as_bytes(), &bundle.manifest.filter_fields);
+        if let Some(batch) = batcher.push(&item.id, &vector, &metadata)? {
             let n_vectors = batch.n_vectors as u64;
             upload.send(batch, first).await?;
             first += n_vectors;
@@ -192,11 +194,13 @@ impl Upload<'_> {
 }
 
 /// Mirrors one published delta: deletes `deletes`, then upserts the vectors of `puts` (item
-/// JSON lines). See the README ("Pinecone users") for why this runs after the head moved.
+/// JSON lines) with their `filter_fields` as metadata. See the README ("Pinecone users")
+/// for why this runs after the head moved.
 pub async fn mirror_changes(
     client: &PineconeClient,
     model: &TfidfModel,
     fields: &ItemFields,
+    filter_fields: &[String],
     puts: &[String],
     deletes: &[String],
 ) -> anyhow::Result<UpsertReport> {
@@ -212,7 +216,8 @@ pub async fn mirror_changes(
     let mut batches = Vec::new();
     for json in puts {
         let item = parse_item(json, fields).context("a put of the delta")?;
-        if let Some(batch) = batcher.push(&item.id, &model.embed(&item.text))? {
+        let metadata = filterable_metadata(item.json.as_bytes(), filter_fields);
+        if let Some(batch) = batcher.push(&item.id, &model.embed(&item.text), &metadata)? {
             batches.push(batch);
         }
     }

@@ -1,8 +1,12 @@
 //! The LevelDB layout of the metadata store, and how it is opened.
 //!
-//! Layout (schema version 1): each item is stored under `i/<id>` with the item's JSON, as
-//! it was read, as the value. Nothing else lives in the database; what describes the store
-//! (seq, counts, digests) lives in the manifest beside it.
+//! Layout (store schema 2; migrations/ says how earlier layouts are brought here):
+//! - `i/<id>` → the item's JSON, exactly as it was read;
+//! - `x/<field>\0<value>\0<id>` → empty: the filter index (see [`super::filter`]);
+//! - `m/state` → the chain position the database holds ([`RecordedState`]);
+//! - `m/schema`, `m/migration/NNNN`, `m/filter-fields` → what the migrations recorded.
+//!
+//! What describes a bundle as a whole (counts, digests, model) lives in its manifest.
 //!
 //! rusty-leveldb's `DB` is `Send` but not `Sync` and every read takes `&mut self`, so the
 //! server keeps several read handles ([`MetadataReaders`]), each on its own copy-on-write
@@ -10,13 +14,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use parking_lot::Mutex;
 use rusty_leveldb::compressor::SnappyCompressor;
 use rusty_leveldb::{CompressorId, DB, Options};
 
-/// The layout version this binary writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub use super::migrate::SCHEMA_VERSION;
 
 /// Prefix of item keys.
 const ITEM_KEY_PREFIX: &[u8] = b"i/";
@@ -36,9 +39,14 @@ pub struct RecordedState {
 
 /// The key under which an item is stored.
 pub fn item_key(id: &str) -> Vec<u8> {
+    item_key_bytes(id.as_bytes())
+}
+
+/// [`item_key`] of an id given as bytes.
+pub fn item_key_bytes(id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(ITEM_KEY_PREFIX.len() + id.len());
     key.extend_from_slice(ITEM_KEY_PREFIX);
-    key.extend_from_slice(id.as_bytes());
+    key.extend_from_slice(id);
     key
 }
 
@@ -74,6 +82,40 @@ pub fn open_db(dir: &Path, create_if_missing: bool) -> anyhow::Result<DB> {
 /// the database's snapshot, a type rusty-leveldb does not export).
 type ReadFn = Box<dyn FnMut(&[u8]) -> rusty_leveldb::Result<Option<Vec<u8>>>>;
 
+/// Calls `each(id, json)` for every item of an open database, in key order.
+pub fn for_each_item(
+    db: &mut DB,
+    mut each: impl FnMut(&str, &[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use rusty_leveldb::LdbIterator;
+    let mut iter = db
+        .new_iter()
+        .map_err(|s| anyhow!("{s}"))
+        .context("iterate LevelDB")?;
+    iter.seek(ITEM_KEY_PREFIX);
+    while let Some((key, value)) = iter.current() {
+        if !key.starts_with(ITEM_KEY_PREFIX) {
+            break;
+        }
+        let Some(id) = id_of_key(&key) else {
+            bail!(
+                "item key {} is not UTF-8: the store is damaged",
+                super::migrate::printable(&key)
+            );
+        };
+        each(id, &value)?;
+        if !iter.advance() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Every key and value of an open database, in key order (for checks and tests).
+pub fn dump(db: &mut DB) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    super::migrate::scan(db, b"", None, usize::MAX)
+}
+
 /// Writes every item of the closed database at `db_dir` as JSONL (one stored JSON per
 /// line, in key order), reading from a clone made under `scratch`. Returns the count.
 pub fn export_items(
@@ -81,27 +123,16 @@ pub fn export_items(
     scratch: &Path,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<u64> {
-    use rusty_leveldb::LdbIterator;
     let clone = scratch.join("export");
     super::clone::clone_db_dir(db_dir, &clone)?;
     let mut db = open_db(&clone, false)?;
-    let mut iter = db
-        .new_iter()
-        .map_err(|s| anyhow!("{s}"))
-        .context("iterate LevelDB")?;
-    iter.seek(ITEM_KEY_PREFIX);
     let mut n_items = 0u64;
-    while let Some((key, value)) = iter.current() {
-        if !key.starts_with(ITEM_KEY_PREFIX) {
-            break;
-        }
-        out.write_all(&value)?;
+    for_each_item(&mut db, |_, json| {
+        out.write_all(json)?;
         out.write_all(b"\n")?;
         n_items += 1;
-        if !iter.advance() {
-            break;
-        }
-    }
+        Ok(())
+    })?;
     Ok(n_items)
 }
 
@@ -130,13 +161,29 @@ impl MetadataReaders {
     /// Opens `n_shards` read handles on clones of the closed database at `db_dir`, made under
     /// `clone_root` (which must not exist yet).
     pub fn open(db_dir: &Path, clone_root: &Path, n_shards: usize) -> anyhow::Result<Self> {
+        Ok(Self::open_with(db_dir, clone_root, n_shards, |_| Ok(()))?.0)
+    }
+
+    /// [`MetadataReaders::open`] that also runs `first` on the first handle's database
+    /// before any read (to load what is read whole, such as the filter index).
+    pub fn open_with<T>(
+        db_dir: &Path,
+        clone_root: &Path,
+        n_shards: usize,
+        first: impl FnOnce(&mut DB) -> anyhow::Result<T>,
+    ) -> anyhow::Result<(Self, T)> {
         std::fs::create_dir_all(clone_root)
             .with_context(|| format!("create reader directory {}", clone_root.display()))?;
         let mut handles = Vec::new();
+        let mut first = Some(first);
+        let mut loaded = None;
         for shard in 0..n_shards.max(1) {
             let shard_dir = clone_root.join(format!("shard-{shard}"));
             super::clone::clone_db_dir(db_dir, &shard_dir)?;
             let mut db = open_db(&shard_dir, false)?;
+            if let Some(first) = first.take() {
+                loaded = Some(first(&mut db)?);
+            }
             let snapshot = db.get_snapshot();
             let read: ReadFn = Box::new(move |key: &[u8]| {
                 db.get_at(&snapshot, key)
@@ -144,10 +191,11 @@ impl MetadataReaders {
             });
             handles.push(Mutex::new(ReadHandle { read }));
         }
-        Ok(MetadataReaders {
+        let readers = MetadataReaders {
             handles,
             clone_root: clone_root.to_path_buf(),
-        })
+        };
+        Ok((readers, loaded.expect("at least one shard")))
     }
 
     /// Reads the recorded chain position.

@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use super::clone::{CloneMethod, clone_db_dir, share_immutable};
 use super::durable;
+use super::leveldb::open_db;
+use super::migrate::{MigrationContext, SCHEMA_VERSION, check_supported, migrate};
 use crate::bundle::{Bundle, DB_DIR, INDEX_FILE};
 
 /// Name of the description file inside a version directory.
@@ -55,6 +57,14 @@ pub struct VersionInfo {
     pub bundle_seq: u64,
     /// Issue time of the head this version was synced to (None: the bundle alone).
     pub head_issued_at: Option<u64>,
+    /// The store layout version of its database (versions written before this field
+    /// existed are schema 1).
+    #[serde(default = "schema_one")]
+    pub schema_version: u32,
+}
+
+fn schema_one() -> u32 {
+    1
 }
 
 /// A committed version on disk.
@@ -172,6 +182,7 @@ impl StateDir {
         if info.name != name {
             bail!("{} describes version {:?}", path.display(), info.name);
         }
+        check_supported(info.schema_version, &format!("version {name}"))?;
         for required in [dir.join(DB_DIR).join("CURRENT"), dir.join(INDEX_FILE)] {
             if !required.exists() {
                 bail!("version {name} lacks {}", required.display());
@@ -191,6 +202,9 @@ impl StateDir {
                 && info.model_fingerprint == manifest.model_fingerprint
                 && info.seq >= manifest.seq
             {
+                if info.schema_version < SCHEMA_VERSION {
+                    return self.upgrade(&current, &manifest.filter_fields);
+                }
                 return Ok(current);
             }
             tracing::info!(
@@ -218,6 +232,15 @@ impl StateDir {
                 "tables were cloned by {method}, not hard link: keep the state dir on the bundle's filesystem, owned by the service user"
             );
         }
+        migrate_copy(
+            &staging.join(DB_DIR),
+            manifest.schema_version,
+            &manifest.filter_fields,
+            &format!(
+                "version {name}, cloned from bundle {}",
+                bundle.dir.display()
+            ),
+        )?;
         let info = VersionInfo {
             name: name.clone(),
             dataset: manifest.dataset.clone(),
@@ -230,12 +253,44 @@ impl StateDir {
             chain_len: manifest.chain_len,
             bundle_seq: manifest.seq,
             head_issued_at: None,
+            schema_version: SCHEMA_VERSION,
         };
         std::fs::write(
             staging.join(VERSION_FILE),
             serde_json::to_vec_pretty(&info).context("encode version.json")?,
         )
         .context("write version.json")?;
+        self.commit(&staging, &name)
+    }
+
+    /// Makes and commits a copy of `version` migrated to [`SCHEMA_VERSION`] (a state dir
+    /// written by an older binary). The old version is left as it was.
+    pub fn upgrade(
+        &self,
+        version: &StoreVersion,
+        filter_fields: &[String],
+    ) -> anyhow::Result<StoreVersion> {
+        let (name, staging) = self.new_staging(version.info.seq)?;
+        clone_db_dir(&version.db_dir(), &staging.join(DB_DIR))?;
+        share_immutable(&version.index_path(), &staging.join(INDEX_FILE))?;
+        migrate_copy(
+            &staging.join(DB_DIR),
+            version.info.schema_version,
+            filter_fields,
+            &format!("version {name}, cloned from version {}", version.info.name),
+        )?;
+        let info = VersionInfo {
+            name: name.clone(),
+            created_at: now_secs(),
+            schema_version: SCHEMA_VERSION,
+            ..version.info.clone()
+        };
+        std::fs::write(
+            staging.join(VERSION_FILE),
+            serde_json::to_vec_pretty(&info).context("encode version.json")?,
+        )
+        .context("write version.json")?;
+        tracing::info!(from = %version.info.name, to = %name, schema = SCHEMA_VERSION, "upgraded the current version's store layout");
         self.commit(&staging, &name)
     }
 
@@ -360,6 +415,31 @@ impl StateDir {
             .join("readers")
             .join(format!("{}-{}", version.info.name, unique_suffix()))
     }
+}
+
+/// Migrates the closed database at `db_dir` (a clone in staging) from `schema_version` to
+/// [`SCHEMA_VERSION`], if it is older, and closes it again.
+pub fn migrate_copy(
+    db_dir: &Path,
+    schema_version: u32,
+    filter_fields: &[String],
+    what: &str,
+) -> anyhow::Result<()> {
+    check_supported(schema_version, what)?;
+    if schema_version >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    let mut db = open_db(db_dir, false)?;
+    migrate(
+        &mut db,
+        schema_version,
+        &MigrationContext::new(filter_fields.to_vec()),
+        what,
+    )?;
+    db.close()
+        .map_err(|s| anyhow::anyhow!("{s}"))
+        .with_context(|| format!("close {}", db_dir.display()))?;
+    Ok(())
 }
 
 fn read_name(path: &Path) -> anyhow::Result<Option<String>> {

@@ -7,6 +7,7 @@
 //! current version, so a failure at any step leaves it serving and the state dir as it was
 //! (the staging leftovers are removed on the next start).
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
@@ -19,7 +20,9 @@ use crate::delta::format::DeltaRecord;
 use crate::search::index::VectorIndex;
 use crate::search::tfidf::TfidfModel;
 use crate::store::clone::clone_db_dir;
+use crate::store::filter;
 use crate::store::leveldb::{self, RecordedState, STATE_KEY};
+use crate::store::migrate::{MigrationContext, SCHEMA_VERSION, migrate};
 use crate::store::state::{StateDir, StoreVersion, VERSION_FILE, VersionInfo};
 
 /// What an apply did.
@@ -36,11 +39,14 @@ pub struct Applied {
 }
 
 /// Applies `deltas` (verified, in order, continuing `current`) and commits a new version.
+/// A `current` of an older store layout is migrated first (with `filter_fields`, the
+/// bundle's); the filter index is kept current in each delta's batch.
 pub fn apply_deltas(
     state: &StateDir,
     current: &StoreVersion,
     model: &TfidfModel,
     fields: &ItemFields,
+    filter_fields: &[String],
     deltas: &[VerifiedDelta],
     head_issued_at: u64,
 ) -> anyhow::Result<Applied> {
@@ -63,22 +69,53 @@ pub fn apply_deltas(
 
         let started = Instant::now();
         let mut db = leveldb::open_db(&staging.join(DB_DIR), false)?;
+        migrate(
+            &mut db,
+            current.info.schema_version,
+            &MigrationContext::new(filter_fields.to_vec()),
+            &format!("version {name}, cloned from version {}", current.info.name),
+        )?;
+        let indexed = filter::recorded_fields(&mut db)?.unwrap_or_default();
         let mut n_records = 0u64;
         for (delta_idx, delta) in deltas.iter().enumerate() {
             let mut batch = WriteBatch::default();
+            // Items this batch already changed: the database does not show them yet.
+            let mut pending: HashMap<String, Option<Vec<u8>>> = HashMap::new();
             for (record_idx, record) in delta.batch.records.iter().enumerate() {
-                match record {
+                let (id, new_json) = match record {
                     DeltaRecord::Put { item } => {
                         let item = parse_item(item.get(), fields).map_err(|e| {
                             anyhow!("delta seq {} record {}: {e}", delta.seq, record_idx + 1)
                         })?;
                         batch.put(&leveldb::item_key(&item.id), item.json.as_bytes());
                         index.upsert(&item.id, &model.embed(&item.text))?;
+                        (item.id, Some(item.json.into_bytes()))
                     }
                     DeltaRecord::Delete { id } => {
                         batch.delete(&leveldb::item_key(id));
                         index.delete(id);
+                        (id.clone(), None)
                     }
+                };
+                if !indexed.is_empty() {
+                    // The old entries go first, so an entry the new JSON keeps is put back.
+                    let old = match pending.get(&id) {
+                        Some(old) => old.clone(),
+                        None => db.get(&leveldb::item_key(&id)).map(|b| b.to_vec()),
+                    };
+                    for key in old
+                        .iter()
+                        .flat_map(|j| filter::entry_keys(j, &id, &indexed))
+                    {
+                        batch.delete(&key);
+                    }
+                    for key in new_json
+                        .iter()
+                        .flat_map(|j| filter::entry_keys(j, &id, &indexed))
+                    {
+                        batch.put(&key, b"");
+                    }
+                    pending.insert(id, new_json);
                 }
                 n_records += 1;
             }
@@ -116,6 +153,7 @@ pub fn apply_deltas(
             chain_len: last.len,
             bundle_seq: current.info.bundle_seq,
             head_issued_at: Some(head_issued_at),
+            schema_version: SCHEMA_VERSION,
         };
         std::fs::write(
             staging.join(VERSION_FILE),

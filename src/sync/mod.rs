@@ -101,6 +101,8 @@ pub struct Syncer {
     pub model: Arc<TfidfModel>,
     /// The bundle's id and text fields.
     fields: ItemFields,
+    /// The fields the bundle's filter index covers.
+    filter_fields: Vec<String>,
     /// Caps and retention.
     options: SyncOptions,
 }
@@ -122,6 +124,7 @@ impl Syncer {
                 id_field: bundle.manifest.id_field.clone(),
                 text_field: bundle.manifest.text_field.clone(),
             },
+            filter_fields: bundle.manifest.filter_fields.clone(),
             options,
         })
     }
@@ -207,11 +210,20 @@ impl Syncer {
         let current = current.clone();
         let model = self.model.clone();
         let fields = self.fields.clone();
+        let filter_fields = self.filter_fields.clone();
         let issued_at = head.head.issued_at;
         let n_deltas = deltas.len();
         let started = Instant::now();
         let applied = tokio::task::spawn_blocking(move || {
-            apply::apply_deltas(&state, &current, &model, &fields, &deltas, issued_at)
+            apply::apply_deltas(
+                &state,
+                &current,
+                &model,
+                &fields,
+                &filter_fields,
+                &deltas,
+                issued_at,
+            )
         })
         .await
         .context("join the apply task")??;

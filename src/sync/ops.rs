@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use super::{SyncOptions, SyncOutcome, Syncer, with_deadline};
-use crate::bundle::build::{BuildOptions, BuildReport, ModelSource, build_base};
+use crate::bundle::build::{BuildOptions, BuildReport, InputFormat, ModelSource, build_base};
 use crate::bundle::items::ItemFields;
 use crate::bundle::{Bundle, MODEL_FILE};
 use crate::search::tfidf::FitOptions;
@@ -167,6 +167,8 @@ pub async fn compact(
     };
     let options = BuildOptions {
         input: items,
+        input_format: InputFormat::Jsonl,
+        filter_fields: bundle.manifest.filter_fields.clone(),
         out: out.to_path_buf(),
         dataset: Some(bundle.manifest.dataset.clone()),
         fields: ItemFields {

@@ -296,7 +296,7 @@ fn unsupported_scikit_learn_settings_are_refused_by_name() {
 
 #[test]
 fn bundle_built_with_an_exported_model_serves_scikit_learn_rankings() {
-    use deltacache::bundle::build::{BuildOptions, ModelSource, build_base};
+    use deltacache::bundle::build::{BuildOptions, InputFormat, ModelSource, build_base};
     use deltacache::server::{ServeOptions, load_catalog};
     let (golden, _) = load();
     let config = golden
@@ -308,6 +308,8 @@ fn bundle_built_with_an_exported_model_serves_scikit_learn_rankings() {
     let bundle = dir.path().join("bundle");
     build_base(&BuildOptions {
         input: fixtures().join("corpus.jsonl"),
+        input_format: InputFormat::Jsonl,
+        filter_fields: vec!["category".into()],
         out: bundle.clone(),
         dataset: None,
         fields: Default::default(),
@@ -327,7 +329,7 @@ fn bundle_built_with_an_exported_model_serves_scikit_learn_rankings() {
     })
     .unwrap();
     for query in config.queries.iter().take(100) {
-        let outcome = catalog.search(&query.query, golden.top_k).unwrap();
+        let outcome = catalog.search(&query.query, golden.top_k, None).unwrap();
         let hits: Vec<(String, f32)> = outcome
             .hits
             .iter()

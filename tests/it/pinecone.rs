@@ -56,6 +56,69 @@ struct Fake {
     bad_headers: AtomicUsize,
     /// Namespaces named in request bodies.
     namespaces: Mutex<Vec<String>>,
+    /// Metadata upserted with each vector.
+    metadata: Mutex<BTreeMap<String, serde_json::Value>>,
+    /// The `filter` of every `/query` request that had one.
+    filters: Mutex<Vec<serde_json::Value>>,
+}
+
+/// Pinecone's metadata filter semantics for the operators deltacache sends ($eq, $and)
+/// and a few more ($ne, $in, $or, implicit equality); anything else is an error, as
+/// Pinecone answers 400 to an unknown operator.
+fn filter_admits(
+    filter: &serde_json::Value,
+    metadata: &serde_json::Value,
+) -> Result<bool, String> {
+    let object = filter.as_object().ok_or("filter must be an object")?;
+    let mut all = true;
+    for (key, condition) in object {
+        let holds = match key.as_str() {
+            "$and" | "$or" => {
+                let clauses = condition.as_array().ok_or("$and/$or take an array")?;
+                let results = clauses
+                    .iter()
+                    .map(|c| filter_admits(c, metadata))
+                    .collect::<Result<Vec<bool>, String>>()?;
+                if key == "$and" {
+                    results.iter().all(|&r| r)
+                } else {
+                    results.iter().any(|&r| r)
+                }
+            }
+            field if field.starts_with('$') => return Err(format!("unknown operator {field}")),
+            field => {
+                let value = metadata.get(field);
+                let same = |want: &serde_json::Value| match (value, want) {
+                    (Some(serde_json::Value::Number(a)), serde_json::Value::Number(b)) => {
+                        a.as_f64() == b.as_f64()
+                    }
+                    (Some(have), want) => have == want,
+                    (None, _) => false,
+                };
+                match condition {
+                    serde_json::Value::Object(ops) => {
+                        let mut ok = true;
+                        for (op, want) in ops {
+                            ok &= match op.as_str() {
+                                "$eq" => same(want),
+                                "$ne" => !same(want),
+                                "$in" => want
+                                    .as_array()
+                                    .ok_or("$in takes an array")?
+                                    .iter()
+                                    .any(same),
+                                other => return Err(format!("unsupported operator {other}")),
+                            };
+                        }
+                        ok
+                    }
+                    want => same(want),
+                }
+            }
+        };
+        all &= holds;
+    }
+    Ok(all)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -126,12 +189,26 @@ async fn fake_handler(
             let query: Vec<f32> = serde_json::from_value(request["vector"].clone()).unwrap();
             assert_eq!(query.len(), fake.dimension.load(Ordering::SeqCst));
             let top_k = request["topK"].as_u64().unwrap() as usize;
-            let mut scored: Vec<(String, f32)> = fake
-                .vectors
-                .lock()
-                .iter()
-                .map(|(id, v)| (id.clone(), cosine(&query, v)))
-                .collect();
+            let filter = request.get("filter").cloned();
+            if let Some(filter) = &filter {
+                fake.filters.lock().push(filter.clone());
+            }
+            let metadata = fake.metadata.lock().clone();
+            let mut scored = Vec::new();
+            for (id, v) in fake.vectors.lock().iter() {
+                if let Some(filter) = &filter {
+                    let empty = serde_json::json!({});
+                    match filter_admits(filter, metadata.get(id).unwrap_or(&empty)) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(error) => {
+                            return (StatusCode::BAD_REQUEST, format!("{{\"error\":{error:?}}}"))
+                                .into_response();
+                        }
+                    }
+                }
+                scored.push((id.clone(), cosine(&query, v)));
+            }
             scored.sort_by(|a, b| b.1.total_cmp(&a.1));
             let mut matches: Vec<serde_json::Value> = fake
                 .ghosts
@@ -165,7 +242,12 @@ async fn fake_handler(
                     dimension,
                     "upserted vector of the wrong dimension"
                 );
-                stored.insert(vector["id"].as_str().unwrap().to_owned(), values);
+                let id = vector["id"].as_str().unwrap().to_owned();
+                match vector.get("metadata") {
+                    Some(metadata) => fake.metadata.lock().insert(id.clone(), metadata.clone()),
+                    None => fake.metadata.lock().remove(&id),
+                };
+                stored.insert(id, values);
             }
             fake.upsert_batches.lock().push((vectors.len(), body.len()));
             axum::Json(serde_json::json!({"upsertedCount": vectors.len()})).into_response()
@@ -175,6 +257,7 @@ async fn fake_handler(
             let mut stored = fake.vectors.lock();
             for id in &ids {
                 stored.remove(id);
+                fake.metadata.lock().remove(id);
             }
             fake.deleted.lock().extend(ids);
             axum::Json(serde_json::json!({})).into_response()
@@ -329,6 +412,23 @@ async fn search(
     (status, response.json().await.unwrap())
 }
 
+async fn search_filtered(
+    client: &reqwest::Client,
+    url: &str,
+    text: &str,
+    top_k: u32,
+    filter: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = client
+        .post(format!("{url}/search"))
+        .json(&serde_json::json!({"query_text": text, "top_k": top_k, "filter": filter}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
 fn ids(body: &serde_json::Value) -> Vec<String> {
     body["results"]
         .as_array()
@@ -422,6 +522,61 @@ async fn pinecone_and_local_backends_return_the_same_ids_and_the_key_stays_secre
     let logged = stderr.lock().clone();
     assert!(logged.contains("DEBUG"), "the daemon logged at debug level");
     assert!(!logged.contains(API_KEY), "the API key was logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_are_passed_to_pinecone_in_its_syntax_and_agree_with_the_local_index() {
+    let (dir, bundle, fake, url) = sample_setup().await;
+    // The upserts carried the indexed field as metadata.
+    assert_eq!(
+        fake.metadata.lock().get("net-1"),
+        Some(&serde_json::json!({"category": "networking"}))
+    );
+    let client = reqwest::Client::new();
+    let local = local_daemon(&bundle, &dir.path().join("state-local"));
+    let (remote, _) = start_pinecone_daemon(&bundle, &dir.path().join("state-pc"), &url, &[]);
+    local.wait_ready(&client).await;
+    remote.wait_ready(&client).await;
+    for (query, category) in [
+        ("load balancer database with snapshots", "database"),
+        ("load balancer database with snapshots", "networking"),
+        ("espresso skillet proxy", "kitchen"),
+        ("database", "kitchen"),
+        ("database", "no-such-category"),
+    ] {
+        let filter = serde_json::json!({"category": category});
+        let (s1, from_local) =
+            search_filtered(&client, &local.url, query, 10, filter.clone()).await;
+        let (s2, from_pinecone) =
+            search_filtered(&client, &remote.url, query, 10, filter.clone()).await;
+        assert_eq!((s1, s2), (200, 200), "{from_local} {from_pinecone}");
+        assert_eq!(ids(&from_local), ids(&from_pinecone), "{query} {category}");
+        for result in from_pinecone["results"].as_array().unwrap() {
+            assert_eq!(result["metadata"]["category"], category);
+        }
+        assert_eq!(
+            fake.filters.lock().last(),
+            Some(&serde_json::json!({"category": {"$eq": category}})),
+            "the filter reached Pinecone in its syntax"
+        );
+    }
+    // An unindexed field is refused before Pinecone is asked.
+    let n_queries = fake.n_queries.load(Ordering::SeqCst);
+    let (status, body) = search_filtered(
+        &client,
+        &remote.url,
+        "database",
+        5,
+        serde_json::json!({"price": 10.5}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"price\"") && message.contains("category"),
+        "{message}"
+    );
+    assert_eq!(fake.n_queries.load(Ordering::SeqCst), n_queries);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

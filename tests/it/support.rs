@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use deltacache::bundle::build::{BuildOptions, ModelSource, build_base};
+use deltacache::bundle::build::{BuildOptions, InputFormat, ModelSource, build_base};
 use deltacache::bundle::items::ItemFields;
 use deltacache::search::tfidf::{FitOptions, StopWords};
 
@@ -56,6 +56,8 @@ pub fn build_bundle(dir: &Path, items: &[serde_json::Value]) -> PathBuf {
     let out = dir.join("bundle");
     build_base(&BuildOptions {
         input,
+        input_format: InputFormat::Jsonl,
+        filter_fields: vec!["category".into()],
         out: out.clone(),
         dataset: Some("sample".into()),
         fields: ItemFields::default(),
