@@ -165,7 +165,7 @@ impl MetadataReaders {
     }
 
     /// [`MetadataReaders::open`] that also runs `first` on the first handle's database
-    /// before any read (to load what is read whole, such as the filter index).
+    /// before its snapshot is taken (to load what is read whole, such as the filter index).
     pub fn open_with<T>(
         db_dir: &Path,
         clone_root: &Path,

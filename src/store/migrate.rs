@@ -238,7 +238,7 @@ pub fn check_supported(version: u32, what: &str) -> anyhow::Result<()> {
 pub struct Migrated {
     /// The version the store was at.
     pub from: u32,
-    /// The version it is at now ([`SCHEMA_VERSION`]).
+    /// The version it is at now.
     pub to: u32,
     /// The files applied, in order.
     pub applied: Vec<&'static str>,
@@ -253,10 +253,24 @@ pub fn migrate(
     context: &MigrationContext,
     what: &str,
 ) -> anyhow::Result<Migrated> {
+    migrate_to(db, assumed, SCHEMA_VERSION, context, what)
+}
+
+/// [`migrate`] up to version `target` only (for tests of one migration at a time).
+pub fn migrate_to(
+    db: &mut DB,
+    assumed: u32,
+    target: u32,
+    context: &MigrationContext,
+    what: &str,
+) -> anyhow::Result<Migrated> {
     let from = recorded_version(db)?.unwrap_or(assumed);
     check_supported(from, what)?;
     let mut applied = Vec::new();
-    for migration in MIGRATIONS.iter().filter(|m| m.version > from) {
+    for migration in MIGRATIONS
+        .iter()
+        .filter(|m| m.version > from && m.version <= target)
+    {
         let started = std::time::Instant::now();
         let mut chunks = Chunks {
             version: migration.version,
@@ -292,7 +306,7 @@ pub fn migrate(
     }
     Ok(Migrated {
         from,
-        to: SCHEMA_VERSION,
+        to: target.max(from),
         applied,
     })
 }

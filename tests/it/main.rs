@@ -3,10 +3,12 @@
 mod build_base;
 mod delta;
 mod http_api;
+mod migrations;
 mod parity;
 mod pinecone;
 mod publish;
 mod s3;
 mod serve;
+mod store;
 mod support;
 mod sync;

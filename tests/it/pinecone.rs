@@ -65,10 +65,7 @@ struct Fake {
 /// Pinecone's metadata filter semantics for the operators deltacache sends ($eq, $and)
 /// and a few more ($ne, $in, $or, implicit equality); anything else is an error, as
 /// Pinecone answers 400 to an unknown operator.
-fn filter_admits(
-    filter: &serde_json::Value,
-    metadata: &serde_json::Value,
-) -> Result<bool, String> {
+fn filter_admits(filter: &serde_json::Value, metadata: &serde_json::Value) -> Result<bool, String> {
     let object = filter.as_object().ok_or("filter must be an object")?;
     let mut all = true;
     for (key, condition) in object {
