@@ -235,6 +235,8 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Va
             "n_items": catalog.index().n_items(),
             "model_fingerprint": catalog.model().fingerprint(),
             "n_terms": catalog.model().n_terms(),
+            "filter_fields": catalog.filter_fields(),
+            "schema_version": catalog.info.schema_version,
             "vector_backend": state.vectors.name(),
             "bundle": bundle,
             "uptime_seconds": uptime,

@@ -164,6 +164,41 @@ fn cases() -> Vec<(
         (
             "POST",
             "/search",
+            r#"{"query_text": "database", "filter": {"category": "database"}}"#.into(),
+            StatusCode::OK,
+            None,
+        ),
+        (
+            "POST",
+            "/search",
+            r#"{"query_text": "database", "filter": {}}"#.into(),
+            StatusCode::OK,
+            None,
+        ),
+        (
+            "POST",
+            "/search",
+            r#"{"query_text": "database", "filter": {"price": 10.5}}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("bad_filter"),
+        ),
+        (
+            "POST",
+            "/search",
+            r#"{"query_text": "database", "filter": {"category": ["database"]}}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("bad_filter"),
+        ),
+        (
+            "POST",
+            "/search",
+            r#"{"query_text": "database", "filter": "category=database"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            Some("invalid_field"),
+        ),
+        (
+            "POST",
+            "/search",
             big,
             StatusCode::PAYLOAD_TOO_LARGE,
             Some("payload_too_large"),
@@ -343,4 +378,56 @@ async fn metrics_count_requests_by_route_and_status() {
     );
     assert!(text.contains("deltacache_http_request_duration_seconds_bucket"));
     assert!(text.contains("deltacache_current_seq 0"));
+}
+
+#[tokio::test]
+async fn a_filter_narrows_before_top_k_and_an_unindexed_field_is_named() {
+    let fixture = fixture(true);
+    let ids = |answer: &Answer| -> Vec<String> {
+        answer.json()["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let query = "database database espresso skillet";
+    let unfiltered = call(
+        &fixture.state,
+        "POST",
+        "/search",
+        format!(r#"{{"query_text": "{query}", "top_k": 2}}"#),
+    )
+    .await;
+    let filtered = call(
+        &fixture.state,
+        "POST",
+        "/search",
+        format!(r#"{{"query_text": "{query}", "top_k": 2, "filter": {{"category": "kitchen"}}}}"#),
+    )
+    .await;
+    assert_eq!(ids(&unfiltered), ["db-2", "db-1"]);
+    let mut kitchen = ids(&filtered);
+    kitchen.sort();
+    assert_eq!(
+        kitchen,
+        ["kit-1", "kit-2"],
+        "the filter applies before top-k"
+    );
+    let refused = call(
+        &fixture.state,
+        "POST",
+        "/search",
+        r#"{"query_text": "x", "filter": {"category": "kitchen", "colour": "red"}}"#,
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let message = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("\"colour\"") && message.contains("indexed fields: category"),
+        "{message}"
+    );
 }
