@@ -117,6 +117,9 @@ fn run(bundle: &Path, queries_path: &Path) -> anyhow::Result<()> {
         .map(|_| (0..TOP_K).map(|_| random_id(&catalog, &mut rng)).collect())
         .collect();
     let vectors: Vec<_> = queries.iter().map(|q| catalog.model().embed(q)).collect();
+    // One equality filter per query, on the first indexed field, cycling through the values
+    // seen on a sample of items (with the benchmark corpus: one category in twelve).
+    let filters = sample_filters(&catalog, &mut rng, queries.len())?;
     let mean_terms = vectors.iter().map(Vec::len).sum::<usize>() as f64 / vectors.len() as f64;
 
     let cpu_before = CpuSample::now();
@@ -141,6 +144,13 @@ fn run(bundle: &Path, queries_path: &Path) -> anyhow::Result<()> {
             black_box(
                 catalog
                     .search(black_box(queries[i]), TOP_K, None)
+                    .expect("search"),
+            );
+        }),
+        time_stage("search(10) + filter", iters, warmup, queries.len(), |i| {
+            black_box(
+                catalog
+                    .search(black_box(queries[i]), TOP_K, filters[i].as_ref())
                     .expect("search"),
             );
         }),
@@ -208,6 +218,40 @@ fn run(bundle: &Path, queries_path: &Path) -> anyhow::Result<()> {
     drop(catalog);
     drop(state);
     Ok(())
+}
+
+/// `n` filters on the catalog's first indexed field (`None` when it indexes none).
+fn sample_filters(
+    catalog: &Catalog,
+    rng: &mut u64,
+    n: usize,
+) -> anyhow::Result<Vec<Option<deltacache::store::filter::Filter>>> {
+    let Some(field) = catalog.filter_fields().first().cloned() else {
+        return Ok(vec![None; n]);
+    };
+    let mut values = std::collections::BTreeSet::new();
+    for _ in 0..500 {
+        let id = random_id(catalog, rng);
+        if let Some(json) = catalog.get(&id)?
+            && let Ok(item) = serde_json::from_slice::<serde_json::Value>(&json)
+            && let Some(value) = item.get(&field)
+            && !value.is_null()
+        {
+            values.insert(value.to_string());
+        }
+    }
+    let values: Vec<String> = values.into_iter().collect();
+    if values.is_empty() {
+        return Ok(vec![None; n]);
+    }
+    (0..n)
+        .map(|i| {
+            let value: serde_json::Value = serde_json::from_str(&values[i % values.len()])?;
+            let mut object = serde_json::Map::new();
+            object.insert(field.clone(), value);
+            Ok(Some(catalog.parse_filter(&object)?))
+        })
+        .collect()
 }
 
 fn random_id(catalog: &Catalog, rng: &mut u64) -> String {
