@@ -98,22 +98,30 @@ fn main() {
             .collect::<String>(),
     )
     .unwrap();
-    let bundle = dir.path().join("bundle");
-    build_base(&BuildOptions {
-        input: items_path,
-        input_format: InputFormat::Jsonl,
-        filter_fields: vec!["category".into()],
-        out: bundle.clone(),
-        dataset: Some("bench".into()),
-        fields: Default::default(),
-        model: ModelSource::Fit(FitOptions {
-            max_features: None,
-            stop_words: Some(StopWords::Named("english".into())),
-        }),
-        seq: 0,
-        chain: None,
-    })
-    .unwrap();
+    // The same items with and without a filter index: one delta applies to both (the chain
+    // is bound to the items and the model, not to the indexed fields), so the cost of
+    // keeping the index current is measured side by side.
+    let build = |name: &str, filter_fields: Vec<String>| {
+        let out = dir.path().join(name);
+        build_base(&BuildOptions {
+            input: items_path.clone(),
+            input_format: InputFormat::Jsonl,
+            filter_fields,
+            out: out.clone(),
+            dataset: Some("bench".into()),
+            fields: Default::default(),
+            model: ModelSource::Fit(FitOptions {
+                max_features: None,
+                stop_words: Some(StopWords::Named("english".into())),
+            }),
+            seq: 0,
+            chain: None,
+        })
+        .unwrap();
+        out
+    };
+    let bundle = build("bundle", vec!["category".into()]);
+    let bundle_unfiltered = build("bundle-unfiltered", Vec::new());
     let key_path = dir.path().join("bench.key");
     let key = PublisherKey::generate().unwrap();
     key.save(&key_path).unwrap();
@@ -121,9 +129,9 @@ fn main() {
     trusted.add(key.verifying_key());
 
     println!(
-        "| changes | publish s | delta bytes/change | zstd JSONL bytes/change | ratio | verify+parse ms/delta | apply changes/s | plain LevelDB batch writes/s | apply/plain |"
+        "| changes | publish s | delta bytes/change | zstd JSONL bytes/change | ratio | verify+parse ms/delta | apply changes/s | apply without filter index | with/without | plain LevelDB batch writes/s | apply/plain |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (round, &n_changes) in sizes.iter().enumerate() {
         // Changes, each on its own id (so none collapse): deletes and updates of base items
         // while they last, adds otherwise.
@@ -195,30 +203,35 @@ fn main() {
                 .collect(),
         );
 
-        // Apply through sync (clone, verify, write, index, fsync, commit).
-        let state_dir = dir.path().join(format!("state-{round}"));
+        // Apply through sync (clone, verify, write, index, fsync, commit), to the bundle with
+        // a filter index and to the one without.
         let pub_path = deltacache::delta::keys::public_path(&key_path);
-        runtime
-            .block_on(sync_once(
-                &bundle,
-                &state_dir,
-                SyncOptions::new(
-                    format!("file://{}", dir.path().join("empty").display()),
-                    pub_path.clone(),
-                ),
-                Duration::from_secs(600),
-            ))
-            .unwrap();
-        let started = Instant::now();
-        runtime
-            .block_on(sync_once(
-                &bundle,
-                &state_dir,
-                SyncOptions::new(store, pub_path),
-                Duration::from_secs(600),
-            ))
-            .unwrap();
-        let apply_seconds = started.elapsed().as_secs_f64();
+        let apply = |bundle: &std::path::Path, name: &str| {
+            let state_dir = dir.path().join(format!("{name}-{round}"));
+            runtime
+                .block_on(sync_once(
+                    bundle,
+                    &state_dir,
+                    SyncOptions::new(
+                        format!("file://{}", dir.path().join("empty").display()),
+                        pub_path.clone(),
+                    ),
+                    Duration::from_secs(600),
+                ))
+                .unwrap();
+            let started = Instant::now();
+            runtime
+                .block_on(sync_once(
+                    bundle,
+                    &state_dir,
+                    SyncOptions::new(store.clone(), pub_path.clone()),
+                    Duration::from_secs(600),
+                ))
+                .unwrap();
+            started.elapsed().as_secs_f64()
+        };
+        let apply_seconds = apply(&bundle, "state");
+        let unfiltered_seconds = apply(&bundle_unfiltered, "state-unfiltered");
         let n_records = report.adds + report.updates + report.deletes;
 
         // Baseline: the same puts as plain LevelDB write batches, no verification, no index,
@@ -236,12 +249,14 @@ fn main() {
         db.close().unwrap();
         let plain_seconds = started.elapsed().as_secs_f64();
         let apply_rate = n_records as f64 / apply_seconds;
+        let unfiltered_rate = n_records as f64 / unfiltered_seconds;
         let plain_rate = puts.len() as f64 / plain_seconds;
         println!(
-            "| {n_changes} | {publish_seconds:.2} | {:.1} | {:.1} | {:.2} | {verify_ms:.1} | {apply_rate:.0} | {plain_rate:.0} | {:.2} |",
+            "| {n_changes} | {publish_seconds:.2} | {:.1} | {:.1} | {:.2} | {verify_ms:.1} | {apply_rate:.0} | {unfiltered_rate:.0} | {:.2} | {plain_rate:.0} | {:.2} |",
             report.bytes as f64 / n_changes as f64,
             zstd_bytes as f64 / n_changes as f64,
             report.bytes as f64 / zstd_bytes as f64,
+            apply_rate / unfiltered_rate,
             apply_rate / plain_rate,
         );
     }

@@ -215,15 +215,18 @@ impl VectorIndex {
             let mut best: Vec<Hit> = Vec::with_capacity(k + 1);
             for &slot in touched.iter() {
                 let score = std::mem::replace(&mut scores[slot as usize], 0.0);
-                if score <= 0.0 || !self.slot_live[slot as usize] || !accept(slot) {
+                if score <= 0.0 || !self.slot_live[slot as usize] {
                     continue;
                 }
                 let hit = Hit { slot, score };
+                // The filter is asked only about hits that would enter the top k.
+                if best.len() == k && !ranks_before(&hit, &best[k - 1]) {
+                    continue;
+                }
+                if !accept(slot) {
+                    continue;
+                }
                 if best.len() == k {
-                    let worst = best[k - 1];
-                    if !ranks_before(&hit, &worst) {
-                        continue;
-                    }
                     best.pop();
                 }
                 let at = best.partition_point(|h| ranks_before(h, &hit));
