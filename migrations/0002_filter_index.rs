@@ -39,11 +39,10 @@ pub(super) fn run(db: &mut DB, chunks: &mut Chunks<'_>) -> anyhow::Result<WriteB
                     crate::store::migrate::printable(&key)
                 );
             };
-            if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&value).is_err()
-            {
+            let Some(entries) = entry_keys(&value, id, &fields) else {
                 bail!("item {id:?} is not a JSON object: the store is damaged");
-            }
-            for entry in entry_keys(&value, id, &fields) {
+            };
+            for entry in entries {
                 chunks.put(db, &entry, b"")?;
             }
         }

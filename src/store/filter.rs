@@ -11,6 +11,7 @@
 //! A loaded version holds the index in memory ([`FilterIndex`]) as sorted slot lists of the
 //! vector index, so a filter narrows the candidates before top-k is taken.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, anyhow, bail};
@@ -83,18 +84,14 @@ pub fn parse_entry_key(key: &[u8]) -> Option<(&str, &str, &str)> {
     Some((field, value, id))
 }
 
-/// The entry keys of one item's JSON for `fields` (an item that is not a JSON object has
-/// none; callers validate items before they get here).
-pub fn entry_keys(item_json: &[u8], id: &str, fields: &[String]) -> Vec<Vec<u8>> {
-    if fields.is_empty() {
-        return Vec::new();
-    }
-    let Ok(object) = serde_json::from_slice::<HashMap<String, &RawValue>>(item_json) else {
-        return Vec::new();
-    };
+/// The entry keys of one item's JSON for `fields`; `None` when the JSON is not an object
+/// (callers validate items before they get here, so that means a damaged store). Only the
+/// indexed fields' values are parsed; the rest of the item is skipped over.
+pub fn entry_keys(item_json: &[u8], id: &str, fields: &[String]) -> Option<Vec<Vec<u8>>> {
+    let object = serde_json::from_slice::<HashMap<Cow<'_, str>, &RawValue>>(item_json).ok()?;
     let mut keys = Vec::new();
     for field in fields {
-        let Some(raw) = object.get(field) else {
+        let Some(raw) = object.get(field.as_str()) else {
             continue;
         };
         let Ok(value) = serde_json::from_str::<Value>(raw.get()) else {
@@ -104,7 +101,7 @@ pub fn entry_keys(item_json: &[u8], id: &str, fields: &[String]) -> Vec<Vec<u8>>
             keys.push(entry_key(field, &canonical, id));
         }
     }
-    keys
+    Some(keys)
 }
 
 /// The indexed fields of one item's JSON whose values can be filtered on, as the metadata
@@ -343,7 +340,8 @@ mod tests {
             br#"{"id":"a\u0000b","category":"x\u0000y","tier":2,"other":1}"#,
             "a\0b",
             &fields,
-        );
+        )
+        .unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(
             parse_entry_key(&keys[0]),

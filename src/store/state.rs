@@ -291,7 +291,12 @@ impl StateDir {
         )
         .context("write version.json")?;
         tracing::info!(from = %version.info.name, to = %name, schema = SCHEMA_VERSION, "upgraded the current version's store layout");
-        self.commit(&staging, &name)
+        let upgraded = self.commit(&staging, &name)?;
+        // A pin (rollback) on the old copy moves to the new one: same seq, same items.
+        if self.pinned()?.as_deref() == Some(version.info.name.as_str()) {
+            self.set_pinned(Some(&name))?;
+        }
+        Ok(upgraded)
     }
 
     /// Commits a complete staging directory as version `name` and points `current` at it.

@@ -82,36 +82,41 @@ pub fn apply_deltas(
             // Items this batch already changed: the database does not show them yet.
             let mut pending: HashMap<String, Option<Vec<u8>>> = HashMap::new();
             for (record_idx, record) in delta.batch.records.iter().enumerate() {
-                let (id, new_json) = match record {
+                // `held`: whether the version held the item before this record (the index
+                // and the store hold the same ids), so a new id costs no read below.
+                let (id, new_json, held) = match record {
                     DeltaRecord::Put { item } => {
                         let item = parse_item(item.get(), fields).map_err(|e| {
                             anyhow!("delta seq {} record {}: {e}", delta.seq, record_idx + 1)
                         })?;
                         batch.put(&leveldb::item_key(&item.id), item.json.as_bytes());
+                        let held = index.contains(&item.id);
                         index.upsert(&item.id, &model.embed(&item.text))?;
-                        (item.id, Some(item.json.into_bytes()))
+                        (item.id, Some(item.json.into_bytes()), held)
                     }
                     DeltaRecord::Delete { id } => {
                         batch.delete(&leveldb::item_key(id));
-                        index.delete(id);
-                        (id.clone(), None)
+                        (id.clone(), None, index.delete(id))
                     }
                 };
                 if !indexed.is_empty() {
                     // The old entries go first, so an entry the new JSON keeps is put back.
                     let old = match pending.get(&id) {
                         Some(old) => old.clone(),
-                        None => db.get(&leveldb::item_key(&id)).map(|b| b.to_vec()),
+                        None if held => db.get(&leveldb::item_key(&id)).map(|b| b.to_vec()),
+                        None => None,
                     };
                     for key in old
                         .iter()
-                        .flat_map(|j| filter::entry_keys(j, &id, &indexed))
+                        .filter_map(|j| filter::entry_keys(j, &id, &indexed))
+                        .flatten()
                     {
                         batch.delete(&key);
                     }
                     for key in new_json
                         .iter()
-                        .flat_map(|j| filter::entry_keys(j, &id, &indexed))
+                        .filter_map(|j| filter::entry_keys(j, &id, &indexed))
+                        .flatten()
                     {
                         batch.put(&key, b"");
                     }

@@ -901,3 +901,68 @@ async fn filtered_search_equals_brute_force_filter_then_rank() {
         "only {n_full} cases filled top_k: the cases are too narrow"
     );
 }
+
+/// A state dir left by the schema-1 binary (its version is a clone of the schema-1 bundle
+/// with a version.json that names no schema) is upgraded by a migrated copy: served with
+/// filters, the old version and the bundle left as they were, a pin moved along.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_dir_left_by_the_schema_1_binary_gets_a_migrated_copy() {
+    let legacy = Legacy::new();
+    let bundle = deltacache::bundle::Bundle::open(&legacy.bundle).unwrap();
+    let state = legacy.dir.path().join("state");
+    let old_name = "000000000000-18eb00000000000a-1-0";
+    let old = state.join("versions").join(old_name);
+    copy_tree(&legacy.bundle.join("db"), &old.join("db"));
+    std::fs::copy(legacy.bundle.join("index.bin"), old.join("index.bin")).unwrap();
+    let manifest = &bundle.manifest;
+    // version.json exactly as the schema-1 binary wrote it (no schema_version field).
+    let info = serde_json::json!({
+        "name": old_name, "dataset": manifest.dataset, "seq": 0,
+        "model_fingerprint": manifest.model_fingerprint,
+        "bundle_manifest_sha256": bundle.manifest_sha256,
+        "n_items": manifest.n_items, "created_at": 1795640869u64,
+        "chain_digest": manifest.chain_digest, "chain_len": 0, "bundle_seq": 0,
+        "head_issued_at": null,
+    });
+    std::fs::write(old.join("version.json"), info.to_string()).unwrap();
+    std::fs::write(state.join("current"), format!("{old_name}\n")).unwrap();
+    std::fs::write(state.join("pinned"), format!("{old_name}\n")).unwrap();
+    let old_before = digests(&old);
+    let bundle_before = digests(&legacy.bundle);
+
+    let daemon = serve(&legacy.bundle, &state);
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    let status = daemon.status(&client).await;
+    assert_eq!(status["schema_version"], 2, "{status}");
+    assert_eq!(status["filter_fields"], serde_json::json!(["category"]));
+    let new_name = status["version"].as_str().unwrap().to_owned();
+    assert_ne!(new_name, old_name);
+    let body: serde_json::Value = client
+        .post(format!("{}/search", daemon.url))
+        .json(&serde_json::json!({"query_text": "rollbacks docker playbooks", "top_k": 3, "filter": {"category": "devops"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert!(!results.is_empty(), "{body}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["metadata"]["category"] == "devops")
+    );
+    drop(daemon);
+    assert_eq!(
+        std::fs::read_to_string(state.join("pinned"))
+            .unwrap()
+            .trim(),
+        new_name,
+        "the pin follows the upgraded copy"
+    );
+    // The old version is left as it was (only clones of it were opened).
+    assert_eq!(digests(&old), old_before);
+    assert_eq!(digests(&legacy.bundle), bundle_before);
+}
