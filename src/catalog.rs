@@ -92,7 +92,15 @@ impl Catalog {
         }
         let (metadata, filters) =
             MetadataReaders::open_with(&version.db_dir(), reader_dir, n_shards, |db| {
-                FilterIndex::load(db, &index)
+                let started = std::time::Instant::now();
+                let filters = FilterIndex::load(db, &index)?;
+                tracing::debug!(
+                    version = %version.info.name,
+                    entries = ?filters.sizes(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "loaded the filter index"
+                );
+                Ok(filters)
             })
             .with_context(|| format!("open read handles on version {}", version.info.name))?;
         let recorded = metadata.recorded_state()?;
