@@ -246,12 +246,17 @@ impl FilterIndex {
                     "filter index names item {id:?} (field {field:?}) but the vector index does not hold it: the version is inconsistent"
                 );
             };
-            slots
-                .entry(field.to_owned())
-                .or_default()
-                .entry(value.to_owned())
-                .or_default()
-                .push(slot);
+            // Look up before inserting: most keys find their field and value already.
+            let values = match slots.get_mut(field) {
+                Some(values) => values,
+                None => slots.entry(field.to_owned()).or_default(),
+            };
+            match values.get_mut(value) {
+                Some(list) => list.push(slot),
+                None => {
+                    values.insert(value.to_owned(), vec![slot]);
+                }
+            }
             if !iter.advance() {
                 break;
             }
