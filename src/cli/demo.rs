@@ -127,6 +127,9 @@ pub(super) fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!(
             "  curl -s -X POST http://{addr}/search -H 'content-type: application/json' -d '{{\"query_text\": \"fast key value database\", \"top_k\": 3}}'"
         );
+        println!(
+            "  curl -s -X POST http://{addr}/search -H 'content-type: application/json' -d '{{\"query_text\": \"fast storage\", \"filter\": {{\"category\": \"database\"}}}}'"
+        );
         println!("  curl -s http://{addr}/items/demo-0301   # added by the signed delta");
         println!("  curl -s http://{addr}/status");
         println!("stop with Ctrl-C");
