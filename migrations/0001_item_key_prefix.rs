@@ -18,7 +18,7 @@
 use anyhow::bail;
 use rusty_leveldb::{DB, WriteBatch};
 
-use crate::store::migrate::{Chunks, scan, successor};
+use crate::store::migrate::{Chunks, for_each_in_pages};
 
 /// Where phase one parks items.
 const PARKED: &[u8] = b"\xffi/";
@@ -30,46 +30,30 @@ const PHASE_TWO: &[u8] = b"\xff\xffmigration-0001-phase-two";
 pub(super) fn run(db: &mut DB, chunks: &mut Chunks<'_>) -> anyhow::Result<WriteBatch> {
     let limit = chunks.context().chunk_keys;
     if db.get(PHASE_TWO).is_none() {
-        let mut from = Vec::new();
-        loop {
-            let page = scan(db, &from, Some(b"\xff"), limit)?;
-            let Some((last, _)) = page.last() else {
-                break;
+        for_each_in_pages(db, b"", b"\xff", limit, |db, key, value| {
+            let Ok(id) = std::str::from_utf8(&key) else {
+                bail!(
+                    "key {} is not UTF-8: the original layout keys each item by its id, a string; \
+                     remove or re-key it in the source",
+                    crate::store::migrate::printable(&key)
+                );
             };
-            from = successor(last);
-            for (key, value) in page {
-                let Ok(id) = std::str::from_utf8(&key) else {
-                    bail!(
-                        "key {} is not UTF-8: the original layout keys each item by its id, a string; \
-                         remove or re-key it in the source",
-                        crate::store::migrate::printable(&key)
-                    );
-                };
-                let mut parked = PARKED.to_vec();
-                parked.extend_from_slice(id.as_bytes());
-                chunks.put(db, &parked, &value)?;
-                chunks.delete(db, &key)?;
-            }
-        }
+            let mut parked = PARKED.to_vec();
+            parked.extend_from_slice(id.as_bytes());
+            chunks.put(db, &parked, &value)?;
+            chunks.delete(db, &key)
+        })?;
         chunks.put(db, PHASE_TWO, b"")?;
         chunks.flush(db)?;
     }
-    let mut from = PARKED.to_vec();
-    loop {
-        let page = scan(db, &from, Some(PARKED_END), limit)?;
-        let Some((last, _)) = page.last() else {
-            break;
-        };
-        from = successor(last);
-        for (key, value) in page {
-            chunks.put(
-                db,
-                &crate::store::leveldb::item_key_bytes(&key[PARKED.len()..]),
-                &value,
-            )?;
-            chunks.delete(db, &key)?;
-        }
-    }
+    for_each_in_pages(db, PARKED, PARKED_END, limit, |db, key, value| {
+        chunks.put(
+            db,
+            &crate::store::leveldb::item_key_bytes(&key[PARKED.len()..]),
+            &value,
+        )?;
+        chunks.delete(db, &key)
+    })?;
     let mut last = chunks.take_batch();
     last.delete(PHASE_TWO);
     Ok(last)

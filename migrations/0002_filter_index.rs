@@ -19,34 +19,27 @@ use rusty_leveldb::{DB, WriteBatch};
 
 use crate::store::filter::{FILTER_FIELDS_KEY, check_field_names, entry_keys};
 use crate::store::leveldb::id_of_key;
-use crate::store::migrate::{Chunks, scan, successor};
+use crate::store::migrate::{Chunks, for_each_in_pages};
 
 pub(super) fn run(db: &mut DB, chunks: &mut Chunks<'_>) -> anyhow::Result<WriteBatch> {
     let fields = chunks.context().filter_fields.clone();
     check_field_names(&fields)?;
     let limit = chunks.context().chunk_keys;
-    let mut from = b"i/".to_vec();
-    loop {
-        let page = scan(db, &from, Some(b"i0"), limit)?;
-        let Some((last, _)) = page.last() else {
-            break;
+    for_each_in_pages(db, b"i/", b"i0", limit, |db, key, value| {
+        let Some(id) = id_of_key(&key) else {
+            bail!(
+                "item key {} is not UTF-8: the store is damaged",
+                crate::store::migrate::printable(&key)
+            );
         };
-        from = successor(last);
-        for (key, value) in page {
-            let Some(id) = id_of_key(&key) else {
-                bail!(
-                    "item key {} is not UTF-8: the store is damaged",
-                    crate::store::migrate::printable(&key)
-                );
-            };
-            let Some(entries) = entry_keys(&value, id, &fields) else {
-                bail!("item {id:?} is not a JSON object: the store is damaged");
-            };
-            for entry in entries {
-                chunks.put(db, &entry, b"")?;
-            }
+        let Some(entries) = entry_keys(&value, id, &fields) else {
+            bail!("item {id:?} is not a JSON object: the store is damaged");
+        };
+        for entry in entries {
+            chunks.put(db, &entry, b"")?;
         }
-    }
+        Ok(())
+    })?;
     let mut last = chunks.take_batch();
     last.put(FILTER_FIELDS_KEY, &serde_json::to_vec(&fields)?);
     Ok(last)

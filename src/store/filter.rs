@@ -14,8 +14,8 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use anyhow::{Context, anyhow, bail};
-use rusty_leveldb::{DB, LdbIterator};
+use anyhow::{Context, bail};
+use rusty_leveldb::DB;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -84,12 +84,15 @@ pub fn parse_entry_key(key: &[u8]) -> Option<(&str, &str, &str)> {
     Some((field, value, id))
 }
 
-/// The entry keys of one item's JSON for `fields`; `None` when the JSON is not an object
-/// (callers validate items before they get here, so that means a damaged store). Only the
+/// The filterable values of one item's JSON for `fields`, as (field, value, canonical
+/// text), in the order of `fields`; `None` when the JSON is not an object. Only the
 /// indexed fields' values are parsed; the rest of the item is skipped over.
-pub fn entry_keys(item_json: &[u8], id: &str, fields: &[String]) -> Option<Vec<Vec<u8>>> {
+fn indexed_values<'f>(
+    item_json: &[u8],
+    fields: &'f [String],
+) -> Option<Vec<(&'f str, Value, String)>> {
     let object = serde_json::from_slice::<HashMap<Cow<'_, str>, &RawValue>>(item_json).ok()?;
-    let mut keys = Vec::new();
+    let mut values = Vec::new();
     for field in fields {
         let Some(raw) = object.get(field.as_str()) else {
             continue;
@@ -98,30 +101,32 @@ pub fn entry_keys(item_json: &[u8], id: &str, fields: &[String]) -> Option<Vec<V
             continue;
         };
         if let Some(canonical) = canonical_value(&value) {
-            keys.push(entry_key(field, &canonical, id));
+            values.push((field.as_str(), value, canonical));
         }
     }
-    Some(keys)
+    Some(values)
+}
+
+/// The entry keys of one item's JSON for `fields`; `None` when the JSON is not an object
+/// (callers validate items before they get here, so that means a damaged store).
+pub fn entry_keys(item_json: &[u8], id: &str, fields: &[String]) -> Option<Vec<Vec<u8>>> {
+    let values = indexed_values(item_json, fields)?;
+    Some(
+        values
+            .iter()
+            .map(|(field, _, canonical)| entry_key(field, canonical, id))
+            .collect(),
+    )
 }
 
 /// The indexed fields of one item's JSON whose values can be filtered on, as the metadata
 /// a Pinecone vector carries (so Pinecone's filter sees what the local index sees).
 pub fn filterable_metadata(item_json: &[u8], fields: &[String]) -> serde_json::Map<String, Value> {
-    let mut metadata = serde_json::Map::new();
-    if fields.is_empty() {
-        return metadata;
-    }
-    let Ok(mut object) = serde_json::from_slice::<serde_json::Map<String, Value>>(item_json) else {
-        return metadata;
-    };
-    for field in fields {
-        if let Some(value) = object.remove(field)
-            && canonical_value(&value).is_some()
-        {
-            metadata.insert(field.clone(), value);
-        }
-    }
-    metadata
+    indexed_values(item_json, fields)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(field, value, _)| (field.to_owned(), value))
+        .collect()
 }
 
 /// Reads the indexed fields a store records (`None` before schema 2).
@@ -226,19 +231,11 @@ impl FilterIndex {
         let fields = recorded_fields(db)?.unwrap_or_default();
         let mut slots: HashMap<String, HashMap<String, Vec<u32>>> =
             fields.iter().map(|f| (f.clone(), HashMap::new())).collect();
-        let mut iter = db
-            .new_iter()
-            .map_err(|s| anyhow!("{s}"))
-            .context("iterate the filter index")?;
-        iter.seek(FILTER_KEY_PREFIX);
-        while let Some((key, _)) = iter.current() {
-            if !key.starts_with(FILTER_KEY_PREFIX) {
-                break;
-            }
-            let Some((field, value, id)) = parse_entry_key(&key) else {
+        crate::store::leveldb::for_each_with_prefix(db, FILTER_KEY_PREFIX, |key, _| {
+            let Some((field, value, id)) = parse_entry_key(key) else {
                 bail!(
                     "filter index key {:?} is malformed",
-                    String::from_utf8_lossy(&key)
+                    String::from_utf8_lossy(key)
                 );
             };
             let Some(slot) = index.slot_of(id) else {
@@ -257,10 +254,9 @@ impl FilterIndex {
                     values.insert(value.to_owned(), vec![slot]);
                 }
             }
-            if !iter.advance() {
-                break;
-            }
-        }
+            Ok(())
+        })
+        .context("read the filter index")?;
         for values in slots.values_mut() {
             for list in values.values_mut() {
                 list.sort_unstable();

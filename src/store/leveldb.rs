@@ -82,33 +82,45 @@ pub fn open_db(dir: &Path, create_if_missing: bool) -> anyhow::Result<DB> {
 /// the database's snapshot, a type rusty-leveldb does not export).
 type ReadFn = Box<dyn FnMut(&[u8]) -> rusty_leveldb::Result<Option<Vec<u8>>>>;
 
-/// Calls `each(id, json)` for every item of an open database, in key order.
-pub fn for_each_item(
+/// Calls `each(key, value)` for every key of an open database that starts with `prefix`,
+/// in key order.
+pub fn for_each_with_prefix(
     db: &mut DB,
-    mut each: impl FnMut(&str, &[u8]) -> anyhow::Result<()>,
+    prefix: &[u8],
+    mut each: impl FnMut(&[u8], &[u8]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use rusty_leveldb::LdbIterator;
     let mut iter = db
         .new_iter()
         .map_err(|s| anyhow!("{s}"))
         .context("iterate LevelDB")?;
-    iter.seek(ITEM_KEY_PREFIX);
+    iter.seek(prefix);
     while let Some((key, value)) = iter.current() {
-        if !key.starts_with(ITEM_KEY_PREFIX) {
+        if !key.starts_with(prefix) {
             break;
         }
-        let Some(id) = id_of_key(&key) else {
-            bail!(
-                "item key {} is not UTF-8: the store is damaged",
-                super::migrate::printable(&key)
-            );
-        };
-        each(id, &value)?;
+        each(&key, &value)?;
         if !iter.advance() {
             break;
         }
     }
     Ok(())
+}
+
+/// Calls `each(id, json)` for every item of an open database, in key order.
+pub fn for_each_item(
+    db: &mut DB,
+    mut each: impl FnMut(&str, &[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for_each_with_prefix(db, ITEM_KEY_PREFIX, |key, value| {
+        let Some(id) = id_of_key(key) else {
+            bail!(
+                "item key {} is not UTF-8: the store is damaged",
+                super::migrate::printable(key)
+            );
+        };
+        each(id, value)
+    })
 }
 
 /// Every key and value of an open database, in key order (for checks and tests).

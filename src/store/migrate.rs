@@ -194,6 +194,29 @@ pub fn scan(
     Ok(out)
 }
 
+/// Calls `each(db, key, value)` for every key in `[start, end)`, in key order, reading
+/// `limit` keys at a time through a fresh iterator, so that `each` may write to `db` (keys
+/// it writes inside the range are not visited unless they sort after the current page).
+pub fn for_each_in_pages(
+    db: &mut DB,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+    mut each: impl FnMut(&mut DB, Vec<u8>, Vec<u8>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut from = start.to_vec();
+    loop {
+        let page = scan(db, &from, Some(end), limit)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
+        from = successor(last);
+        for (key, value) in page {
+            each(db, key, value)?;
+        }
+    }
+}
+
 /// A key for messages: as text when it is UTF-8, else as hex.
 pub fn printable(key: &[u8]) -> String {
     match std::str::from_utf8(key) {
@@ -203,7 +226,7 @@ pub fn printable(key: &[u8]) -> String {
 }
 
 /// The smallest key after `key` (for resuming a scan).
-pub fn successor(key: &[u8]) -> Vec<u8> {
+fn successor(key: &[u8]) -> Vec<u8> {
     let mut next = key.to_vec();
     next.push(0);
     next

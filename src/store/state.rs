@@ -67,6 +67,18 @@ fn schema_one() -> u32 {
     1
 }
 
+impl VersionInfo {
+    /// Writes `version.json` into a version directory being made (in staging).
+    pub fn write_into(&self, dir: &Path) -> anyhow::Result<()> {
+        let path = dir.join(VERSION_FILE);
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(self).context("encode version.json")?,
+        )
+        .with_context(|| format!("write {}", path.display()))
+    }
+}
+
 /// A committed version on disk.
 #[derive(Debug, Clone)]
 pub struct StoreVersion {
@@ -255,11 +267,7 @@ impl StateDir {
             head_issued_at: None,
             schema_version: SCHEMA_VERSION,
         };
-        std::fs::write(
-            staging.join(VERSION_FILE),
-            serde_json::to_vec_pretty(&info).context("encode version.json")?,
-        )
-        .context("write version.json")?;
+        info.write_into(&staging)?;
         self.commit(&staging, &name)
     }
 
@@ -285,11 +293,7 @@ impl StateDir {
             schema_version: SCHEMA_VERSION,
             ..version.info.clone()
         };
-        std::fs::write(
-            staging.join(VERSION_FILE),
-            serde_json::to_vec_pretty(&info).context("encode version.json")?,
-        )
-        .context("write version.json")?;
+        info.write_into(&staging)?;
         tracing::info!(from = %version.info.name, to = %name, schema = SCHEMA_VERSION, "upgraded the current version's store layout");
         let upgraded = self.commit(&staging, &name)?;
         // A pin (rollback) on the old copy moves to the new one: same seq, same items.

@@ -23,7 +23,7 @@ use crate::store::clone::clone_db_dir;
 use crate::store::filter;
 use crate::store::leveldb::{self, RecordedState, STATE_KEY};
 use crate::store::migrate::{MigrationContext, SCHEMA_VERSION, migrate};
-use crate::store::state::{StateDir, StoreVersion, VERSION_FILE, VersionInfo};
+use crate::store::state::{StateDir, StoreVersion, VersionInfo};
 
 /// What an apply did.
 #[derive(Debug, Clone)]
@@ -160,11 +160,7 @@ pub fn apply_deltas(
             head_issued_at: Some(head_issued_at),
             schema_version: SCHEMA_VERSION,
         };
-        std::fs::write(
-            staging.join(VERSION_FILE),
-            serde_json::to_vec_pretty(&info)?,
-        )
-        .context("write version.json")?;
+        info.write_into(staging)?;
         let version = state.commit(staging, name)?;
         stage_seconds.push(("commit", started.elapsed().as_secs_f64()));
         Ok(Applied {
