@@ -8,13 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deltacache::delta::keys::PublisherKey;
-use deltacache::delta::publish::{ChangeSource, PublishOptions, publish};
 use deltacache::store::leveldb::{dump, open_db};
 use deltacache::store::migrate::{MigrationContext, SCHEMA_VERSION, migrate_to};
 use deltacache::sync::SyncOptions;
 use deltacache::sync::ops::sync_once;
 
-use super::support::{Daemon, binary, run};
+use super::support::{binary, post_search, publish_changes, run, serve_local};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -161,18 +160,6 @@ fn digests(dir: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn serve(bundle: &Path, state: &Path) -> Daemon {
-    Daemon::start(&[
-        "serve",
-        "--bundle",
-        bundle.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ])
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leveldb_of_the_original_pipeline_is_adopted_and_served_item_for_item() {
     let source = fixtures().join("plyvel/db");
@@ -203,7 +190,7 @@ async fn a_leveldb_of_the_original_pipeline_is_adopted_and_served_item_for_item(
     let items = std::fs::read_to_string(fixtures().join("plyvel/items.jsonl")).unwrap();
     let items: Vec<&str> = items.lines().collect();
     assert_eq!(manifest.n_items, items.len() as u64);
-    let daemon = serve(&bundle, &dir.path().join("state"));
+    let daemon = serve_local(&bundle, &dir.path().join("state"));
     let client = reqwest::Client::new();
     daemon.wait_ready(&client).await;
     for line in &items {
@@ -232,25 +219,14 @@ async fn a_leveldb_of_the_original_pipeline_is_adopted_and_served_item_for_item(
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .find_map(|i| i["category"].as_str().map(str::to_owned))
         .unwrap();
-    let body: serde_json::Value = client
-        .post(format!("{}/search", daemon.url))
-        .json(&serde_json::json!({"query_text": first["text"], "top_k": 5}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = post_search(
+        &client,
+        &daemon.url,
+        serde_json::json!({"query_text": first["text"], "top_k": 5}),
+    )
+    .await;
     assert_eq!(body["results"][0]["id"], first["id"], "{body}");
-    let body: serde_json::Value = client
-        .post(format!("{}/search", daemon.url))
-        .json(&serde_json::json!({"query_text": first["text"], "top_k": 5, "filter": {"category": category}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = post_search(&client, &daemon.url, serde_json::json!({"query_text": first["text"], "top_k": 5, "filter": {"category": category}})).await;
     let results = body["results"].as_array().unwrap();
     assert!(!results.is_empty(), "{body}");
     assert!(
@@ -356,24 +332,15 @@ impl Legacy {
     }
 
     async fn publish(&self, changes: &[serde_json::Value]) {
-        let path = self.dir.path().join("changes.jsonl");
-        std::fs::write(
-            &path,
-            changes.iter().map(|c| format!("{c}\n")).collect::<String>(),
+        publish_changes(
+            &self.dir.path().join("changes.jsonl"),
+            &self.store,
+            &self.key,
+            &self.bundle,
+            Default::default(),
+            changes,
         )
-        .unwrap();
-        publish(&PublishOptions {
-            store: self.store.clone(),
-            key: self.key.clone(),
-            trusted_keys: None,
-            bundle: self.bundle.clone(),
-            changes: ChangeSource::Changes(path),
-            expires_in: Duration::from_secs(3600),
-            dry_run: false,
-            remote: Default::default(),
-        })
-        .await
-        .unwrap();
+        .await;
     }
 
     fn sync_command(&self, state: &Path) -> std::process::Command {
@@ -464,18 +431,15 @@ async fn a_schema_1_bundle_is_migrated_in_the_state_dir_and_never_changed() {
     assert_eq!(n_entries, n_items, "one category entry per item");
 
     // Served: a filter on the new category finds the moved item.
-    let daemon = serve(&legacy.bundle, &state);
+    let daemon = serve_local(&legacy.bundle, &state);
     let client = reqwest::Client::new();
     daemon.wait_ready(&client).await;
-    let body: serde_json::Value = client
-        .post(format!("{}/search", daemon.url))
-        .json(&serde_json::json!({"query_text": "rollbacks", "filter": {"category": "moved"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = post_search(
+        &client,
+        &daemon.url,
+        serde_json::json!({"query_text": "rollbacks", "filter": {"category": "moved"}}),
+    )
+    .await;
     assert_eq!(body["results"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(body["results"][0]["id"], "item-000041");
     drop(daemon);
@@ -779,24 +743,15 @@ async fn filtered_search_equals_brute_force_filter_then_rank() {
     let key = dir.path().join("publisher.key");
     PublisherKey::generate().unwrap().save(&key).unwrap();
     let store = format!("file://{}", dir.path().join("store").display());
-    let changes_path = dir.path().join("changes.jsonl");
-    std::fs::write(
-        &changes_path,
-        changes.iter().map(|c| format!("{c}\n")).collect::<String>(),
+    publish_changes(
+        &dir.path().join("changes.jsonl"),
+        &store,
+        &key,
+        &bundle,
+        Default::default(),
+        &changes,
     )
-    .unwrap();
-    publish(&PublishOptions {
-        store: store.clone(),
-        key: key.clone(),
-        trusted_keys: None,
-        bundle: bundle.clone(),
-        changes: ChangeSource::Changes(changes_path),
-        expires_in: Duration::from_secs(3600),
-        dry_run: false,
-        remote: Default::default(),
-    })
-    .await
-    .unwrap();
+    .await;
     let state = dir.path().join("state");
     sync_once(
         &bundle,
@@ -930,7 +885,7 @@ async fn a_state_dir_left_by_the_schema_1_binary_gets_a_migrated_copy() {
     let old_before = digests(&old);
     let bundle_before = digests(&legacy.bundle);
 
-    let daemon = serve(&legacy.bundle, &state);
+    let daemon = serve_local(&legacy.bundle, &state);
     let client = reqwest::Client::new();
     daemon.wait_ready(&client).await;
     let status = daemon.status(&client).await;
@@ -938,15 +893,7 @@ async fn a_state_dir_left_by_the_schema_1_binary_gets_a_migrated_copy() {
     assert_eq!(status["filter_fields"], serde_json::json!(["category"]));
     let new_name = status["version"].as_str().unwrap().to_owned();
     assert_ne!(new_name, old_name);
-    let body: serde_json::Value = client
-        .post(format!("{}/search", daemon.url))
-        .json(&serde_json::json!({"query_text": "rollbacks docker playbooks", "top_k": 3, "filter": {"category": "devops"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = post_search(&client, &daemon.url, serde_json::json!({"query_text": "rollbacks docker playbooks", "top_k": 3, "filter": {"category": "devops"}})).await;
     let results = body["results"].as_array().unwrap();
     assert!(!results.is_empty(), "{body}");
     assert!(

@@ -17,7 +17,9 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 
-use super::support::{Daemon, binary, build_bundle, sample_items, write_jsonl};
+use super::support::{
+    Daemon, binary, build_bundle, post_search, sample_items, serve_local, write_jsonl,
+};
 
 const API_KEY: &str = "pcsk_test_5ecret_never_logged";
 
@@ -381,32 +383,18 @@ fn start_pinecone_daemon(
     (Daemon { child, url }, stderr_text)
 }
 
-fn local_daemon(bundle: &Path, state: &Path) -> Daemon {
-    Daemon::start(&[
-        "serve",
-        "--bundle",
-        bundle.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ])
-}
-
 async fn search(
     client: &reqwest::Client,
     url: &str,
     text: &str,
     top_k: u32,
 ) -> (u16, serde_json::Value) {
-    let response = client
-        .post(format!("{url}/search"))
-        .json(&serde_json::json!({"query_text": text, "top_k": top_k}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    post_search(
+        client,
+        url,
+        serde_json::json!({"query_text": text, "top_k": top_k}),
+    )
+    .await
 }
 
 async fn search_filtered(
@@ -416,14 +404,12 @@ async fn search_filtered(
     top_k: u32,
     filter: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let response = client
-        .post(format!("{url}/search"))
-        .json(&serde_json::json!({"query_text": text, "top_k": top_k, "filter": filter}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    post_search(
+        client,
+        url,
+        serde_json::json!({"query_text": text, "top_k": top_k, "filter": filter}),
+    )
+    .await
 }
 
 fn ids(body: &serde_json::Value) -> Vec<String> {
@@ -465,7 +451,7 @@ async fn pinecone_and_local_backends_return_the_same_ids_and_the_key_stays_secre
     let (dir, bundle, fake, url) = sample_setup().await;
     assert_eq!(fake.vectors.lock().len(), sample_items().len());
     let client = reqwest::Client::new();
-    let local = local_daemon(&bundle, &dir.path().join("state-local"));
+    let local = serve_local(&bundle, &dir.path().join("state-local"));
     let (remote, stderr) = start_pinecone_daemon(&bundle, &dir.path().join("state-pc"), &url, &[]);
     local.wait_ready(&client).await;
     remote.wait_ready(&client).await;
@@ -530,7 +516,7 @@ async fn filters_are_passed_to_pinecone_in_its_syntax_and_agree_with_the_local_i
         Some(&serde_json::json!({"category": "networking"}))
     );
     let client = reqwest::Client::new();
-    let local = local_daemon(&bundle, &dir.path().join("state-local"));
+    let local = serve_local(&bundle, &dir.path().join("state-local"));
     let (remote, _) = start_pinecone_daemon(&bundle, &dir.path().join("state-pc"), &url, &[]);
     local.wait_ready(&client).await;
     remote.wait_ready(&client).await;

@@ -1,6 +1,6 @@
 //! The real binary over real HTTP on 127.0.0.1:0.
 
-use super::support::{Daemon, build_bundle, run, sample_items};
+use super::support::{Daemon, build_bundle, post_search, run, sample_items};
 
 fn bundle_digests(bundle: &std::path::Path) -> Vec<(String, String)> {
     deltacache::bundle::list_files(bundle)
@@ -116,15 +116,12 @@ async fn demo_serves_its_built_in_catalogue() {
     ]);
     let client = reqwest::Client::new();
     daemon.wait_ready(&client).await;
-    let body: serde_json::Value = client
-        .post(format!("{}/search", daemon.url))
-        .json(&serde_json::json!({"query_text": "fast key value database", "top_k": 3}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = post_search(
+        &client,
+        &daemon.url,
+        serde_json::json!({"query_text": "fast key value database", "top_k": 3}),
+    )
+    .await;
     let results = body["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
     assert!(

@@ -161,3 +161,61 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// `deltacache serve` of `bundle` on the state dir `state`, on a free loopback port.
+pub fn serve_local(bundle: &Path, state: &Path) -> Daemon {
+    Daemon::start(&[
+        "serve",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+}
+
+/// `POST {url}/search` with `body`: the status and the JSON answer.
+pub async fn post_search(
+    client: &reqwest::Client,
+    url: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = client
+        .post(format!("{url}/search"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// Writes `changes` as JSONL to `changes_file` and publishes them as the next delta of
+/// `store`, signed with `key`, through the library.
+pub async fn publish_changes(
+    changes_file: &Path,
+    store: &str,
+    key: &Path,
+    bundle: &Path,
+    remote: deltacache::remote::RemoteSettings,
+    changes: &[serde_json::Value],
+) {
+    std::fs::write(
+        changes_file,
+        changes.iter().map(|c| format!("{c}\n")).collect::<String>(),
+    )
+    .unwrap();
+    deltacache::delta::publish::publish(&deltacache::delta::publish::PublishOptions {
+        store: store.to_owned(),
+        key: key.to_path_buf(),
+        trusted_keys: None,
+        bundle: bundle.to_path_buf(),
+        changes: deltacache::delta::publish::ChangeSource::Changes(changes_file.to_path_buf()),
+        expires_in: std::time::Duration::from_secs(3600),
+        dry_run: false,
+        remote,
+    })
+    .await
+    .unwrap();
+}

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deltacache::delta::keys::PublisherKey;
-use deltacache::delta::publish::{ChangeSource, PublishOptions, publish};
 use deltacache::remote::RemoteSettings;
 use deltacache::sync::SyncOptions;
 use deltacache::sync::ops::{export, sync_once};
@@ -74,23 +73,15 @@ impl World {
             .dir
             .path()
             .join(format!("changes-{}.jsonl", self.n_published));
-        std::fs::write(
+        super::support::publish_changes(
             &path,
-            changes.iter().map(|c| format!("{c}\n")).collect::<String>(),
+            &self.store,
+            &self.key,
+            &self.bundle,
+            self.remote.clone(),
+            changes,
         )
-        .unwrap();
-        publish(&PublishOptions {
-            store: self.store.clone(),
-            key: self.key.clone(),
-            trusted_keys: None,
-            bundle: self.bundle.clone(),
-            changes: ChangeSource::Changes(path),
-            expires_in: Duration::from_secs(3600),
-            dry_run: false,
-            remote: self.remote.clone(),
-        })
-        .await
-        .unwrap();
+        .await;
         for change in changes {
             match change["op"].as_str().unwrap() {
                 "put" => {
