@@ -13,7 +13,7 @@ use deltacache::store::migrate::{MigrationContext, SCHEMA_VERSION, migrate_to};
 use deltacache::sync::SyncOptions;
 use deltacache::sync::ops::sync_once;
 
-use super::support::{binary, post_search, publish_changes, run, serve_local};
+use super::support::{binary, post_search, publish_changes, run, serve_local, sync_command};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -263,41 +263,38 @@ fn adoption_refuses_a_store_newer_than_the_binary_and_a_mismatched_id() {
             ("i/a".into(), "{\"id\":\"a\",\"text\":\"x\"}".into()),
         ],
     );
-    let output = run(&[
-        "build-base",
-        "--from-leveldb",
-        newer.to_str().unwrap(),
-        "--out",
-        dir.path().join("b1").to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = refused_adoption(&newer, &dir.path().join("b1"));
     assert!(
         stderr.contains(&format!("store schema version {}", SCHEMA_VERSION + 1))
             && stderr.contains(&format!("this binary's {SCHEMA_VERSION}")),
         "{stderr}"
     );
-    assert!(!dir.path().join("b1").exists());
 
     let mismatched = dir.path().join("mismatched");
     write_store(
         &mismatched,
         &vec![("sku-1".into(), "{\"id\":\"sku-2\",\"text\":\"x\"}".into())],
     );
-    let output = run(&[
-        "build-base",
-        "--from-leveldb",
-        mismatched.to_str().unwrap(),
-        "--out",
-        dir.path().join("b2").to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = refused_adoption(&mismatched, &dir.path().join("b2"));
     assert!(
         stderr.contains("\"sku-1\"") && stderr.contains("\"sku-2\""),
         "{stderr}"
     );
-    assert!(!dir.path().join("b2").exists());
+}
+
+/// Runs `build-base --from-leveldb SOURCE --out OUT`, which must fail and leave no `OUT`;
+/// returns its stderr.
+fn refused_adoption(source: &Path, out: &Path) -> String {
+    let output = run(&[
+        "build-base",
+        "--from-leveldb",
+        source.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success(), "{}", source.display());
+    assert!(!out.exists(), "a refused adoption left {}", out.display());
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// A schema-1 bundle (written by the schema-1 binary) in its own copy, a key, a file store.
@@ -343,25 +340,14 @@ impl Legacy {
         .await;
     }
 
+    /// `deltacache sync` into `state`; run it with `output` (stderr is captured).
     fn sync_command(&self, state: &Path) -> std::process::Command {
-        let mut command = std::process::Command::new(binary());
-        command.args([
-            "sync",
-            "--bundle",
-            self.bundle.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--store",
+        sync_command(
+            &self.bundle,
+            state,
             &self.store,
-            "--trusted-keys",
-            deltacache::delta::keys::public_path(&self.key)
-                .to_str()
-                .unwrap(),
-        ]);
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        command
+            &deltacache::delta::keys::public_path(&self.key),
+        )
     }
 }
 
@@ -453,7 +439,7 @@ async fn a_sync_killed_while_migrating_converges_to_the_uninterrupted_store() {
         .publish(&[serde_json::json!({"op": "delete", "id": "item-000042"})])
         .await;
     let clean = legacy.dir.path().join("state-clean");
-    let status = legacy.sync_command(&clean).status().unwrap();
+    let status = legacy.sync_command(&clean).output().unwrap().status;
     assert!(status.success());
     let expected = dump_dir(&current_db(&clean));
     for failpoint in ["migration-0002-before-record", "after-clone", "after-fsync"] {
@@ -467,7 +453,7 @@ async fn a_sync_killed_while_migrating_converges_to_the_uninterrupted_store() {
             !output.status.success(),
             "{failpoint} did not stop the sync"
         );
-        let status = legacy.sync_command(&state).status().unwrap();
+        let status = legacy.sync_command(&state).output().unwrap().status;
         assert!(status.success(), "re-run after {failpoint}");
         assert_eq!(
             dump_dir(&current_db(&state)),
@@ -562,7 +548,14 @@ async fn newer_bundles_versions_and_deltas_are_refused_naming_both_versions() {
     legacy
         .publish(&[serde_json::json!({"op": "delete", "id": "item-000042"})])
         .await;
-    assert!(legacy.sync_command(&state).status().unwrap().success());
+    assert!(
+        legacy
+            .sync_command(&state)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
     let snapshot = digests(&state);
     publish_newer_schema_delta(&legacy, newer).await;
     let output = legacy.sync_command(&state).output().unwrap();

@@ -219,3 +219,24 @@ pub async fn publish_changes(
     .await
     .unwrap();
 }
+
+/// `deltacache sync` of `bundle` into `state` from `store`, as a child process to run
+/// (stdout discarded; stderr as the caller sets it: inherited by `status`, captured by
+/// `output`).
+pub fn sync_command(bundle: &Path, state: &Path, store: &str, trusted_keys: &Path) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args([
+            "sync",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--store",
+            store,
+            "--trusted-keys",
+            trusted_keys.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null());
+    command
+}

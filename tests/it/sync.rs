@@ -361,21 +361,13 @@ async fn refused_deltas_leave_the_state_dir_byte_identical() {
 
 /// Runs `deltacache sync` as a child process.
 fn sync_command(world: &World, state_dir: &Path) -> std::process::Command {
-    let mut command = std::process::Command::new(binary());
-    command.args([
-        "sync",
-        "--bundle",
-        world.bundle.to_str().unwrap(),
-        "--state-dir",
-        state_dir.to_str().unwrap(),
-        "--store",
+    let mut command = super::support::sync_command(
+        &world.bundle,
+        state_dir,
         &world.store,
-        "--trusted-keys",
-        world.trusted_keys().to_str().unwrap(),
-    ]);
-    command
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        &world.trusted_keys(),
+    );
+    command.stderr(std::process::Stdio::null());
     command
 }
 
