@@ -45,6 +45,13 @@ OUT=$(cd "$OUT" && pwd)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now_ms() { date +%s%3N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# compare LABEL_A LABEL_B UNIT "A figures" "B figures": the two medians and their ratio.
+compare() {
+    local m_a m_b
+    m_a=$(tr ' ' '\n' <<< "$4" | median)
+    m_b=$(tr ' ' '\n' <<< "$5" | median)
+    echo "median: $1 ${m_a} $3, $2 ${m_b} $3, ratio $(python3 -c "print(round($m_a / $m_b, 2))")"
+}
 
 CORPUS=${CORPUS:-$OUT/items-$ITEMS.jsonl}
 if [[ ! -f $CORPUS ]]; then
@@ -69,9 +76,7 @@ for run in $(seq 1 "$RUNS"); do
     without+=("$(build_seconds "$OUT/bundle-nofilter" --input "$CORPUS" --filter-fields "")")
     echo "run $run: with index ${with[-1]} s, without ${without[-1]} s"
 done
-m_with=$(printf '%s\n' "${with[@]}" | median)
-m_without=$(printf '%s\n' "${without[@]}" | median)
-echo "median: with ${m_with} s, without ${m_without} s, ratio $(python3 -c "print(round($m_with / $m_without, 2))")"
+compare with without s "${with[*]}" "${without[*]}"
 
 PLAIN=$OUT/plain-$ITEMS
 if python3 -c 'import plyvel' 2>/dev/null; then
@@ -107,9 +112,7 @@ PY
         jsonl+=("$(build_seconds "$OUT/bundle-jsonl" --input "$CORPUS")")
         echo "run $run: --from-leveldb ${adopt[-1]} s, --input ${jsonl[-1]} s"
     done
-    m_adopt=$(printf '%s\n' "${adopt[@]}" | median)
-    m_jsonl=$(printf '%s\n' "${jsonl[@]}" | median)
-    echo "median: --from-leveldb ${m_adopt} s, --input ${m_jsonl} s, ratio $(python3 -c "print(round($m_adopt / $m_jsonl, 2))")"
+    compare --from-leveldb --input s "${adopt[*]}" "${jsonl[*]}"
 else
     echo "## --from-leveldb skipped: pip install plyvel to write the plain LevelDB"
 fi
@@ -157,9 +160,7 @@ PY
         new+=("$(boot_ms "$CURRENT_BUNDLE")")
         echo "run $run: schema 1 ${old[-1]} ms (migration 0002 ${migrate:-?} s), current ${new[-1]} ms"
     done
-    m_old=$(printf '%s\n' "${old[@]}" | median)
-    m_new=$(printf '%s\n' "${new[@]}" | median)
-    echo "median: schema 1 ${m_old} ms, current ${m_new} ms, ratio $(python3 -c "print(round($m_old / $m_new, 2))")"
+    compare "schema 1" current ms "${old[*]}" "${new[*]}"
 else
     echo "## boot comparison skipped: pass --schema1-bundle DIR (a bundle in store schema 1)"
 fi
