@@ -91,7 +91,7 @@ impl Catalog {
             );
         }
         let (metadata, filters) =
-            MetadataReaders::open_with(&version.db_dir(), reader_dir, n_shards, |db| {
+            MetadataReaders::open(&version.db_dir(), reader_dir, n_shards, |db| {
                 let started = std::time::Instant::now();
                 let filters = FilterIndex::load(db, &index)?;
                 tracing::debug!(

@@ -171,14 +171,10 @@ unsafe impl Send for ReadHandle {}
 
 impl MetadataReaders {
     /// Opens `n_shards` read handles on clones of the closed database at `db_dir`, made under
-    /// `clone_root` (which must not exist yet).
-    pub fn open(db_dir: &Path, clone_root: &Path, n_shards: usize) -> anyhow::Result<Self> {
-        Ok(Self::open_with(db_dir, clone_root, n_shards, |_| Ok(()))?.0)
-    }
-
-    /// [`MetadataReaders::open`] that also runs `first` on the first handle's database
-    /// before its snapshot is taken (to load what is read whole, such as the filter index).
-    pub fn open_with<T>(
+    /// `clone_root` (which must not exist yet), and runs `first` on the first handle's
+    /// database before its snapshot is taken (to load what is read whole, such as the filter
+    /// index).
+    pub fn open<T>(
         db_dir: &Path,
         clone_root: &Path,
         n_shards: usize,
