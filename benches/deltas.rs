@@ -179,7 +179,10 @@ fn main() {
             .unwrap();
         let publish_seconds = started.elapsed().as_secs_f64();
 
-        let delta_path = store_dir.join(deltacache::remote::delta_name(report.seq, &report.digest));
+        let delta_path = store_dir.join(deltacache::delta_store::delta_name(
+            report.seq,
+            &report.digest,
+        ));
         let bytes = std::fs::read(&delta_path).unwrap();
         let verify_ms = median(
             (0..5)
@@ -238,11 +241,11 @@ fn main() {
         // no fsync.
         let plain_dir = dir.path().join(format!("plain-{round}"));
         let started = Instant::now();
-        let mut db = deltacache::store::leveldb::open_db(&plain_dir, true).unwrap();
+        let mut db = deltacache::db::leveldb::open_db(&plain_dir, true).unwrap();
         for chunk in puts.chunks(4096) {
             let mut batch = rusty_leveldb::WriteBatch::default();
             for (id, json) in chunk {
-                batch.put(&deltacache::store::leveldb::item_key(id), json.as_bytes());
+                batch.put(&deltacache::db::leveldb::item_key(id), json.as_bytes());
             }
             db.write(batch, false).unwrap();
         }

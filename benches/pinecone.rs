@@ -23,9 +23,9 @@ use axum::response::{IntoResponse, Response};
 use deltacache::bundle::build::{BuildOptions, InputFormat, ModelSource, build_base};
 use deltacache::bundle::items::ItemFields;
 use deltacache::catalog::CurrentCatalog;
+use deltacache::catalog::backend::VectorBackend;
 use deltacache::http::{AppState, router};
-use deltacache::search::backend::VectorBackend;
-use deltacache::search::pinecone::{ApiKey, PineconeClient, PineconeSettings};
+use deltacache::pinecone::{ApiKey, PineconeClient, PineconeSettings};
 use deltacache::search::tfidf::FitOptions;
 use deltacache::server::{ServeOptions, load_catalog};
 use parking_lot::RwLock;
@@ -145,7 +145,7 @@ async fn run() -> anyhow::Result<()> {
     let fake_router = axum::Router::new().fallback(fake).with_state(rows.clone());
     tokio::spawn(async move { axum::serve(fake_listener, fake_router).await });
     let client = PineconeClient::new(PineconeSettings::new(&fake_url, "", ApiKey::new("bench")))?;
-    let uploaded = deltacache::search::pinecone_sync::upsert_bundle(&bundle, &client).await?;
+    let uploaded = deltacache::pinecone::mirror::upsert_bundle(&bundle, &client).await?;
     println!(
         "pinecone bench: {n_items} items, {} terms, {} vectors upserted in {} requests; {n_clients} clients, {secs}s per backend",
         catalog.model().n_terms(),

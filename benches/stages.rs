@@ -225,7 +225,7 @@ fn sample_filters(
     catalog: &Catalog,
     rng: &mut u64,
     n: usize,
-) -> anyhow::Result<Vec<Option<deltacache::store::filter::Filter>>> {
+) -> anyhow::Result<Vec<Option<deltacache::search::filter::Filter>>> {
     let Some(field) = catalog.filter_fields().first().cloned() else {
         return Ok(vec![None; n]);
     };

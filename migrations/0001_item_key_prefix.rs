@@ -18,7 +18,7 @@
 use anyhow::bail;
 use rusty_leveldb::{DB, WriteBatch};
 
-use crate::store::migrate::{Chunks, for_each_in_pages};
+use crate::db::migrate::{Chunks, for_each_in_pages};
 
 /// Where phase one parks items.
 const PARKED: &[u8] = b"\xffi/";
@@ -35,7 +35,7 @@ pub(super) fn run(db: &mut DB, chunks: &mut Chunks<'_>) -> anyhow::Result<WriteB
                 bail!(
                     "key {} is not UTF-8: the original layout keys each item by its id, a string; \
                      remove or re-key it in the source",
-                    crate::store::migrate::printable(&key)
+                    crate::db::migrate::printable(&key)
                 );
             };
             let mut parked = PARKED.to_vec();
@@ -49,7 +49,7 @@ pub(super) fn run(db: &mut DB, chunks: &mut Chunks<'_>) -> anyhow::Result<WriteB
     for_each_in_pages(db, PARKED, PARKED_END, limit, |db, key, value| {
         chunks.put(
             db,
-            &crate::store::leveldb::item_key_bytes(&key[PARKED.len()..]),
+            &crate::db::leveldb::item_key_bytes(&key[PARKED.len()..]),
             &value,
         )?;
         chunks.delete(db, &key)

@@ -17,9 +17,9 @@
 use anyhow::bail;
 use rusty_leveldb::{DB, WriteBatch};
 
-use crate::store::filter::{FILTER_FIELDS_KEY, check_field_names, entry_keys};
-use crate::store::leveldb::id_of_key;
-use crate::store::migrate::{Chunks, for_each_in_pages};
+use crate::db::filter::{FILTER_FIELDS_KEY, check_field_names, entry_keys};
+use crate::db::leveldb::id_of_key;
+use crate::db::migrate::{Chunks, for_each_in_pages};
 
 pub(super) fn run(db: &mut DB, chunks: &mut Chunks<'_>) -> anyhow::Result<WriteBatch> {
     let fields = chunks.context().filter_fields.clone();
@@ -29,7 +29,7 @@ pub(super) fn run(db: &mut DB, chunks: &mut Chunks<'_>) -> anyhow::Result<WriteB
         let Some(id) = id_of_key(&key) else {
             bail!(
                 "item key {} is not UTF-8: the store is damaged",
-                crate::store::migrate::printable(&key)
+                crate::db::migrate::printable(&key)
             );
         };
         let Some(entries) = entry_keys(&value, id, &fields) else {

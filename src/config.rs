@@ -34,7 +34,7 @@ pub struct ConfigFile {
     /// Committed versions kept.
     pub keep_versions: Option<usize>,
     /// `local` or `pinecone`.
-    pub vector_backend: Option<crate::search::backend::VectorBackendKind>,
+    pub vector_backend: Option<crate::catalog::backend::VectorBackendKind>,
     /// Pinecone index host or URL.
     pub pinecone_index_host: Option<String>,
     /// Pinecone namespace.

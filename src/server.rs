@@ -12,14 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::bundle::Bundle;
-use crate::catalog::{Catalog, CurrentCatalog};
+use crate::catalog::backend::VectorBackend;
+use crate::catalog::{Catalog, CurrentCatalog, open_in_background, open_with_fallback};
 use crate::http::{self, AppState};
-use crate::search::backend::VectorBackend;
-use crate::search::pinecone::{PineconeClient, PineconeSettings};
-use crate::search::tfidf::TfidfModel;
-use crate::store::state::{StateDir, StoreVersion};
-use crate::sync::follow::{Follower, SharedStatus, SyncStatus, open_catalog};
+use crate::pinecone::{PineconeClient, PineconeSettings};
+use crate::state::{LocalState, StateDir};
+use crate::sync::follow::{Follower, SharedStatus, SyncStatus};
 use crate::sync::{SyncOptions, Syncer, with_deadline};
 
 /// What to do when the boot-time sync fails.
@@ -64,76 +62,11 @@ pub struct ServeOptions {
     pub pinecone: Option<PineconeSettings>,
 }
 
-/// The bundle, its model, the state dir and the newest usable committed version.
-pub struct LocalState {
-    /// The bundle.
-    pub bundle: Bundle,
-    /// Its model.
-    pub model: Arc<TfidfModel>,
-    /// The state dir (locked).
-    pub state: Arc<StateDir>,
-    /// The version to start from.
-    pub version: StoreVersion,
-}
-
-/// Opens the bundle and state dir and picks the version to start from: the current one if
-/// it descends from this bundle and is at least as new, else a fresh clone of the bundle.
-/// Blocking.
-pub fn open_local(
-    bundle_dir: &std::path::Path,
-    state_dir: &std::path::Path,
-) -> anyhow::Result<LocalState> {
-    let bundle = Bundle::open(bundle_dir)?;
-    let model = Arc::new(bundle.load_model()?);
-    let state = Arc::new(StateDir::open(state_dir)?);
-    let version = state.ensure_from_bundle(&bundle)?;
-    Ok(LocalState {
-        bundle,
-        model,
-        state,
-        version,
-    })
-}
-
 /// Loads the current version of the bundle alone (no delta store): used by tests and tools.
 pub fn load_catalog(options: &ServeOptions) -> anyhow::Result<(Arc<StateDir>, Catalog)> {
-    let local = open_local(&options.bundle, &options.state_dir)?;
+    let local = LocalState::open(&options.bundle, &options.state_dir)?;
     let catalog = open_with_fallback(&local, options.reader_shards)?;
     Ok((local.state, catalog))
-}
-
-/// Opens the catalog of `local.version`; if it does not open or its recorded state
-/// disagrees, falls back to older committed versions of the same bundle, then to a fresh
-/// clone of the bundle.
-fn open_with_fallback(local: &LocalState, reader_shards: usize) -> anyhow::Result<Catalog> {
-    let open = |version: &StoreVersion| {
-        Catalog::open(
-            version,
-            local.model.clone(),
-            &local.state.reader_dir(version),
-            reader_shards,
-        )
-    };
-    let error = match open(&local.version) {
-        Ok(catalog) => return Ok(catalog),
-        Err(error) => error,
-    };
-    tracing::warn!(version = %local.version.info.name, error = format!("{error:#}"), "current version is not trusted; falling back");
-    for version in local.state.versions()?.iter().rev() {
-        if version.info.name == local.version.info.name
-            || version.info.model_fingerprint != local.bundle.manifest.model_fingerprint
-        {
-            continue;
-        }
-        if let Ok(catalog) = open(version) {
-            local.state.set_current(&version.info.name)?;
-            tracing::warn!(version = %version.info.name, "serving an older committed version");
-            return Ok(catalog);
-        }
-    }
-    local.state.set_current("")?;
-    let fresh = local.state.ensure_from_bundle(&local.bundle)?;
-    open(&fresh)
 }
 
 /// Runs the daemon until `shutdown` resolves. `on_listening` is told the bound address.
@@ -204,7 +137,7 @@ async fn boot(
 ) -> anyhow::Result<Option<(Arc<Follower>, Duration)>> {
     let started = Instant::now();
     let (bundle_dir, state_dir) = (options.bundle.clone(), options.state_dir.clone());
-    let local = tokio::task::spawn_blocking(move || open_local(&bundle_dir, &state_dir))
+    let local = tokio::task::spawn_blocking(move || LocalState::open(&bundle_dir, &state_dir))
         .await
         .context("join the loading task")??;
     if let VectorBackend::Pinecone(client) = vectors {
@@ -262,7 +195,7 @@ async fn boot(
     if current.load().is_none() {
         // Nothing new was applied: serve the local version as it is.
         let version = follower.version.lock().await.clone();
-        let catalog = match open_catalog(
+        let catalog = match open_in_background(
             &local.state,
             &version,
             local.model.clone(),

@@ -26,13 +26,14 @@ use super::{
     BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, Bundle, DB_DIR, INDEX_FILE, MANIFEST_FILE, MODEL_FILE,
     Manifest, digest_file, list_files,
 };
+use crate::db::clone::clone_db_dir;
+use crate::db::filter::check_field_names;
+use crate::db::leveldb;
+use crate::db::migrate::{MigrationContext, migrate};
+use crate::durable;
 use crate::progress::Progress;
 use crate::search::index::VectorIndex;
 use crate::search::tfidf::{FitOptions, StopWords, TermStatistics, TfidfModel};
-use crate::store::clone::clone_db_dir;
-use crate::store::filter::check_field_names;
-use crate::store::migrate::{MigrationContext, migrate};
-use crate::store::{durable, leveldb};
 
 /// Where the model of a new bundle comes from.
 #[derive(Debug, Clone)]

@@ -14,13 +14,14 @@ pub mod build;
 pub mod items;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::digest::sha256_hex;
+pub use crate::digest::{FileDigest, digest_file};
 use crate::search::tfidf::TfidfModel;
 
 /// The value of the manifest's `format` field.
@@ -37,15 +38,6 @@ pub const INDEX_FILE: &str = "index.bin";
 /// Name of the LevelDB directory inside a bundle or version.
 pub const DB_DIR: &str = "db";
 
-/// Size and sha256 of one file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileDigest {
-    /// Length in bytes.
-    pub len: u64,
-    /// Lowercase hex sha256.
-    pub sha256: String,
-}
-
 /// What a bundle holds, written last when the bundle is built.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -61,7 +53,7 @@ pub struct Manifest {
     pub schema_version: u32,
     /// Top-level item fields the filter index covers (bundles of schema 1 name none; their
     /// state dirs index the default, `category`).
-    #[serde(default = "crate::store::filter::default_filter_fields")]
+    #[serde(default = "crate::db::filter::default_filter_fields")]
     pub filter_fields: Vec<String>,
     /// Fingerprint of `model.json`; deltas are bound to it.
     pub model_fingerprint: String,
@@ -117,18 +109,6 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Where a delta chain continues from this bundle.
-    pub fn chain_position(&self) -> crate::delta::chain::ChainPosition {
-        crate::delta::chain::ChainPosition {
-            dataset: self.manifest.dataset.clone(),
-            seq: self.manifest.seq,
-            digest: self.manifest.chain_digest.clone(),
-            len: self.manifest.chain_len,
-            model_fingerprint: self.manifest.model_fingerprint.clone(),
-            max_schema_version: crate::store::leveldb::SCHEMA_VERSION,
-        }
-    }
-
     /// Reads a bundle's manifest (cheap: does not hash the files; see [`Bundle::verify_files`]).
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(MANIFEST_FILE);
@@ -156,14 +136,14 @@ impl Bundle {
                 BUNDLE_FORMAT_VERSION
             );
         }
-        crate::store::migrate::check_supported(
+        crate::db::migrate::check_supported(
             manifest.schema_version,
             &format!("bundle {}", dir.display()),
         )?;
         Ok(Bundle {
             dir: dir.to_path_buf(),
             manifest,
-            manifest_sha256: hex::encode(Sha256::digest(&bytes)),
+            manifest_sha256: sha256_hex(&bytes),
         })
     }
 
@@ -203,7 +183,7 @@ impl Bundle {
         let bytes =
             std::fs::read(&path).with_context(|| format!("read model {}", path.display()))?;
         if let Some(expected) = self.manifest.files.get(MODEL_FILE) {
-            let actual = hex::encode(Sha256::digest(&bytes));
+            let actual = sha256_hex(&bytes);
             if actual != expected.sha256 {
                 bail!(
                     "model {} does not match its manifest digest: the bundle is damaged",
@@ -231,28 +211,6 @@ fn is_leveldb_scratch(rel: &str) -> bool {
         rel.rsplit('/').next(),
         Some("LOCK") | Some("LOG") | Some("LOG.old")
     )
-}
-
-/// sha256 and length of a file, streamed.
-pub fn digest_file(path: &Path) -> anyhow::Result<FileDigest> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        len += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    Ok(FileDigest {
-        len,
-        sha256: hex::encode(hasher.finalize()),
-    })
 }
 
 /// Every regular file under `dir`, as `/`-separated paths relative to it, sorted.

@@ -6,8 +6,8 @@ use anyhow::Context;
 use clap::Args;
 
 use super::pinecone_args::PineconeArgs;
-use crate::search::pinecone::PineconeClient;
-use crate::search::pinecone_sync::{progress_path, upsert_bundle};
+use crate::pinecone::PineconeClient;
+use crate::pinecone::mirror::{progress_path, upsert_bundle};
 
 use crate::bundle::build::{
     BuildOptions, InputFormat, ModelSource, build_base, stop_words_setting,

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::config::ConfigFile;
-use crate::search::pinecone::{ApiKey, DEFAULT_API_VERSION, PineconeSettings};
+use crate::pinecone::{ApiKey, DEFAULT_API_VERSION, PineconeSettings};
 
 #[derive(Debug, Clone, Default, Args)]
 pub(super) struct PineconeArgs {

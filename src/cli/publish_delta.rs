@@ -11,8 +11,8 @@ use super::remote_args::RemoteArgs;
 use crate::bundle::Bundle;
 use crate::bundle::items::ItemFields;
 use crate::delta::publish::{ChangeSource, PublishOptions, publish};
-use crate::search::pinecone::PineconeClient;
-use crate::search::pinecone_sync::mirror_changes;
+use crate::pinecone::PineconeClient;
+use crate::pinecone::mirror::mirror_changes;
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("source").required(true).args(["changes", "diff"]))]

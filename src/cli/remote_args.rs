@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::remote::RemoteSettings;
+use crate::delta_store::RemoteSettings;
 
 #[derive(Debug, Clone, Args)]
 pub(super) struct RemoteArgs {

@@ -9,8 +9,8 @@ use clap::Args;
 
 use super::pinecone_args::PineconeArgs;
 use super::remote_args::RemoteArgs;
+use crate::catalog::backend::VectorBackendKind;
 use crate::config::ConfigFile;
-use crate::search::backend::VectorBackendKind;
 use crate::server::{self, FollowOptions, OnSyncFailure, ServeOptions};
 use crate::sync::SyncOptions;
 

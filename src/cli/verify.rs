@@ -7,11 +7,11 @@ use clap::Args;
 
 use super::remote_args::RemoteArgs;
 use crate::bundle::Bundle;
-use crate::delta::chain::verify_chain;
+use crate::clock::now_secs;
+use crate::delta::chain::{ChainPosition, verify_chain};
 use crate::delta::format::DEFAULT_MAX_DELTA_BYTES;
 use crate::delta::keys::TrustedKeys;
-use crate::delta::publish::now_secs;
-use crate::remote::DeltaStore;
+use crate::delta_store::DeltaStore;
 
 #[derive(Debug, Args)]
 pub(super) struct VerifyArgs {
@@ -35,7 +35,9 @@ pub(super) struct VerifyArgs {
 pub(super) fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let trusted = TrustedKeys::load(&args.trusted_keys)?;
     let bundle = args.bundle.as_deref().map(Bundle::open).transpose()?;
-    let position = bundle.as_ref().map(Bundle::chain_position);
+    let position = bundle
+        .as_ref()
+        .map(|b| ChainPosition::of_bundle(&b.manifest));
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async {
         let store = DeltaStore::open(&args.store, &args.remote.settings()).await?;

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::format::{DeltaBatch, Head, MAX_HEAD_BYTES, ObjectKind, VerifyError, verify_object};
 use super::keys::TrustedKeys;
-use crate::remote::{DeltaStore, FetchError, delta_name};
+use crate::bundle::Manifest;
+use crate::delta_store::{DeltaStore, FetchError, delta_name};
 
 /// Where a chain continues from: a bundle, or a state that applied deltas up to `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,17 +22,35 @@ pub struct ChainPosition {
     pub len: u64,
     /// Model fingerprint deltas must be built for.
     pub model_fingerprint: String,
-    /// The newest store schema version this binary understands.
+    /// The newest db schema version this binary understands.
     pub max_schema_version: u32,
 }
 
-/// The highest head a state has accepted, remembered across restarts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct HeadWatermark {
-    /// Its seq.
-    pub seq: u64,
-    /// Its issue time.
-    pub issued_at: u64,
+impl ChainPosition {
+    /// The position after `seq`, whose last object has `digest` and `len`, for a chain of
+    /// `dataset` built for the model `model_fingerprint`; deltas of any db schema this binary
+    /// knows continue it.
+    pub fn new(dataset: &str, seq: u64, digest: &str, len: u64, model_fingerprint: &str) -> Self {
+        ChainPosition {
+            dataset: dataset.to_owned(),
+            seq,
+            digest: digest.to_owned(),
+            len,
+            model_fingerprint: model_fingerprint.to_owned(),
+            max_schema_version: crate::db::migrate::SCHEMA_VERSION,
+        }
+    }
+
+    /// Where a chain continues from a bundle.
+    pub fn of_bundle(manifest: &Manifest) -> Self {
+        Self::new(
+            &manifest.dataset,
+            manifest.seq,
+            &manifest.chain_digest,
+            manifest.chain_len,
+            &manifest.model_fingerprint,
+        )
+    }
 }
 
 /// A head whose signature, freshness and binding were checked.
@@ -157,7 +176,7 @@ pub async fn fetch_head(
     store: &DeltaStore,
     trusted: &TrustedKeys,
     position: &ChainPosition,
-    watermark: Option<HeadWatermark>,
+    not_older_than: Option<(u64, u64)>,
     now: u64,
     allow_expired: bool,
 ) -> Result<Option<VerifiedHead>, ChainError> {
@@ -168,7 +187,7 @@ pub async fn fetch_head(
         &fetched.bytes,
         trusted,
         position,
-        watermark,
+        not_older_than,
         now,
         allow_expired,
     )?;
@@ -179,12 +198,13 @@ pub async fn fetch_head(
     }))
 }
 
-/// The checks of [`fetch_head`] on bytes already fetched.
+/// The checks of [`fetch_head`] on bytes already fetched. `not_older_than` is the (seq, issue
+/// time) of the highest head already accepted: an older one is a rollback.
 pub fn verify_head_bytes(
     bytes: &[u8],
     trusted: &TrustedKeys,
     position: &ChainPosition,
-    watermark: Option<HeadWatermark>,
+    not_older_than: Option<(u64, u64)>,
     now: u64,
     allow_expired: bool,
 ) -> Result<(Head, String), ChainError> {
@@ -208,14 +228,14 @@ pub fn verify_head_bytes(
             now,
         });
     }
-    if let Some(seen) = watermark
-        && (head.seq < seen.seq || (head.seq == seen.seq && head.issued_at < seen.issued_at))
+    if let Some((seen_seq, seen_issued_at)) = not_older_than
+        && (head.seq, head.issued_at) < (seen_seq, seen_issued_at)
     {
         return Err(ChainError::Rollback {
             seq: head.seq,
             issued_at: head.issued_at,
-            seen_seq: seen.seq,
-            seen_issued_at: seen.issued_at,
+            seen_seq,
+            seen_issued_at,
         });
     }
     Ok((head, verified.digest))
@@ -378,14 +398,8 @@ pub async fn verify_chain(
                 object: "head".into(),
                 reason,
             })?;
-            unverified_binding = ChainPosition {
-                dataset: head.dataset,
-                seq: 0,
-                digest: String::new(),
-                len: 0,
-                model_fingerprint: head.model_fingerprint,
-                max_schema_version: crate::store::leveldb::SCHEMA_VERSION,
-            };
+            unverified_binding =
+                ChainPosition::new(&head.dataset, 0, "", 0, &head.model_fingerprint);
             &unverified_binding
         }
     };

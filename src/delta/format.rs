@@ -30,7 +30,6 @@ use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
 
 use super::keys::{KeyId, PublisherKey, TrustedKeys};
 
@@ -140,11 +139,6 @@ pub fn sign_object(kind: ObjectKind, body: &[u8], key: &PublisherKey) -> Vec<u8>
     out
 }
 
-/// sha256 of bytes, hex.
-pub fn digest_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 /// Verifies a signed object in the fixed order: size cap → signature → digest → parse of
 /// the header fields. `expected_digest` is the digest the head or chain states, if known.
 pub fn verify_object<'a>(
@@ -193,7 +187,7 @@ pub fn verify_object<'a>(
     key.verify_strict(&bytes[..signed_len], &signature)
         .map_err(|_| VerifyError::BadSignature)?;
     // 3. Digest.
-    let digest = digest_hex(bytes);
+    let digest = crate::digest::sha256_hex(bytes);
     if let Some(expected_digest) = expected_digest
         && expected_digest != digest
     {

@@ -76,20 +76,7 @@ impl PublisherKey {
 
     /// Loads a secret key file, refusing one that group or others can read.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        let metadata = std::fs::metadata(path)
-            .with_context(|| format!("read secret key {}", path.display()))?;
-        let mode = metadata.permissions().mode();
-        if mode & 0o077 != 0 {
-            bail!(
-                "secret key {} is readable by group or others (mode {:o}): run `chmod 600 {}`",
-                path.display(),
-                mode & 0o777,
-                path.display()
-            );
-        }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("read secret key {}", path.display()))?;
+        let text = crate::secret_file::read_private(path, "secret key")?;
         let mut fields = text.split_whitespace();
         let (Some(SECRET_PREFIX), Some(hex_seed), None) =
             (fields.next(), fields.next(), fields.next())

@@ -13,15 +13,15 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-use super::chain::{fetch_chain, fetch_head};
-use super::format::{
-    DEFAULT_MAX_DELTA_BYTES, DeltaBatch, DeltaHeader, DeltaRecord, Head, digest_hex,
-};
+use super::chain::{ChainPosition, fetch_chain, fetch_head};
+use super::format::{DEFAULT_MAX_DELTA_BYTES, DeltaBatch, DeltaHeader, DeltaRecord, Head};
 use super::keys::{PublisherKey, TrustedKeys};
 use crate::bundle::items::{ItemFields, ItemReader, parse_item};
 use crate::bundle::{Bundle, INDEX_FILE};
+use crate::clock::now_secs;
+use crate::delta_store::{DeltaStore, HeadCondition, PutError, RemoteSettings};
+use crate::digest::sha256_hex;
 use crate::progress::Progress;
-use crate::remote::{DeltaStore, HeadCondition, PutError, RemoteSettings};
 use crate::search::index::VectorIndex;
 
 /// Where the changes come from.
@@ -100,7 +100,7 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
         id_field: bundle.manifest.id_field.clone(),
         text_field: bundle.manifest.text_field.clone(),
     };
-    let position = bundle.chain_position();
+    let position = ChainPosition::of_bundle(&bundle.manifest);
     let store = DeltaStore::open(&options.store, &options.remote).await?;
 
     // The chain as it stands: verified head, every delta since the bundle, and so the set of
@@ -193,7 +193,7 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
             model_fingerprint: position.model_fingerprint.clone(),
             // The layout this binary writes: an instance whose binary is older refuses the
             // delta rather than guess; one whose copy is older migrates it first.
-            schema_version: crate::store::migrate::SCHEMA_VERSION,
+            schema_version: crate::db::migrate::SCHEMA_VERSION,
             n_records: records.len() as u64,
             records_len: 0,
         },
@@ -206,7 +206,7 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
             DeltaRecord::Delete { id } => report.deleted_ids.push(id.clone()),
         }
     }
-    report.digest = digest_hex(&delta);
+    report.digest = sha256_hex(&delta);
     report.bytes = delta.len() as u64;
     if options.dry_run {
         return Ok(report);
@@ -247,14 +247,6 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
         }
         Err(PutError::Other(error)) => Err(error.context("replace the head")),
     }
-}
-
-/// Re-signs the current head with a new expiry (for a chain with no changes to publish).
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn bundle_ids(bundle: &Bundle) -> anyhow::Result<HashSet<String>> {

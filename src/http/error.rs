@@ -45,10 +45,10 @@ impl ApiError {
 
     /// 503: the remote vector backend failed or its circuit is open; the cause is logged
     /// here, once, and `/items` keeps working.
-    pub fn vector_backend_unavailable(error: crate::search::pinecone::PineconeError) -> Self {
+    pub fn vector_backend_unavailable(error: crate::pinecone::PineconeError) -> Self {
         match error {
             // Failing fast is the breaker working; its opening was logged once.
-            crate::search::pinecone::PineconeError::CircuitOpen => {
+            crate::pinecone::PineconeError::CircuitOpen => {
                 tracing::debug!(error = %error, "vector backend unavailable")
             }
             _ => tracing::error!(error = %error, "vector backend unavailable"),

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::error::{ApiError, JsonBody};
 use super::{AppState, DATA_VERSION_HEADER};
 use crate::catalog::Catalog;
-use crate::search::backend::{SearchError, VectorBackend};
+use crate::catalog::backend::{SearchError, VectorBackend};
 
 /// The most results one search may ask for.
 pub const MAX_TOP_K: i64 = 1000;

@@ -38,7 +38,7 @@ pub struct AppState {
     /// What syncing has done, for `/status` and `/metrics`.
     pub sync: crate::sync::follow::SharedStatus,
     /// Where `/search` ranks: the local index or Pinecone.
-    pub vectors: crate::search::backend::VectorBackend,
+    pub vectors: crate::catalog::backend::VectorBackend,
 }
 
 /// All routes, with body limit, access log and metrics. Handlers can be driven without a

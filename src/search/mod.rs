@@ -1,10 +1,7 @@
-//! Search: the TF-IDF embedding, the local vector index, and the vector backends (local or
-//! Pinecone).
+//! Search: the TF-IDF embedding, the local vector index and query-time filtering.
 
-pub mod backend;
+pub mod filter;
 pub mod index;
-pub mod pinecone;
-pub mod pinecone_sync;
 pub mod stop_words;
 pub mod tfidf;
 pub mod word_chars;

@@ -8,11 +8,11 @@ use backon::BackoffBuilder;
 use serde::Serialize;
 
 use super::{SyncOutcome, Syncer, failure_reason};
-use crate::catalog::{Catalog, CurrentCatalog};
-use crate::delta::publish::now_secs;
-use crate::remote::DeltaStore;
+use crate::catalog::{CurrentCatalog, open_in_background};
+use crate::clock::now_secs;
+use crate::delta_store::DeltaStore;
 use crate::search::index::VectorIndex;
-use crate::store::state::{StateDir, StoreVersion};
+use crate::state::{StateDir, StoreVersion};
 
 /// What `/status` reports about syncing.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -80,7 +80,7 @@ impl Follower {
         let Some((new_version, index)) = new_version else {
             return Ok(false);
         };
-        let catalog = open_catalog(
+        let catalog = open_in_background(
             &self.state,
             &new_version,
             self.syncer.model.clone(),
@@ -98,22 +98,21 @@ impl Follower {
         }
         *version = new_version;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("serving")]);
-        match self.state.collect_garbage(self.keep_versions) {
-            Ok(removed) if removed > 0 => tracing::info!(removed, "removed old versions"),
-            Ok(_) => {}
-            Err(error) => tracing::warn!(error = format!("{error:#}"), "remove old versions"),
-        }
+        self.state
+            .collect_garbage_in_background(self.keep_versions)
+            .await;
         Ok(true)
     }
 
     /// Records a sync outcome in the status and metrics; returns the new version, if any.
+    /// A failure is returned, not logged: the caller handles (and logs) it.
     fn record_outcome(
         &self,
         outcome: anyhow::Result<SyncOutcome>,
     ) -> anyhow::Result<Option<(StoreVersion, VectorIndex)>> {
         let mut status = self.status.write();
         status.last_sync_at = Some(now_secs());
-        if let Ok(Some(seen)) = self.state.head_watermark() {
+        if let Ok(Some(seen)) = self.state.watermark() {
             status.head_seq_seen = Some(seen.seq);
         }
         let outcome = match outcome {
@@ -122,11 +121,6 @@ impl Follower {
                 let reason = failure_reason(&error);
                 metrics::counter!("deltacache_sync_failures_total", "reason" => reason)
                     .increment(1);
-                tracing::warn!(
-                    reason,
-                    error = format!("{error:#}"),
-                    "sync failed; serving the last good version"
-                );
                 status.last_result = Some("failed".into());
                 status.last_error = Some(format!("{error:#}"));
                 status.stale = true;
@@ -208,7 +202,15 @@ impl Follower {
                     backoff = new_backoff(interval);
                     wait = interval;
                 }
-                Err(_) => wait = backoff.next().unwrap_or(interval),
+                Err(error) => {
+                    wait = backoff.next().unwrap_or(interval);
+                    tracing::warn!(
+                        reason = failure_reason(&error),
+                        error = format!("{error:#}"),
+                        retry_in_seconds = wait.as_secs_f64(),
+                        "sync failed; serving the last good version"
+                    );
+                }
             }
         }
     }
@@ -240,7 +242,7 @@ fn watch_directory(
                 | notify::EventKind::Remove(_)
         ) && event.paths.iter().any(|path| {
             path.file_name()
-                .is_some_and(|name| name == crate::remote::HEAD_NAME)
+                .is_some_and(|name| name == crate::delta_store::HEAD_NAME)
         });
         if changes_head {
             let _ = wake.send("store changed");
@@ -254,27 +256,4 @@ fn watch_directory(
             None
         }
     }
-}
-
-/// Opens a catalog for a committed version, off the async workers.
-pub async fn open_catalog(
-    state: &Arc<StateDir>,
-    version: &StoreVersion,
-    model: Arc<crate::search::tfidf::TfidfModel>,
-    index: Option<VectorIndex>,
-    reader_shards: usize,
-) -> anyhow::Result<Arc<Catalog>> {
-    let state = state.clone();
-    let version = version.clone();
-    tokio::task::spawn_blocking(move || {
-        Catalog::open_with_index(
-            &version,
-            model,
-            index,
-            &state.reader_dir(&version),
-            reader_shards,
-        )
-        .map(Arc::new)
-    })
-    .await?
 }

@@ -6,7 +6,6 @@
 //! chain: the deltas before it are found by listing the store (accepting only a single valid
 //! candidate per seq), applied, and the failure is reported.
 
-pub mod apply;
 pub mod follow;
 pub mod ops;
 
@@ -18,16 +17,17 @@ use anyhow::Context;
 
 use crate::bundle::Bundle;
 use crate::bundle::items::ItemFields;
+use crate::clock::now_secs;
 use crate::delta::chain::{
-    ChainError, ChainPosition, HeadWatermark, VerifiedDelta, fetch_chain, fetch_head,
+    ChainError, ChainPosition, VerifiedDelta, VerifiedHead, fetch_chain, fetch_head,
     verify_delta_bytes,
 };
 use crate::delta::format::DEFAULT_MAX_DELTA_BYTES;
 use crate::delta::keys::TrustedKeys;
-use crate::delta::publish::now_secs;
-use crate::remote::{DeltaStore, RemoteSettings};
+use crate::delta_store::{DeltaStore, RemoteSettings};
 use crate::search::tfidf::TfidfModel;
-use crate::store::state::{StateDir, StoreVersion};
+use crate::state::apply::ApplyInputs;
+use crate::state::{StateDir, StoreVersion, TrustWatermark};
 
 /// Where and how to sync from.
 #[derive(Debug, Clone)]
@@ -143,13 +143,13 @@ impl Syncer {
         if let Some(pinned) = state.pinned()? {
             return Ok(SyncOutcome::Pinned { version: pinned });
         }
-        let position = position_of(current);
-        let watermark = state.head_watermark()?;
+        let position = current.chain_position();
+        let not_older_than = state.watermark()?.map(|w| w.as_pair());
         let head = fetch_head(
             &self.store,
             &self.trusted,
             &position,
-            watermark,
+            not_older_than,
             now_secs(),
             false,
         )
@@ -160,37 +160,22 @@ impl Syncer {
         metrics::gauge!("deltacache_head_seq").set(head.head.seq as f64);
         // The watermark is recorded only once the chain up to the head verified, so a refused
         // head or delta leaves the state dir exactly as it was.
-        let watermark = HeadWatermark {
+        let watermark = TrustWatermark {
             seq: head.head.seq,
             issued_at: head.head.issued_at,
         };
         if head.head.seq <= current.info.seq {
             // Same seq: the head must name the delta this version already has.
-            fetch_chain(
-                &self.store,
-                &self.trusted,
-                &head.head,
-                &position,
-                self.options.max_delta_bytes,
-            )
-            .await?;
-            state.record_head(watermark)?;
+            self.fetch_chain(&head, &position).await?;
+            state.record_watermark(watermark)?;
             return Ok(SyncOutcome::UpToDate {
                 head_seq: head.head.seq,
             });
         }
         let started = Instant::now();
-        let (deltas, refused_rest) = match fetch_chain(
-            &self.store,
-            &self.trusted,
-            &head.head,
-            &position,
-            self.options.max_delta_bytes,
-        )
-        .await
-        {
+        let (deltas, refused_rest) = match self.fetch_chain(&head, &position).await {
             Ok(deltas) => {
-                state.record_head(watermark)?;
+                state.record_watermark(watermark)?;
                 (deltas, None)
             }
             Err(ChainError::Fetch(error)) => return Err(ChainError::Fetch(error).into()),
@@ -206,24 +191,62 @@ impl Syncer {
         let fetch_seconds = started.elapsed().as_secs_f64();
         let bytes: u64 = deltas.iter().map(|d| d.len).sum();
         metrics::counter!("deltacache_fetched_bytes_total").increment(bytes);
+        let mut outcome = self
+            .apply(state, current, deltas, head.head.issued_at)
+            .await?;
+        if let SyncOutcome::Applied {
+            head_seq,
+            refused_rest: refused,
+            stage_seconds,
+            ..
+        } = &mut outcome
+        {
+            *head_seq = head.head.seq;
+            *refused = refused_rest;
+            stage_seconds.insert(0, ("fetch+verify", fetch_seconds));
+        }
+        Ok(outcome)
+    }
+
+    /// Fetches and verifies every delta from `position` to `head`.
+    async fn fetch_chain(
+        &self,
+        head: &VerifiedHead,
+        position: &ChainPosition,
+    ) -> Result<Vec<VerifiedDelta>, ChainError> {
+        fetch_chain(
+            &self.store,
+            &self.trusted,
+            &head.head,
+            position,
+            self.options.max_delta_bytes,
+        )
+        .await
+    }
+
+    /// Has the state dir apply `deltas` to `current` on a blocking thread.
+    async fn apply(
+        &self,
+        state: &Arc<StateDir>,
+        current: &StoreVersion,
+        deltas: Vec<VerifiedDelta>,
+        head_issued_at: u64,
+    ) -> anyhow::Result<SyncOutcome> {
         let state = state.clone();
         let current = current.clone();
         let model = self.model.clone();
         let fields = self.fields.clone();
         let filter_fields = self.filter_fields.clone();
-        let issued_at = head.head.issued_at;
         let n_deltas = deltas.len();
         let started = Instant::now();
         let applied = tokio::task::spawn_blocking(move || {
-            apply::apply_deltas(
-                &state,
-                &current,
-                &model,
-                &fields,
-                &filter_fields,
-                &deltas,
-                issued_at,
-            )
+            let inputs = ApplyInputs {
+                model: &model,
+                fields: &fields,
+                filter_fields: &filter_fields,
+                head_issued_at,
+            };
+            state.apply_deltas(&current, inputs, &deltas)
         })
         .await
         .context("join the apply task")??;
@@ -231,15 +254,13 @@ impl Syncer {
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("deltacache_deltas_applied_total").increment(n_deltas as u64);
         metrics::counter!("deltacache_records_applied_total").increment(applied.n_records);
-        let mut stage_seconds = vec![("fetch+verify", fetch_seconds)];
-        stage_seconds.extend(applied.stage_seconds);
         Ok(SyncOutcome::Applied {
+            head_seq: applied.version.info.seq,
             version: Box::new(applied.version),
             n_deltas,
             n_records: applied.n_records,
-            head_seq: head.head.seq,
-            refused_rest,
-            stage_seconds,
+            refused_rest: None,
+            stage_seconds: applied.stage_seconds,
             index: Box::new(applied.index),
         })
     }
@@ -289,21 +310,10 @@ impl Syncer {
     }
 }
 
-/// Where the chain continues from a version.
-pub fn position_of(version: &StoreVersion) -> ChainPosition {
-    ChainPosition {
-        dataset: version.info.dataset.clone(),
-        seq: version.info.seq,
-        digest: version.info.chain_digest.clone(),
-        len: version.info.chain_len,
-        model_fingerprint: version.info.model_fingerprint.clone(),
-        max_schema_version: crate::store::leveldb::SCHEMA_VERSION,
-    }
-}
-
 /// A short label for a sync failure, for metrics.
 pub fn failure_reason(error: &anyhow::Error) -> &'static str {
     match error.downcast_ref::<ChainError>() {
+        Some(ChainError::Fetch(error)) if error.is_permanent() => "refused",
         Some(ChainError::Fetch(_)) => "unreachable",
         Some(ChainError::Expired { .. }) => "expired",
         Some(ChainError::Rollback { .. }) => "rollback",

@@ -11,10 +11,9 @@ use super::{SyncOptions, SyncOutcome, Syncer, with_deadline};
 use crate::bundle::build::{BuildOptions, BuildReport, InputFormat, ModelSource, build_base};
 use crate::bundle::items::ItemFields;
 use crate::bundle::{Bundle, MODEL_FILE};
+use crate::db::leveldb::export_items;
 use crate::search::tfidf::FitOptions;
-use crate::server::open_local;
-use crate::store::leveldb::export_items;
-use crate::store::state::StateDir;
+use crate::state::{LocalState, StateDir};
 
 /// The boot-time sync alone: brings the state dir to the head, then returns.
 pub async fn sync_once(
@@ -24,7 +23,9 @@ pub async fn sync_once(
     deadline: Duration,
 ) -> anyhow::Result<SyncOutcome> {
     let (bundle_dir, state_dir) = (bundle_dir.to_path_buf(), state_dir.to_path_buf());
-    let local = tokio::task::spawn_blocking(move || open_local(&bundle_dir, &state_dir)).await??;
+    let local =
+        tokio::task::spawn_blocking(move || LocalState::open(&bundle_dir, &state_dir)).await??;
+    let keep_versions = options.keep_versions;
     let syncer = Syncer::open(options, &local.bundle, local.model.clone()).await?;
     let outcome =
         with_deadline(deadline, "sync", syncer.sync(&local.state, &local.version)).await?;
@@ -39,8 +40,10 @@ pub async fn sync_once(
             version.info.seq
         );
     }
-    let keep = 3;
-    local.state.collect_garbage(keep)?;
+    local
+        .state
+        .collect_garbage_in_background(keep_versions)
+        .await;
     Ok(outcome)
 }
 
@@ -71,7 +74,7 @@ pub fn state_report(state_dir: &Path) -> anyhow::Result<StateReport> {
     let current = versions
         .iter()
         .find(|v| Some(&v.info.name) == current_name.as_ref());
-    let watermark = state.head_watermark()?;
+    let watermark = state.watermark()?;
     Ok(StateReport {
         current: current_name.clone(),
         pinned: state.pinned()?,
@@ -93,10 +96,7 @@ pub fn export(state_dir: &Path, out: &mut impl std::io::Write) -> anyhow::Result
         .current_name()?
         .context("the state dir has no current version: run sync or serve first")?;
     let version = state.load_version(&name)?;
-    let scratch = tempfile::Builder::new()
-        .prefix(".export-")
-        .tempdir_in(state_dir.join("staging"))
-        .context("create a scratch directory in the state dir")?;
+    let scratch = state.scratch("export")?;
     let n_items = export_items(&version.db_dir(), scratch.path(), out)?;
     if n_items != version.info.n_items {
         bail!(

@@ -2,13 +2,14 @@
 //! tampering, every refusal, and publishers racing.
 
 use deltacache::delta::chain::{
-    ChainError, ChainPosition, HeadWatermark, fetch_chain, fetch_head, verify_head_bytes,
+    ChainError, ChainPosition, fetch_chain, fetch_head, verify_head_bytes,
 };
 use deltacache::delta::format::{
-    DeltaBatch, DeltaHeader, DeltaRecord, Head, ObjectKind, VerifyError, digest_hex, verify_object,
+    DeltaBatch, DeltaHeader, DeltaRecord, Head, ObjectKind, VerifyError, verify_object,
 };
 use deltacache::delta::keys::{PublisherKey, TrustedKeys};
-use deltacache::remote::{DeltaStore, FileStore, HeadCondition, PutError};
+use deltacache::delta_store::{DeltaStore, FileStore, HeadCondition, PutError};
+use deltacache::digest::sha256_hex;
 
 use super::s3::S3Server;
 
@@ -62,7 +63,7 @@ fn head_for(seq: u64, delta: &[u8], issued_at: u64) -> Head {
     Head {
         dataset: p.dataset,
         seq,
-        delta_digest: digest_hex(delta),
+        delta_digest: sha256_hex(delta),
         delta_len: delta.len() as u64,
         model_fingerprint: p.model_fingerprint,
         issued_at,
@@ -91,7 +92,7 @@ async fn publish_chain_over(
     let mut deltas: Vec<Vec<u8>> = Vec::new();
     for seq in 1..=n {
         let (parent_digest, parent_len) = match deltas.last() {
-            Some(prev) => (digest_hex(prev), prev.len() as u64),
+            Some(prev) => (sha256_hex(prev), prev.len() as u64),
             None => (position().digest, 0),
         };
         let delta = batch(
@@ -104,7 +105,7 @@ async fn publish_chain_over(
         .sign(key)
         .unwrap();
         store
-            .put_delta(seq, &digest_hex(&delta), &delta)
+            .put_delta(seq, &sha256_hex(&delta), &delta)
             .await
             .unwrap();
         let condition = head_etag
@@ -129,7 +130,7 @@ async fn point_head_at(
     issued_at: u64,
 ) {
     store
-        .put_delta(seq, &digest_hex(delta), delta)
+        .put_delta(seq, &sha256_hex(delta), delta)
         .await
         .unwrap();
     let etag = store.get_head(1 << 16).await.unwrap().unwrap().etag;
@@ -188,7 +189,7 @@ async fn check_store_contract(store: DeltaStore) {
     let delta = batch(1, 0, "base-digest", 0, vec![put("a", "alpha")])
         .sign(&key)
         .unwrap();
-    let digest = digest_hex(&delta);
+    let digest = sha256_hex(&delta);
     store.put_delta(1, &digest, &delta).await.unwrap();
     assert!(
         matches!(
@@ -248,7 +249,7 @@ async fn publish_chain_in_fresh_prefix(store: &DeltaStore, key: &PublisherKey) -
         .unwrap();
     assert_eq!(chain.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2, 3]);
     for (verified, bytes) in chain.iter().zip(&deltas) {
-        assert_eq!(verified.digest, digest_hex(bytes));
+        assert_eq!(verified.digest, sha256_hex(bytes));
     }
     chain.len()
 }
@@ -282,7 +283,7 @@ fn every_bit_flip_and_truncation_is_refused() {
     let mut tried = 0u64;
     let mut accepted = 0u64;
     for (kind, original) in [(ObjectKind::Delta, &delta), (ObjectKind::Head, &head)] {
-        let digest = digest_hex(original);
+        let digest = sha256_hex(original);
         assert!(verify_object(original, kind, 1 << 20, Some(&digest), &trusted).is_ok());
         for bit in 0..original.len() * 8 {
             let mut bytes = original.clone();
@@ -378,7 +379,7 @@ async fn every_refusal_names_the_object_and_reason() {
             let deltas = publish_chain(store, key, 1).await;
             let head_bytes = head_for(1, &deltas[0], NOW).sign(key);
             // Put the head's bytes where the delta should be, and point a head at them.
-            let digest = digest_hex(&head_bytes);
+            let digest = sha256_hex(&head_bytes);
             store.put_delta(2, &digest, &head_bytes).await.unwrap();
             let mut head = head_for(2, &head_bytes, NOW);
             head.delta_digest = digest;
@@ -403,10 +404,7 @@ async fn every_refusal_names_the_object_and_reason() {
         "refusing a rollback",
         async |store, key| {
             publish_chain(store, key, 2).await;
-            let seen = HeadWatermark {
-                seq: 3,
-                issued_at: NOW,
-            };
+            let seen = (3, NOW);
             fetch_head(store, &trusted(key), &position(), Some(seen), NOW, false)
                 .await
                 .map(|_| ())
@@ -418,10 +416,7 @@ async fn every_refusal_names_the_object_and_reason() {
         "refusing a rollback",
         async |store, key| {
             publish_chain(store, key, 2).await;
-            let seen = HeadWatermark {
-                seq: 2,
-                issued_at: NOW + 1,
-            };
+            let seen = (2, NOW + 1);
             fetch_head(store, &trusted(key), &position(), Some(seen), NOW, false)
                 .await
                 .map(|_| ())
@@ -436,7 +431,7 @@ async fn every_refusal_names_the_object_and_reason() {
             let gap = batch(
                 3,
                 1,
-                &digest_hex(&deltas[0]),
+                &sha256_hex(&deltas[0]),
                 deltas[0].len() as u64,
                 vec![put("z", "x")],
             )
@@ -452,7 +447,7 @@ async fn every_refusal_names_the_object_and_reason() {
         let dup = batch(
             1,
             1,
-            &digest_hex(&deltas[0]),
+            &sha256_hex(&deltas[0]),
             deltas[0].len() as u64,
             vec![put("z", "x")],
         )
@@ -474,7 +469,7 @@ async fn every_refusal_names_the_object_and_reason() {
                 .sign(key)
                 .unwrap();
             store
-                .put_delta(1, &digest_hex(&delta), &delta)
+                .put_delta(1, &sha256_hex(&delta), &delta)
                 .await
                 .unwrap();
             store
@@ -531,7 +526,7 @@ async fn every_refusal_names_the_object_and_reason() {
             newer.header.schema_version = 99;
             let delta = newer.sign(key).unwrap();
             store
-                .put_delta(1, &digest_hex(&delta), &delta)
+                .put_delta(1, &sha256_hex(&delta), &delta)
                 .await
                 .unwrap();
             store
@@ -564,7 +559,7 @@ async fn every_refusal_names_the_object_and_reason() {
             .sign(key)
             .unwrap();
         let cut = &delta[..delta.len() - 10];
-        store.put_delta(1, &digest_hex(&delta), cut).await.unwrap();
+        store.put_delta(1, &sha256_hex(&delta), cut).await.unwrap();
         store
             .put_head(&head_for(1, &delta, NOW).sign(key), HeadCondition::Absent)
             .await
@@ -668,7 +663,7 @@ fn round_trip_through_both_stores_is_lossless() {
                 let seq = next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let original = batch(seq, seq - 1, "base-digest", 0, records.clone());
                 let bytes = original.sign(&key).unwrap();
-                let digest = digest_hex(&bytes);
+                let digest = sha256_hex(&bytes);
                 for store in &stores {
                     let fetched = runtime.block_on(async {
                         store.put_delta(seq, &digest, &bytes).await.unwrap();
@@ -713,7 +708,7 @@ async fn endless_download_stops_at_the_cap() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let settings = deltacache::remote::RemoteSettings {
+    let settings = deltacache::delta_store::RemoteSettings {
         endpoint_url: Some(endpoint),
         static_credentials: Some(("k".into(), "s".into())),
         max_attempts: 1,

@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode};
 use deltacache::catalog::CurrentCatalog;
 use deltacache::http::{AppState, router};
 use deltacache::server::{ServeOptions, load_catalog};
-use deltacache::store::state::StateDir;
+use deltacache::state::StateDir;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -47,7 +47,7 @@ fn fixture(ready: bool) -> Fixture {
             bundle_dir: bundle,
             metrics: deltacache::telemetry::prometheus(),
             sync: Default::default(),
-            vectors: deltacache::search::backend::VectorBackend::Local,
+            vectors: deltacache::catalog::backend::VectorBackend::Local,
         },
         _state_dir: state_dir,
         _dir: dir,

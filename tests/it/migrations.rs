@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use deltacache::db::leveldb::{dump, open_db};
+use deltacache::db::migrate::{MigrationContext, SCHEMA_VERSION, migrate_to};
 use deltacache::delta::keys::PublisherKey;
-use deltacache::store::leveldb::{dump, open_db};
-use deltacache::store::migrate::{MigrationContext, SCHEMA_VERSION, migrate_to};
 use deltacache::sync::SyncOptions;
 use deltacache::sync::ops::sync_once;
 
@@ -583,7 +583,7 @@ async fn newer_bundles_versions_and_deltas_are_refused_naming_both_versions() {
         serde_json::from_slice(&std::fs::read(&version_json).unwrap()).unwrap();
     info["schema_version"] = newer.into();
     std::fs::write(&version_json, info.to_string()).unwrap();
-    let view = deltacache::store::state::StateDir::inspect(&state).unwrap();
+    let view = deltacache::state::StateDir::inspect(&state).unwrap();
     let error = format!("{:#}", view.load_version(name.trim()).unwrap_err());
     assert!(
         error.contains(&format!("store schema version {newer}"))
@@ -595,10 +595,11 @@ async fn newer_bundles_versions_and_deltas_are_refused_naming_both_versions() {
 /// Signs and publishes a delta after the current head whose header claims `schema`.
 async fn publish_newer_schema_delta(legacy: &Legacy, schema: u32) {
     use deltacache::delta::format::{
-        DeltaBatch, DeltaHeader, DeltaRecord, Head, ObjectKind, digest_hex, verify_object,
+        DeltaBatch, DeltaHeader, DeltaRecord, Head, ObjectKind, verify_object,
     };
     use deltacache::delta::keys::TrustedKeys;
-    use deltacache::remote::{DeltaStore, HeadCondition};
+    use deltacache::delta_store::{DeltaStore, HeadCondition};
+    use deltacache::digest::sha256_hex;
     let key = PublisherKey::load(&legacy.key).unwrap();
     let trusted = TrustedKeys::load(&deltacache::delta::keys::public_path(&legacy.key)).unwrap();
     let store = DeltaStore::open(&legacy.store, &Default::default())
@@ -627,7 +628,7 @@ async fn publish_newer_schema_delta(legacy: &Legacy, schema: u32) {
         records: vec![DeltaRecord::Put { item }],
     };
     let delta = batch.sign(&key).unwrap();
-    let digest = digest_hex(&delta);
+    let digest = sha256_hex(&delta);
     store
         .put_delta(head.seq + 1, &digest, &delta)
         .await
@@ -692,8 +693,8 @@ fn dot(a: &[(u32, f32)], b: &[(u32, f32)]) -> f32 {
 async fn filtered_search_equals_brute_force_filter_then_rank() {
     use deltacache::bundle::build::{BuildOptions, InputFormat, ModelSource, build_base};
     use deltacache::catalog::Catalog;
+    use deltacache::search::filter::Filter;
     use deltacache::search::tfidf::FitOptions;
-    use deltacache::store::filter::Filter;
 
     let mut rng = Lcg(7);
     let dir = tempfile::tempdir().unwrap();
@@ -763,7 +764,7 @@ async fn filtered_search_equals_brute_force_filter_then_rank() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let local = deltacache::server::open_local(&bundle, &state).unwrap();
+    let local = deltacache::state::LocalState::open(&bundle, &state).unwrap();
     assert_eq!(local.version.info.seq, 1);
     let catalog = Catalog::open(
         &local.version,

@@ -620,7 +620,7 @@ async fn faults_answer_503_and_the_circuit_fails_fast_while_items_keep_working()
     }
     assert_eq!(
         opened_after,
-        Some(deltacache::search::pinecone::BREAKER_THRESHOLD as usize)
+        Some(deltacache::pinecone::BREAKER_THRESHOLD as usize)
     );
     let before = fake.n_queries.load(Ordering::SeqCst);
     for _ in 0..3 {
@@ -779,7 +779,7 @@ async fn bundle_upserts_respect_the_batch_limits_and_resume() {
         .extend([Fault::Pass, Fault::Status(400)]);
     let first = build_with_pinecone(dir.path(), &items, &url).await;
     assert!(!first.status.success());
-    let progress = deltacache::search::pinecone_sync::progress_path(&dir.path().join("bundle"));
+    let progress = deltacache::pinecone::mirror::progress_path(&dir.path().join("bundle"));
     let recorded: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&progress).unwrap()).unwrap();
     assert_eq!(recorded["n_acknowledged"], 1000);
@@ -797,8 +797,8 @@ async fn bundle_upserts_respect_the_batch_limits_and_resume() {
         [1000, 1000, 500]
     );
     for (n_vectors, bytes) in &batches {
-        assert!(*n_vectors <= deltacache::search::pinecone::MAX_UPSERT_VECTORS);
-        assert!(*bytes <= deltacache::search::pinecone::MAX_UPSERT_BYTES);
+        assert!(*n_vectors <= deltacache::pinecone::MAX_UPSERT_VECTORS);
+        assert!(*bytes <= deltacache::pinecone::MAX_UPSERT_BYTES);
     }
     assert_eq!(fake.vectors.lock().len(), 2500);
     let recorded: serde_json::Value =

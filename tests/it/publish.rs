@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use deltacache::bundle::Bundle;
 use deltacache::delta::chain::{fetch_chain, fetch_head};
 use deltacache::delta::keys::TrustedKeys;
-use deltacache::remote::DeltaStore;
+use deltacache::delta_store::DeltaStore;
 
 use super::s3::S3Server;
 use super::support::{binary, build_bundle, sample_items};
@@ -267,16 +267,23 @@ async fn check_race(store_url: &str, publisher: &Publisher, store: DeltaStore, r
     }
     let bundle = Bundle::open(&publisher.bundle).unwrap();
     let trusted = TrustedKeys::load(&publisher.dir.path().join("publisher.key.pub")).unwrap();
-    let now = deltacache::delta::publish::now_secs();
-    let head = fetch_head(&store, &trusted, &bundle.chain_position(), None, now, false)
-        .await
-        .unwrap()
-        .unwrap();
+    let now = deltacache::clock::now_secs();
+    let head = fetch_head(
+        &store,
+        &trusted,
+        &deltacache::delta::chain::ChainPosition::of_bundle(&bundle.manifest),
+        None,
+        now,
+        false,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let chain = fetch_chain(
         &store,
         &trusted,
         &head.head,
-        &bundle.chain_position(),
+        &deltacache::delta::chain::ChainPosition::of_bundle(&bundle.manifest),
         1 << 20,
     )
     .await

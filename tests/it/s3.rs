@@ -164,8 +164,8 @@ impl S3Server {
     }
 
     /// Remote settings pointing at this server.
-    pub fn settings(&self) -> deltacache::remote::RemoteSettings {
-        deltacache::remote::RemoteSettings {
+    pub fn settings(&self) -> deltacache::delta_store::RemoteSettings {
+        deltacache::delta_store::RemoteSettings {
             endpoint_url: Some(self.endpoint.clone()),
             max_attempts: 2,
             static_credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
@@ -175,10 +175,13 @@ impl S3Server {
     }
 
     /// Opens a delta store under `prefix` of the test bucket.
-    pub async fn store(&self, prefix: &str) -> deltacache::remote::DeltaStore {
-        deltacache::remote::DeltaStore::open(&format!("s3://{BUCKET}/{prefix}"), &self.settings())
-            .await
-            .unwrap()
+    pub async fn store(&self, prefix: &str) -> deltacache::delta_store::DeltaStore {
+        deltacache::delta_store::DeltaStore::open(
+            &format!("s3://{BUCKET}/{prefix}"),
+            &self.settings(),
+        )
+        .await
+        .unwrap()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The LevelDB layer itself: reads agree with iteration after deletes are flushed.
 
-use deltacache::store::leveldb::{dump, open_db};
+use deltacache::db::leveldb::{dump, open_db};
 
 /// A live key that sorts just before another key's deletion in a newer table must still be
 /// found by `get` (rusty-leveldb 4.0.2 answered `None`; fixed in vendor/rusty-leveldb).

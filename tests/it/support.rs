@@ -198,7 +198,7 @@ pub async fn publish_changes(
     store: &str,
     key: &Path,
     bundle: &Path,
-    remote: deltacache::remote::RemoteSettings,
+    remote: deltacache::delta_store::RemoteSettings,
     changes: &[serde_json::Value],
 ) {
     std::fs::write(

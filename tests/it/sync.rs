@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deltacache::delta::keys::PublisherKey;
-use deltacache::remote::RemoteSettings;
+use deltacache::delta_store::RemoteSettings;
 use deltacache::sync::SyncOptions;
 use deltacache::sync::ops::{export, sync_once};
 
@@ -161,7 +161,7 @@ async fn check_fold(s3: Option<&S3Server>, prefix: &str, seed: u64, rounds: usiz
         }
     }
     // The index of the synced state ranks exactly like a brute-force scan of it.
-    let local = deltacache::server::open_local(&world.bundle, &state_dir).unwrap();
+    let local = deltacache::state::LocalState::open(&world.bundle, &state_dir).unwrap();
     let catalog = deltacache::catalog::Catalog::open(
         &local.version,
         local.model.clone(),
@@ -219,8 +219,9 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_deltas_leave_the_state_dir_byte_identical() {
-    use deltacache::delta::format::{DeltaBatch, DeltaHeader, Head, digest_hex};
-    use deltacache::remote::{DeltaStore, HeadCondition};
+    use deltacache::delta::format::{DeltaBatch, DeltaHeader, Head};
+    use deltacache::delta_store::{DeltaStore, HeadCondition};
+    use deltacache::digest::sha256_hex;
     let mut world = World::new(sample_items(), None, "");
     let state_dir = world.dir.path().join("state");
     world.publish(&[put("a", "kafka crema")]).await;
@@ -251,7 +252,7 @@ async fn refused_deltas_leave_the_state_dir_byte_identical() {
         .unwrap();
         Head::parse(v.body).unwrap()
     };
-    let now = deltacache::delta::publish::now_secs();
+    let now = deltacache::clock::now_secs();
     /// A refusal: its name, the signing key, and edits to the delta header and the head.
     type Case = (
         &'static str,
@@ -311,12 +312,12 @@ async fn refused_deltas_leave_the_state_dir_byte_identical() {
         .sign(&key)
         .unwrap();
         store
-            .put_delta(old_head.seq + 1, &digest_hex(&delta), &delta)
+            .put_delta(old_head.seq + 1, &sha256_hex(&delta), &delta)
             .await
             .unwrap();
         let mut new_head = Head {
             seq: old_head.seq + 1,
-            delta_digest: digest_hex(&delta),
+            delta_digest: sha256_hex(&delta),
             delta_len: delta.len() as u64,
             issued_at: now,
             expires_at: now + 3600,
@@ -349,7 +350,7 @@ async fn refused_deltas_leave_the_state_dir_byte_identical() {
             .await
             .unwrap();
         store
-            .remove_unreferenced_delta(old_head.seq + 1, &digest_hex(&delta))
+            .remove_unreferenced_delta(old_head.seq + 1, &sha256_hex(&delta))
             .await
             .unwrap();
     }

@@ -6,6 +6,8 @@
 //! the model's term count. The API key is kept in [`ApiKey`], whose `Debug` never shows it,
 //! and is sent as a sensitive header (so HTTP logging layers redact it).
 
+pub mod mirror;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,25 +59,8 @@ impl ApiKey {
     }
 
     fn from_file(path: &Path) -> anyhow::Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        let metadata = std::fs::metadata(path)
-            .with_context(|| format!("read Pinecone API key file {}", path.display()))?;
-        let mode = metadata.permissions().mode();
-        if mode & 0o077 != 0 {
-            bail!(
-                "Pinecone API key file {} is readable by group or others (mode {:o}): run `chmod 600 {}`",
-                path.display(),
-                mode & 0o777,
-                path.display()
-            );
-        }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("read Pinecone API key file {}", path.display()))?;
-        let key = text.trim();
-        if key.is_empty() {
-            bail!("Pinecone API key file {} is empty", path.display());
-        }
-        Ok(ApiKey(key.to_owned()))
+        let key = crate::secret_file::read_private(path, "Pinecone API key file")?;
+        Ok(ApiKey(key))
     }
 
     /// A key given directly (tests, tools).

@@ -1,7 +1,13 @@
 //! A catalog is one loaded, servable version: the model, the vector index and the read
-//! handles of the metadata store, all from the same version. Requests take the current
+//! handles of the metadata database, all from the same version. Requests take the current
 //! catalog once ([`CurrentCatalog::load`]) and use it to the end, so a swap never mixes
 //! versions within a request.
+//!
+//! Ranking (the local index here, or Pinecone through [`backend::VectorBackend`]) yields
+//! `(id, score)` pairs; [`Catalog::join`], the one metadata join, adds each item's JSON and
+//! counts an id the database lacks as a join miss, whichever backend ranked it.
+
+pub mod backend;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,11 +15,11 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use arc_swap::ArcSwapOption;
 
+use crate::db::leveldb::MetadataReaders;
+use crate::search::filter::{Filter, FilterError, FilterIndex, bit_is_set};
 use crate::search::index::VectorIndex;
 use crate::search::tfidf::TfidfModel;
-use crate::store::filter::{Filter, FilterError, FilterIndex, bit_is_set};
-use crate::store::leveldb::MetadataReaders;
-use crate::store::state::{StoreVersion, VersionInfo};
+use crate::state::{LocalState, StateDir, StoreVersion, VersionInfo};
 
 /// One loaded version.
 pub struct Catalog {
@@ -104,7 +110,7 @@ impl Catalog {
             })
             .with_context(|| format!("open read handles on version {}", version.info.name))?;
         let recorded = metadata.recorded_state()?;
-        let expected = crate::store::leveldb::RecordedState {
+        let expected = crate::db::leveldb::RecordedState {
             seq: version.info.seq,
             chain_digest: version.info.chain_digest.clone(),
         };
@@ -153,14 +159,25 @@ impl Catalog {
         Filter::parse(object, self.filters.fields())
     }
 
-    /// Embeds `query_text`, ranks the index (over the items `filter` admits, if any, before
-    /// top-k is taken), and joins each hit with its metadata.
+    /// Embeds `query_text`, ranks the local index (over the items `filter` admits, if any,
+    /// before top-k is taken), and joins each hit with its metadata.
     pub fn search(
         &self,
         query_text: &str,
         top_k: usize,
         filter: Option<&Filter>,
     ) -> anyhow::Result<SearchOutcome> {
+        let ranked = self.rank(query_text, top_k, filter);
+        self.join(ranked)
+    }
+
+    /// The local index's exact top-k for `query_text`, as (id, score), best first.
+    pub fn rank(
+        &self,
+        query_text: &str,
+        top_k: usize,
+        filter: Option<&Filter>,
+    ) -> Vec<(String, f32)> {
         let query = self.model.embed(query_text);
         let hits = match filter {
             None => self.index.top_k(&query, top_k),
@@ -170,23 +187,34 @@ impl Catalog {
                     .top_k_filtered(&query, top_k, |slot| bit_is_set(&admitted, slot))
             }
         };
+        hits.into_iter()
+            .map(|hit| (self.index.id(hit.slot).to_owned(), hit.score))
+            .collect()
+    }
+
+    /// Adds each ranked id's metadata, in order. An id this version's database lacks is
+    /// skipped and counted (in the outcome's `missing` and in
+    /// `deltacache_join_misses_total`): never substituted.
+    pub fn join(&self, ranked: Vec<(String, f32)>) -> anyhow::Result<SearchOutcome> {
         let mut outcome = SearchOutcome {
-            hits: Vec::with_capacity(hits.len()),
+            hits: Vec::with_capacity(ranked.len()),
             missing: 0,
         };
-        for hit in hits {
-            let id = self.index.id(hit.slot);
-            match self.metadata.get(id)? {
+        for (id, score) in ranked {
+            match self.metadata.get(&id)? {
                 Some(metadata) => outcome.hits.push(SearchHit {
-                    id: id.to_owned(),
-                    score: hit.score,
+                    id,
+                    score,
                     metadata,
                 }),
                 None => {
-                    tracing::warn!(id, version = %self.info.name, "indexed item has no metadata");
+                    tracing::debug!(id, version = %self.info.name, "ranked item has no metadata");
                     outcome.missing += 1;
                 }
             }
+        }
+        if outcome.missing > 0 {
+            metrics::counter!("deltacache_join_misses_total").increment(outcome.missing as u64);
         }
         Ok(outcome)
     }
@@ -195,6 +223,65 @@ impl Catalog {
     pub fn get(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
         self.metadata.get(id)
     }
+}
+
+/// Opens the catalog of a committed version on a blocking thread, off the async workers;
+/// `index` is the version's index when it is already in memory (as apply leaves it).
+pub async fn open_in_background(
+    state: &Arc<StateDir>,
+    version: &StoreVersion,
+    model: Arc<TfidfModel>,
+    index: Option<VectorIndex>,
+    reader_shards: usize,
+) -> anyhow::Result<Arc<Catalog>> {
+    let state = state.clone();
+    let version = version.clone();
+    tokio::task::spawn_blocking(move || {
+        Catalog::open_with_index(
+            &version,
+            model,
+            index,
+            &state.reader_dir(&version),
+            reader_shards,
+        )
+        .map(Arc::new)
+    })
+    .await
+    .context("join the catalog loading task")?
+}
+
+/// Opens the catalog of `local.version`; if it does not open or its recorded state
+/// disagrees, falls back to older committed versions of the same bundle (making the first
+/// that opens current), then to a fresh clone of the bundle. Blocking.
+pub fn open_with_fallback(local: &LocalState, reader_shards: usize) -> anyhow::Result<Catalog> {
+    let open = |version: &StoreVersion| {
+        Catalog::open(
+            version,
+            local.model.clone(),
+            &local.state.reader_dir(version),
+            reader_shards,
+        )
+    };
+    let error = match open(&local.version) {
+        Ok(catalog) => return Ok(catalog),
+        Err(error) => error,
+    };
+    tracing::warn!(version = %local.version.info.name, error = format!("{error:#}"), "current version is not trusted; falling back");
+    for version in local.state.versions()?.iter().rev() {
+        if version.info.name == local.version.info.name
+            || version.info.model_fingerprint != local.bundle.manifest.model_fingerprint
+        {
+            continue;
+        }
+        if let Ok(catalog) = open(version) {
+            local.state.set_current(&version.info.name)?;
+            tracing::warn!(version = %version.info.name, "serving an older committed version");
+            return Ok(catalog);
+        }
+    }
+    local.state.reset()?;
+    let fresh = local.state.ensure_from_bundle(&local.bundle)?;
+    open(&fresh)
 }
 
 /// The catalog requests are served from: empty until the first version is swapped in.

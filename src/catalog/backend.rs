@@ -1,11 +1,11 @@
 //! Where the top-k ids come from: the local index (the default, exact, in-process) or a
-//! Pinecone index. Either way each id's metadata is then read from the local store.
+//! Pinecone index. Either way [`Catalog::join`] then reads each id's metadata locally.
 
 use std::sync::Arc;
 
-use crate::catalog::{Catalog, SearchHit, SearchOutcome};
-use crate::search::pinecone::{PineconeClient, PineconeError, densify};
-use crate::store::filter::Filter;
+use super::{Catalog, SearchOutcome};
+use crate::pinecone::{PineconeClient, PineconeError, densify};
+use crate::search::filter::Filter;
 
 /// Which backend to use, as configured (`--vector-backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -76,26 +76,12 @@ impl VectorBackend {
         let matches = client
             .query(&dense, top_k, filter.map(Filter::to_pinecone))
             .await?;
-        let mut outcome = SearchOutcome {
-            hits: Vec::with_capacity(matches.len()),
-            missing: 0,
-        };
-        for found in matches {
-            if found.score <= 0.0 || !found.score.is_finite() {
-                continue;
-            }
-            match catalog.get(&found.id)? {
-                Some(metadata) => outcome.hits.push(SearchHit {
-                    id: found.id,
-                    score: found.score,
-                    metadata,
-                }),
-                None => outcome.missing += 1,
-            }
-        }
-        if outcome.missing > 0 {
-            metrics::counter!("deltacache_join_misses_total").increment(outcome.missing as u64);
-        }
-        Ok(outcome)
+        // Matches scoring 0 or less are dropped, as the local index never returns them.
+        let ranked = matches
+            .into_iter()
+            .filter(|found| found.score > 0.0 && found.score.is_finite())
+            .map(|found| (found.id, found.score))
+            .collect();
+        Ok(catalog.join(ranked)?)
     }
 }

@@ -1,7 +1,7 @@
 //! A delta store in a local directory.
 //!
 //! Deltas are created exclusively (written to a temporary file, fsynced, then hard-linked to
-//! their name, which fails if the name exists). The head is replaced under an `flock` on
+//! their name, which fails if the name exists). The head is replaced under a lock on
 //! `.lock`: read, compare its digest with the expected tag, write a temporary file, fsync,
 //! rename, fsync the directory.
 
@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::{FetchError, Fetched, HeadCondition, PutError};
-use crate::store::durable;
+use crate::durable;
+use crate::lock_file::LockFile;
 
 /// A directory holding a delta chain.
 #[derive(Debug, Clone)]
@@ -63,7 +64,7 @@ impl FileStore {
             if bytes.len() as u64 > cap {
                 return Err(FetchError::Oversize { name, cap });
             }
-            let etag = crate::delta::format::digest_hex(&bytes);
+            let etag = crate::digest::sha256_hex(&bytes);
             Ok(Some(Fetched { bytes, etag }))
         })
         .await
@@ -120,13 +121,10 @@ impl FileStore {
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&root)
                 .with_context(|| format!("create delta store {}", root.display()))?;
-            let lock_path = root.join(".lock");
-            let lock = std::fs::File::create(&lock_path)
-                .with_context(|| format!("create {}", lock_path.display()))?;
-            lock_blocking(&lock).with_context(|| format!("lock {}", lock_path.display()))?;
+            let lock = LockFile::acquire(&root.join(".lock"))?;
             let head = root.join(super::HEAD_NAME);
             let current = match std::fs::read(&head) {
-                Ok(current) => Some(crate::delta::format::digest_hex(&current)),
+                Ok(current) => Some(crate::digest::sha256_hex(&current)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => {
                     return Err(anyhow::Error::from(e)
@@ -174,16 +172,5 @@ impl FileStore {
     pub(super) async fn remove(&self, name: &str) -> anyhow::Result<()> {
         let path = self.root.join(name);
         std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))
-    }
-}
-
-fn lock_blocking(file: &std::fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor borrowed for the duration of the call.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }

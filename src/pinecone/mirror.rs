@@ -17,11 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::Bundle;
 use crate::bundle::items::{ItemFields, parse_item};
+use crate::db::filter::filterable_metadata;
+use crate::durable;
+use crate::pinecone::{PineconeClient, UpsertBatch, UpsertBatcher};
 use crate::progress::Progress;
-use crate::search::pinecone::{PineconeClient, UpsertBatch, UpsertBatcher};
 use crate::search::tfidf::TfidfModel;
-use crate::store::durable;
-use crate::store::filter::filterable_metadata;
 
 /// What the progress file records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,7 +105,7 @@ pub async fn upsert_bundle(
         let mut out = std::io::BufWriter::new(
             std::fs::File::create(&export).context("create the export file")?,
         );
-        crate::store::leveldb::export_items(
+        crate::db::leveldb::export_items(
             &bundle.dir.join(crate::bundle::DB_DIR),
             scratch.path(),
             &mut out,

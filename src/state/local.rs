@@ -1,0 +1,39 @@
+//! What a process that serves or syncs starts from: the bundle, its model, the locked state
+//! dir and the version to continue from.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{StateDir, StoreVersion};
+use crate::bundle::Bundle;
+use crate::search::tfidf::TfidfModel;
+
+/// The bundle, its model, the state dir and the newest usable committed version.
+pub struct LocalState {
+    /// The bundle.
+    pub bundle: Bundle,
+    /// Its model.
+    pub model: Arc<TfidfModel>,
+    /// The state dir (locked).
+    pub state: Arc<StateDir>,
+    /// The version to start from.
+    pub version: StoreVersion,
+}
+
+impl LocalState {
+    /// Opens the bundle and the state dir (taking its lock) and picks the version to start
+    /// from: the current one if it descends from this bundle and is at least as new, else a
+    /// fresh clone of the bundle. Blocking.
+    pub fn open(bundle_dir: &Path, state_dir: &Path) -> anyhow::Result<Self> {
+        let bundle = Bundle::open(bundle_dir)?;
+        let model = Arc::new(bundle.load_model()?);
+        let state = Arc::new(StateDir::open(state_dir)?);
+        let version = state.ensure_from_bundle(&bundle)?;
+        Ok(LocalState {
+            bundle,
+            model,
+            state,
+            version,
+        })
+    }
+}
