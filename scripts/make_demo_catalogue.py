@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the built-in sample catalogue that `deltacache demo` serves.
 
-Output: src/cli/demo_catalogue.jsonl (a few hundred varied items, deterministic).
+Output: src/demo_catalogue.jsonl (a few hundred varied items, deterministic).
 Rerun: python3 scripts/make_demo_catalogue.py
 """
 import argparse
@@ -79,7 +79,7 @@ BRANDS = ["Acme", "Borealis", "Cinder", "Dynamo", "Ember", "Fjord", "Granite", "
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="src/cli/demo_catalogue.jsonl")
+    parser.add_argument("--out", default="src/demo_catalogue.jsonl")
     parser.add_argument("--per-category", type=int, default=30)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()

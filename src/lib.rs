@@ -22,7 +22,7 @@
 //! - [`sync`]: fetch and verify deltas, have the state dir apply them; the daemon's follower.
 //! - [`http`]: router, handlers, errors.
 //! - [`server`]: the daemon's boot and serve loop.
-//! - [`config`]: the TOML config file.
+//! - [`config`]: the TOML config file; [`demo`]: the embedded default.
 //! - [`cli`]: one file per subcommand, glue only.
 
 pub mod clock;
@@ -53,3 +53,4 @@ pub mod server;
 
 pub mod cli;
 pub mod config;
+pub mod demo;

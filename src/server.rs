@@ -168,58 +168,77 @@ async fn boot(
         reader_shards: options.reader_shards,
         keep_versions: follow.sync.keep_versions,
     });
-    let synced = with_deadline(
-        follow.boot_deadline,
-        "boot-time sync",
-        follower.sync_and_swap(),
-    )
-    .await;
-    match synced {
-        Ok(_) => {}
-        Err(error) => match follow.on_sync_failure {
-            OnSyncFailure::Fail => {
-                return Err(error.context("boot-time sync failed and --on-sync-failure is fail"));
-            }
-            OnSyncFailure::ServeStale => {
-                let mut status = status.write();
-                status.stale = true;
-                status.last_result = Some("failed".into());
-                status.last_error = Some(format!("{error:#}"));
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "boot-time sync failed; serving the newest good local version, marked stale"
-                );
-            }
-        },
-    }
+    boot_sync(&follower, follow, &status).await?;
     if current.load().is_none() {
         // Nothing new was applied: serve the local version as it is.
         let version = follower.version.lock().await.clone();
-        let catalog = match open_in_background(
-            &local.state,
-            &version,
-            local.model.clone(),
-            None,
-            options.reader_shards,
-        )
-        .await
-        {
-            Ok(catalog) => catalog,
-            Err(_) => {
-                let reader_shards = options.reader_shards;
-                Arc::new(
-                    tokio::task::spawn_blocking(move || open_with_fallback(&local, reader_shards))
-                        .await??,
-                )
-            }
-        };
         status.write().head_issued_at = version.info.head_issued_at;
+        let catalog = open_local_version(local, &version, options.reader_shards).await?;
         swap_first(&current, catalog, started);
     } else {
         tracing::info!(seconds = started.elapsed().as_secs_f64(), "ready");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     }
     Ok(Some((follower, follow.follow_interval)))
+}
+
+/// The boot-time sync within the deadline; a failure is fatal or marks the status stale, as
+/// the policy says.
+async fn boot_sync(
+    follower: &Follower,
+    follow: &FollowOptions,
+    status: &SharedStatus,
+) -> anyhow::Result<()> {
+    let synced = with_deadline(
+        follow.boot_deadline,
+        "boot-time sync",
+        follower.sync_and_swap(),
+    )
+    .await;
+    let Err(error) = synced else {
+        return Ok(());
+    };
+    match follow.on_sync_failure {
+        OnSyncFailure::Fail => {
+            Err(error.context("boot-time sync failed and --on-sync-failure is fail"))
+        }
+        OnSyncFailure::ServeStale => {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "boot-time sync failed; serving the newest good local version, marked stale"
+            );
+            let mut status = status.write();
+            status.stale = true;
+            status.last_result = Some("failed".into());
+            status.last_error = Some(format!("{error:#}"));
+            Ok(())
+        }
+    }
+}
+
+/// Opens `version` (the local version the boot-time sync left current), falling back to
+/// older versions or the bundle if it does not open.
+async fn open_local_version(
+    local: LocalState,
+    version: &crate::state::StoreVersion,
+    reader_shards: usize,
+) -> anyhow::Result<Arc<Catalog>> {
+    let opened = open_in_background(
+        &local.state,
+        version,
+        local.model.clone(),
+        None,
+        reader_shards,
+    )
+    .await;
+    match opened {
+        Ok(catalog) => Ok(catalog),
+        Err(_) => Ok(Arc::new(
+            tokio::task::spawn_blocking(move || open_with_fallback(&local, reader_shards))
+                .await
+                .context("join the loading task")??,
+        )),
+    }
 }
 
 fn swap_first(current: &CurrentCatalog, catalog: Arc<Catalog>, started: Instant) {

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 use rusty_leveldb::WriteBatch;
@@ -135,9 +135,8 @@ pub fn build_base(options: &BuildOptions) -> anyhow::Result<BuildReport> {
 
 fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Result<BuildReport> {
     let mut stage_seconds = Vec::new();
-    let input_len = std::fs::metadata(&options.input)
-        .with_context(|| format!("open input {}", options.input.display()))?
-        .len();
+    std::fs::metadata(&options.input)
+        .with_context(|| format!("open input {}", options.input.display()))?;
 
     // Pass one: validate, store metadata, count terms.
     let started = Instant::now();
@@ -145,17 +144,8 @@ fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Resu
         ModelSource::Fit(fit) => Some(TermStatistics::new(fit.stop_words.as_ref())?),
         ModelSource::File(_) => None,
     };
-    check_field_names(&options.filter_fields)?;
-    let migration = MigrationContext::new(options.filter_fields.clone());
     let db_dir = dir.join(DB_DIR);
-    let (mut db, n_items, items_sha256) = match options.input_format {
-        InputFormat::Jsonl => {
-            let (mut db, n_items, items_sha256) = store_jsonl(options, &db_dir, stats.as_mut())?;
-            migrate(&mut db, 1, &migration, "the new bundle")?;
-            (db, n_items, items_sha256)
-        }
-        InputFormat::LevelDb => adopt_leveldb(options, &db_dir, &migration, stats.as_mut())?,
-    };
+    let (mut db, n_items, items_sha256) = store_items(options, &db_dir, stats.as_mut())?;
     stage_seconds.push(("store", started.elapsed().as_secs_f64()));
 
     // The model.
@@ -170,9 +160,97 @@ fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Resu
 
     // Pass two: the index.
     let started = Instant::now();
+    let index = build_index(options, &model, &mut db, n_items)?;
+    index.save(&dir.join(INDEX_FILE))?;
+    drop(index);
+    stage_seconds.push(("index", started.elapsed().as_secs_f64()));
+
+    // Record the chain position in the database itself, then compact and close it.
+    let started = Instant::now();
+    let (chain_digest, chain_len) = match &options.chain {
+        Some((digest, len)) => (digest.clone(), *len),
+        None => (
+            super::base_chain_digest(dataset, options.seq, model.fingerprint(), &items_sha256),
+            0,
+        ),
+    };
+    finish_db(db, &db_dir, options.seq, &chain_digest)?;
+    stage_seconds.push(("compact", started.elapsed().as_secs_f64()));
+
+    // The manifest, last.
+    let started = Instant::now();
+    let manifest = Manifest {
+        format: BUNDLE_FORMAT.into(),
+        format_version: BUNDLE_FORMAT_VERSION,
+        dataset: dataset.to_owned(),
+        seq: options.seq,
+        schema_version: leveldb::SCHEMA_VERSION,
+        filter_fields: options.filter_fields.clone(),
+        model_fingerprint: model.fingerprint().to_owned(),
+        n_terms: model.n_terms(),
+        n_items,
+        id_field: options.fields.id_field.clone(),
+        text_field: options.fields.text_field.clone(),
+        created_at: crate::clock::now_secs(),
+        built_by: format!("deltacache {}", env!("CARGO_PKG_VERSION")),
+        chain_digest,
+        chain_len,
+        items_sha256,
+        files: digest_files(dir)?,
+    };
+    let bytes = serde_json::to_vec_pretty(&manifest).context("encode manifest")?;
+    std::fs::write(dir.join(MANIFEST_FILE), bytes).context("write manifest.json")?;
+    stage_seconds.push(("manifest", started.elapsed().as_secs_f64()));
+    // A bundle that cannot be reopened is not finished.
+    Bundle::open(dir)?;
+    Ok(BuildReport {
+        manifest,
+        stage_seconds,
+    })
+}
+
+/// Pass one: validates every item and writes it into a new database at `db_dir` in this
+/// binary's layout, counting terms into `stats` when a model is fitted. Returns the open
+/// database, the item count and the items' digest.
+fn store_items(
+    options: &BuildOptions,
+    db_dir: &Path,
+    stats: Option<&mut TermStatistics>,
+) -> anyhow::Result<(rusty_leveldb::DB, u64, String)> {
+    check_field_names(&options.filter_fields)?;
+    let migration = MigrationContext::new(options.filter_fields.clone());
+    match options.input_format {
+        InputFormat::Jsonl => {
+            let (mut db, n_items, items_sha256) = store_jsonl(options, db_dir, stats)?;
+            migrate(&mut db, 1, &migration, "the new bundle")?;
+            Ok((db, n_items, items_sha256))
+        }
+        InputFormat::LevelDb => adopt_leveldb(options, db_dir, &migration, stats),
+    }
+}
+
+/// The size and digest of every file under `dir`, by relative path.
+fn digest_files(dir: &Path) -> anyhow::Result<BTreeMap<String, crate::digest::FileDigest>> {
+    list_files(dir)?
+        .into_iter()
+        .map(|rel| Ok((rel.clone(), digest_file(&dir.join(&rel))?)))
+        .collect()
+}
+
+/// Pass two: embeds every item (from the JSONL input again, or from the adopted database)
+/// into a new index; the item count must match pass one's.
+fn build_index(
+    options: &BuildOptions,
+    model: &TfidfModel,
+    db: &mut rusty_leveldb::DB,
+    n_items: u64,
+) -> anyhow::Result<VectorIndex> {
     let mut index = VectorIndex::new(model.n_terms());
     match options.input_format {
         InputFormat::Jsonl => {
+            let input_len = std::fs::metadata(&options.input)
+                .with_context(|| format!("open input {}", options.input.display()))?
+                .len();
             let mut progress = Progress::bytes("index", input_len);
             let mut reader = ItemReader::open(&options.input, options.fields.clone())?;
             let mut n_read = 0u64;
@@ -195,7 +273,7 @@ fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Resu
         InputFormat::LevelDb => {
             let mut progress = Progress::items("index", n_items);
             let mut n_read = 0u64;
-            leveldb::for_each_item(&mut db, |_, json| {
+            leveldb::for_each_item(db, |_, json| {
                 let item = parse_item(std::str::from_utf8(json)?, &options.fields)?;
                 index.upsert(&item.id, &model.embed(&item.text))?;
                 n_read += 1;
@@ -207,23 +285,20 @@ fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Resu
             progress.finish();
         }
     }
-    index.save(&dir.join(INDEX_FILE))?;
-    drop(index);
-    stage_seconds.push(("index", started.elapsed().as_secs_f64()));
+    Ok(index)
+}
 
-    // Record the chain position in the store itself, then compact and close it and drop
-    // LevelDB's scratch files.
-    let started = Instant::now();
-    let (chain_digest, chain_len) = match &options.chain {
-        Some((digest, len)) => (digest.clone(), *len),
-        None => (
-            super::base_chain_digest(dataset, options.seq, model.fingerprint(), &items_sha256),
-            0,
-        ),
-    };
+/// Records the chain position in the database, compacts and closes it, and removes
+/// LevelDB's scratch files (lock, info logs), which a bundle never lists.
+fn finish_db(
+    mut db: rusty_leveldb::DB,
+    db_dir: &Path,
+    seq: u64,
+    chain_digest: &str,
+) -> anyhow::Result<()> {
     let recorded = leveldb::RecordedState {
-        seq: options.seq,
-        chain_digest: chain_digest.clone(),
+        seq,
+        chain_digest: chain_digest.to_owned(),
     };
     db.put(leveldb::STATE_KEY, &serde_json::to_vec(&recorded)?)
         .map_err(|s| anyhow!("{s}"))
@@ -241,46 +316,7 @@ fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Resu
             std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
         }
     }
-    stage_seconds.push(("compact", started.elapsed().as_secs_f64()));
-
-    // The manifest, last.
-    let started = Instant::now();
-    let mut files = BTreeMap::new();
-    for rel in list_files(dir)? {
-        let digest = digest_file(&dir.join(&rel))?;
-        files.insert(rel, digest);
-    }
-    let manifest = Manifest {
-        format: BUNDLE_FORMAT.into(),
-        format_version: BUNDLE_FORMAT_VERSION,
-        dataset: dataset.to_owned(),
-        seq: options.seq,
-        schema_version: leveldb::SCHEMA_VERSION,
-        filter_fields: options.filter_fields.clone(),
-        model_fingerprint: model.fingerprint().to_owned(),
-        n_terms: model.n_terms(),
-        n_items,
-        id_field: options.fields.id_field.clone(),
-        text_field: options.fields.text_field.clone(),
-        created_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        built_by: format!("deltacache {}", env!("CARGO_PKG_VERSION")),
-        chain_digest,
-        chain_len,
-        items_sha256,
-        files,
-    };
-    let bytes = serde_json::to_vec_pretty(&manifest).context("encode manifest")?;
-    std::fs::write(dir.join(MANIFEST_FILE), bytes).context("write manifest.json")?;
-    stage_seconds.push(("manifest", started.elapsed().as_secs_f64()));
-    // A bundle that cannot be reopened is not finished.
-    Bundle::open(dir)?;
-    Ok(BuildReport {
-        manifest,
-        stage_seconds,
-    })
+    Ok(())
 }
 
 /// Pass one over JSONL: validates every line, writes the items in layout 1, counts terms.

@@ -80,6 +80,16 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileDigest>,
 }
 
+impl Manifest {
+    /// The fields holding each item's id and text.
+    pub fn item_fields(&self) -> items::ItemFields {
+        items::ItemFields {
+            id_field: self.id_field.clone(),
+            text_field: self.text_field.clone(),
+        }
+    }
+}
+
 /// The chain digest of a bundle built from items: binds the first delta to this dataset,
 /// seq, model and exact item set.
 pub fn base_chain_digest(

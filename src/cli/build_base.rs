@@ -2,17 +2,16 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 
 use super::pinecone_args::PineconeArgs;
-use crate::pinecone::PineconeClient;
-use crate::pinecone::mirror::{progress_path, upsert_bundle};
-
 use crate::bundle::build::{
-    BuildOptions, InputFormat, ModelSource, build_base, stop_words_setting,
+    BuildOptions, BuildReport, InputFormat, ModelSource, build_base, stop_words_setting,
 };
 use crate::bundle::items::ItemFields;
+use crate::config::ConfigFile;
+use crate::pinecone::PineconeClient;
+use crate::pinecone::mirror::{build_and_upload, progress_path};
 use crate::search::tfidf::FitOptions;
 
 #[derive(Debug, Args)]
@@ -68,24 +67,12 @@ pub(super) struct BuildBaseArgs {
 }
 
 pub(super) fn run(args: BuildBaseArgs) -> anyhow::Result<()> {
-    let pinecone = if args.pinecone {
-        let settings = args
-            .pinecone_args
-            .settings(&crate::config::ConfigFile::default())?;
-        Some(PineconeClient::new(settings)?)
-    } else {
-        None
+    let client = match args.pinecone {
+        true => Some(PineconeClient::new(
+            args.pinecone_args.settings(&ConfigFile::default())?,
+        )?),
+        false => None,
     };
-    // A bundle already built by an interrupted `--pinecone` run: resume the upload.
-    if let Some(client) = &pinecone
-        && args.out.join(crate::bundle::MANIFEST_FILE).exists()
-    {
-        println!(
-            "bundle {} exists; resuming the Pinecone upload",
-            args.out.display()
-        );
-        return upload(&args.out, client);
-    }
     let model = match args.sklearn_model {
         Some(path) => ModelSource::File(path),
         None => ModelSource::Fit(FitOptions {
@@ -98,7 +85,7 @@ pub(super) fn run(args: BuildBaseArgs) -> anyhow::Result<()> {
         (None, Some(dir)) => (dir, InputFormat::LevelDb),
         (None, None) => anyhow::bail!("give --input FILE or --from-leveldb DIR"),
     };
-    let report = build_base(&BuildOptions {
+    let options = BuildOptions {
         input,
         input_format,
         filter_fields: args
@@ -115,7 +102,32 @@ pub(super) fn run(args: BuildBaseArgs) -> anyhow::Result<()> {
         model,
         seq: args.seq,
         chain: None,
-    })?;
+    };
+    let Some(client) = client else {
+        print_built(&args.out, &build_base(&options)?);
+        return Ok(());
+    };
+    let done = super::runtime()?.block_on(build_and_upload(options, &client))?;
+    match &done.built {
+        Some(report) => print_built(&args.out, report),
+        None => println!(
+            "bundle {} exists; resumed the Pinecone upload",
+            args.out.display()
+        ),
+    }
+    let upload = &done.upload;
+    println!(
+        "pinecone {}: {} vectors upserted in {} requests, {} already acknowledged (progress: {})",
+        client.describe(),
+        upload.n_sent,
+        upload.n_requests,
+        upload.n_skipped,
+        progress_path(&args.out).display()
+    );
+    Ok(())
+}
+
+fn print_built(out: &std::path::Path, report: &BuildReport) {
     let m = &report.manifest;
     let stages: Vec<String> = report
         .stage_seconds
@@ -124,7 +136,7 @@ pub(super) fn run(args: BuildBaseArgs) -> anyhow::Result<()> {
         .collect();
     println!(
         "built bundle {}: dataset {}, seq {}, {} items, {} terms, model {} ({})",
-        args.out.display(),
+        out.display(),
         m.dataset,
         m.seq,
         m.n_items,
@@ -132,22 +144,4 @@ pub(super) fn run(args: BuildBaseArgs) -> anyhow::Result<()> {
         &m.model_fingerprint[..16],
         stages.join(", ")
     );
-    match &pinecone {
-        Some(client) => upload(&args.out, client),
-        None => Ok(()),
-    }
-}
-
-fn upload(bundle: &std::path::Path, client: &PineconeClient) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    let report = runtime.block_on(upsert_bundle(bundle, client))?;
-    println!(
-        "pinecone {}: {} vectors upserted in {} requests, {} already acknowledged (progress: {})",
-        client.describe(),
-        report.n_sent,
-        report.n_requests,
-        report.n_skipped,
-        progress_path(bundle).display()
-    );
-    Ok(())
 }

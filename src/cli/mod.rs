@@ -50,6 +50,15 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
+/// The async runtime every subcommand that needs one runs on.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
+}
+
 /// Parses the command line and runs the subcommand.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

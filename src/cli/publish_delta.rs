@@ -3,16 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 
 use super::pinecone_args::PineconeArgs;
 use super::remote_args::RemoteArgs;
-use crate::bundle::Bundle;
-use crate::bundle::items::ItemFields;
+use crate::config::ConfigFile;
 use crate::delta::publish::{ChangeSource, PublishOptions, publish};
 use crate::pinecone::PineconeClient;
-use crate::pinecone::mirror::mirror_changes;
+use crate::pinecone::mirror::publish_and_mirror;
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("source").required(true).args(["changes", "diff"]))]
@@ -65,22 +63,12 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("pass exactly one of --changes FILE or --diff OLD NEW"),
     };
-    let pinecone = if args.pinecone && !args.dry_run {
-        let settings = args
-            .pinecone_args
-            .settings(&crate::config::ConfigFile::default())?;
-        let bundle = Bundle::open(&args.bundle)?;
-        let model = bundle.load_model()?;
-        let client = PineconeClient::new(settings)?;
-        Some((client, model, bundle.manifest))
-    } else {
-        None
+    let client = match args.pinecone && !args.dry_run {
+        true => Some(PineconeClient::new(
+            args.pinecone_args.settings(&ConfigFile::default())?,
+        )?),
+        false => None,
     };
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    if let Some((client, model, _)) = &pinecone {
-        // Refuse a mismatched index before anything is published.
-        runtime.block_on(client.check_dimension(model.n_terms()))?;
-    }
     let options = PublishOptions {
         store: args.store,
         key: args.key,
@@ -91,7 +79,14 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
         dry_run: args.dry_run,
         remote: args.remote.settings(),
     };
-    let report = runtime.block_on(publish(&options))?;
+    let runtime = super::runtime()?;
+    let (report, mirrored) = match &client {
+        Some(client) => {
+            let (report, mirrored) = runtime.block_on(publish_and_mirror(&options, client))?;
+            (report, Some((client, mirrored)))
+        }
+        None => (runtime.block_on(publish(&options))?, None),
+    };
     let counts = format!(
         "{} adds, {} updates, {} deletes, {} unchanged, {} unknown deletes dropped, {} bytes",
         report.adds,
@@ -106,27 +101,7 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
     } else {
         println!("published seq {} ({}): {counts}", report.seq, report.digest);
     }
-    if let Some((client, model, manifest)) = &pinecone {
-        let fields = ItemFields {
-            id_field: manifest.id_field.clone(),
-            text_field: manifest.text_field.clone(),
-        };
-        let mirrored = runtime
-            .block_on(mirror_changes(
-                client,
-                model,
-                &fields,
-                &manifest.filter_fields,
-                &report.puts,
-                &report.deleted_ids,
-            ))
-            .with_context(|| {
-                format!(
-                    "seq {} is published but Pinecone {} is behind it: instances will count join misses for its new ids; re-run `build-base --pinecone` against a bundle at this seq, or re-publish the items",
-                    report.seq,
-                    client.describe()
-                )
-            })?;
+    if let Some((client, mirrored)) = mirrored {
         println!(
             "pinecone {}: {} ids deleted, {} vectors upserted in {} requests",
             client.describe(),

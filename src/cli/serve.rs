@@ -156,7 +156,7 @@ impl ServeArgs {
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let options = args.into_options()?;
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let runtime = super::runtime()?;
     runtime.block_on(server::run(
         options,
         crate::http::shutdown_signal(),

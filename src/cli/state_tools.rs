@@ -132,7 +132,7 @@ pub(super) struct CompactArgs {
 pub(super) fn compact(args: CompactArgs) -> anyhow::Result<()> {
     let mut options = SyncOptions::new(args.store, args.trusted_keys);
     options.remote = args.remote.settings();
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let runtime = super::runtime()?;
     let report = runtime.block_on(ops::compact(&args.bundle, options, &args.out, args.refit))?;
     println!(
         "compacted bundle {}: dataset {}, seq {}, {} items, model {}",

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 
 use super::remote_args::RemoteArgs;
@@ -34,7 +33,7 @@ pub(super) struct SyncArgs {
 pub(super) fn run(args: SyncArgs) -> anyhow::Result<()> {
     let mut options = SyncOptions::new(args.store, args.trusted_keys);
     options.remote = args.remote.settings();
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let runtime = super::runtime()?;
     let outcome = runtime.block_on(sync_once(
         &args.bundle,
         &args.state_dir,

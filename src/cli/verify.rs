@@ -38,7 +38,7 @@ pub(super) fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let position = bundle
         .as_ref()
         .map(|b| ChainPosition::of_bundle(&b.manifest));
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let runtime = super::runtime()?;
     runtime.block_on(async {
         let store = DeltaStore::open(&args.store, &args.remote.settings()).await?;
         let report = verify_chain(&store, &trusted, position.as_ref(), args.max_delta_bytes, now_secs())

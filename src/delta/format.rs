@@ -141,6 +141,8 @@ pub fn sign_object(kind: ObjectKind, body: &[u8], key: &PublisherKey) -> Vec<u8>
 
 /// Verifies a signed object in the fixed order: size cap → signature → digest → parse of
 /// the header fields. `expected_digest` is the digest the head or chain states, if known.
+// long: the checks read top to bottom in the order they must run; split, the order would no
+// longer be visible in one place.
 pub fn verify_object<'a>(
     bytes: &'a [u8],
     expected: ObjectKind,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-use super::chain::{ChainPosition, fetch_chain, fetch_head};
+use super::chain::{ChainPosition, VerifiedHead, fetch_chain, fetch_head};
 use super::format::{DEFAULT_MAX_DELTA_BYTES, DeltaBatch, DeltaHeader, DeltaRecord, Head};
 use super::keys::{PublisherKey, TrustedKeys};
 use crate::bundle::items::{ItemFields, ItemReader, parse_item};
@@ -96,34 +96,92 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
     };
     trusted.add(key.verifying_key());
     let bundle = Bundle::open(&options.bundle)?;
-    let fields = ItemFields {
-        id_field: bundle.manifest.id_field.clone(),
-        text_field: bundle.manifest.text_field.clone(),
-    };
-    let position = ChainPosition::of_bundle(&bundle.manifest);
+    let fields = bundle.manifest.item_fields();
     let store = DeltaStore::open(&options.store, &options.remote).await?;
-
-    // The chain as it stands: verified head, every delta since the bundle, and so the set of
-    // ids that exist now.
     let now = now_secs();
-    let head = fetch_head(&store, &trusted, &position, None, now, true)
-        .await
-        .with_context(|| format!("read the head of {}", store.describe()))?;
-    let mut live_ids = bundle_ids(&bundle)?;
-    let (seq, parent_digest, parent_len, parent_seq) = match &head {
-        Some(head) => {
+    let tip = ChainTip::read(&store, &trusted, &bundle, now).await?;
+
+    let mut report = PublishReport {
+        seq: tip.next_seq(),
+        dry_run: options.dry_run,
+        ..Default::default()
+    };
+    let records = match &options.changes {
+        ChangeSource::Changes(path) => read_changes(path, &fields, &tip.live_ids, &mut report)?,
+        ChangeSource::Diff { old, new } => {
+            diff_snapshots(old, new, &fields, &tip.live_ids, &mut report)?
+        }
+    };
+    if records.is_empty() {
+        if options.dry_run {
+            return Ok(report);
+        }
+        bail!("nothing to publish: the changes leave the catalogue as it is");
+    }
+    let batch = tip.next_batch(records, now);
+    let delta = batch.sign(&key)?;
+    for record in &batch.records {
+        match record {
+            DeltaRecord::Put { item } => report.puts.push(item.get().to_owned()),
+            DeltaRecord::Delete { id } => report.deleted_ids.push(id.clone()),
+        }
+    }
+    report.digest = sha256_hex(&delta);
+    report.bytes = delta.len() as u64;
+    if options.dry_run {
+        return Ok(report);
+    }
+    let new_head = Head {
+        dataset: tip.position.dataset.clone(),
+        seq: report.seq,
+        delta_digest: report.digest.clone(),
+        delta_len: report.bytes,
+        model_fingerprint: tip.position.model_fingerprint.clone(),
+        issued_at: now,
+        expires_at: now + options.expires_in.as_secs(),
+    };
+    upload(&store, &tip, &delta, &new_head.sign(&key)).await?;
+    Ok(report)
+}
+
+/// The end of the chain as it stands: the verified head (if any), where the next delta
+/// continues from, and the ids that exist after every delta since the bundle.
+struct ChainTip {
+    /// Where the bundle starts the chain.
+    position: ChainPosition,
+    /// The verified head, `None` before the first publish.
+    head: Option<VerifiedHead>,
+    /// Every id live at the head.
+    live_ids: HashSet<String>,
+}
+
+impl ChainTip {
+    /// Reads and verifies the head and every delta since the bundle.
+    async fn read(
+        store: &DeltaStore,
+        trusted: &TrustedKeys,
+        bundle: &Bundle,
+        now: u64,
+    ) -> anyhow::Result<Self> {
+        let position = ChainPosition::of_bundle(&bundle.manifest);
+        let fields = bundle.manifest.item_fields();
+        let head = fetch_head(store, trusted, &position, None, now, true)
+            .await
+            .with_context(|| format!("read the head of {}", store.describe()))?;
+        let mut live_ids = bundle_ids(bundle)?;
+        if let Some(head) = &head {
             if head.head.seq < position.seq {
                 bail!(
                     "the head of {} is at seq {} but bundle {} already includes seq {}: publish against the bundle the chain started from",
                     store.describe(),
                     head.head.seq,
-                    options.bundle.display(),
+                    bundle.dir.display(),
                     position.seq
                 );
             }
             let chain = fetch_chain(
-                &store,
-                &trusted,
+                store,
+                trusted,
                 &head.head,
                 &position,
                 DEFAULT_MAX_DELTA_BYTES,
@@ -150,91 +208,77 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
                     }
                 }
             }
-            (
-                head.head.seq + 1,
+        }
+        Ok(ChainTip {
+            position,
+            head,
+            live_ids,
+        })
+    }
+
+    /// The seq the next delta takes.
+    fn next_seq(&self) -> u64 {
+        self.head.as_ref().map_or(self.position.seq, |h| h.head.seq) + 1
+    }
+
+    /// The next delta's batch, continuing the tip.
+    fn next_batch(&self, records: Vec<DeltaRecord>, now: u64) -> DeltaBatch {
+        let (parent_seq, parent_digest, parent_len) = match &self.head {
+            Some(head) => (
+                head.head.seq,
                 head.head.delta_digest.clone(),
                 head.head.delta_len,
-                head.head.seq,
-            )
+            ),
+            None => (
+                self.position.seq,
+                self.position.digest.clone(),
+                self.position.len,
+            ),
+        };
+        DeltaBatch {
+            header: DeltaHeader {
+                dataset: self.position.dataset.clone(),
+                seq: self.next_seq(),
+                parent_seq,
+                parent_digest,
+                parent_len,
+                created_at: now,
+                model_fingerprint: self.position.model_fingerprint.clone(),
+                // The layout this binary writes: an instance whose binary is older refuses the
+                // delta rather than guess; one whose copy is older migrates it first.
+                schema_version: crate::db::migrate::SCHEMA_VERSION,
+                n_records: records.len() as u64,
+                records_len: 0,
+            },
+            records,
         }
-        None => (
-            position.seq + 1,
-            position.digest.clone(),
-            position.len,
-            position.seq,
-        ),
-    };
+    }
+}
 
-    let mut report = PublishReport {
-        seq,
-        dry_run: options.dry_run,
-        ..Default::default()
-    };
-    let records = match &options.changes {
-        ChangeSource::Changes(path) => read_changes(path, &fields, &live_ids, &mut report)?,
-        ChangeSource::Diff { old, new } => {
-            diff_snapshots(old, new, &fields, &live_ids, &mut report)?
-        }
-    };
-    if records.is_empty() {
-        if options.dry_run {
-            return Ok(report);
-        }
-        bail!("nothing to publish: the changes leave the catalogue as it is");
-    }
-    let batch = DeltaBatch {
-        header: DeltaHeader {
-            dataset: position.dataset.clone(),
-            seq,
-            parent_seq,
-            parent_digest,
-            parent_len,
-            created_at: now,
-            model_fingerprint: position.model_fingerprint.clone(),
-            // The layout this binary writes: an instance whose binary is older refuses the
-            // delta rather than guess; one whose copy is older migrates it first.
-            schema_version: crate::db::migrate::SCHEMA_VERSION,
-            n_records: records.len() as u64,
-            records_len: 0,
-        },
-        records,
-    };
-    let delta = batch.sign(&key)?;
-    for record in &batch.records {
-        match record {
-            DeltaRecord::Put { item } => report.puts.push(item.get().to_owned()),
-            DeltaRecord::Delete { id } => report.deleted_ids.push(id.clone()),
-        }
-    }
-    report.digest = sha256_hex(&delta);
-    report.bytes = delta.len() as u64;
-    if options.dry_run {
-        return Ok(report);
-    }
-    match store.put_delta(seq, &report.digest, &delta).await {
+/// Writes the delta (create-only), then swaps the head if it is still the one `tip` read.
+async fn upload(
+    store: &DeltaStore,
+    tip: &ChainTip,
+    delta: &[u8],
+    signed_head: &[u8],
+) -> anyhow::Result<()> {
+    let seq = tip.next_seq();
+    let digest = sha256_hex(delta);
+    match store.put_delta(seq, &digest, delta).await {
         Ok(()) => {}
         Err(PutError::Conflict { name }) => bail!(
             "{name} already exists: an identical delta was published concurrently; nothing more to do"
         ),
         Err(PutError::Other(error)) => return Err(error.context("upload the delta")),
     }
-    let new_head = Head {
-        dataset: position.dataset.clone(),
-        seq,
-        delta_digest: report.digest.clone(),
-        delta_len: report.bytes,
-        model_fingerprint: position.model_fingerprint.clone(),
-        issued_at: now,
-        expires_at: now + options.expires_in.as_secs(),
-    };
-    let condition = match &head {
+    let condition = match &tip.head {
         Some(head) => HeadCondition::Matches(head.etag.clone()),
         None => HeadCondition::Absent,
     };
-    match store.put_head(&new_head.sign(&key), condition).await {
-        Ok(()) => Ok(report),
+    match store.put_head(signed_head, condition).await {
+        Ok(()) => Ok(()),
         Err(PutError::Conflict { .. }) => {
-            if let Err(error) = store.remove_unreferenced_delta(seq, &report.digest).await {
+            if let Err(error) = store.remove_unreferenced_delta(seq, &digest).await {
                 tracing::warn!(
                     error = format!("{error:#}"),
                     "remove the unreferenced delta of a lost race"

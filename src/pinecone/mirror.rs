@@ -16,8 +16,10 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::Bundle;
+use crate::bundle::build::{BuildOptions, BuildReport, build_base};
 use crate::bundle::items::{ItemFields, parse_item};
 use crate::db::filter::filterable_metadata;
+use crate::delta::publish::{PublishOptions, PublishReport, publish};
 use crate::durable;
 use crate::pinecone::{PineconeClient, UpsertBatch, UpsertBatcher};
 use crate::progress::Progress;
@@ -69,28 +71,7 @@ pub async fn upsert_bundle(
     let model = bundle.load_model()?;
     client.check_dimension(model.n_terms()).await?;
     let progress_file = progress_path(bundle_dir);
-    let settings = client.settings();
-    let mut progress = UpsertProgress {
-        manifest_sha256: bundle.manifest_sha256.clone(),
-        index: settings.base_url.clone(),
-        namespace: settings.namespace.clone(),
-        n_acknowledged: 0,
-        complete: false,
-    };
-    if let Ok(bytes) = std::fs::read(&progress_file) {
-        let earlier: UpsertProgress = serde_json::from_slice(&bytes).with_context(|| {
-            format!(
-                "parse {} (remove it to start over)",
-                progress_file.display()
-            )
-        })?;
-        if earlier.manifest_sha256 == progress.manifest_sha256
-            && earlier.index == progress.index
-            && earlier.namespace == progress.namespace
-        {
-            progress = earlier;
-        }
-    }
+    let progress = resumable_progress(&bundle, client, &progress_file)?;
     if progress.complete {
         tracing::info!(file = %progress_file.display(), "every vector already acknowledged");
         return Ok(UpsertReport {
@@ -98,7 +79,7 @@ pub async fn upsert_bundle(
             ..Default::default()
         });
     }
-    // The bundle's store is read from a clone (the bundle is never opened in place).
+    // The bundle's database is read from a clone (the bundle is never opened in place).
     let scratch = tempfile::tempdir().context("create a scratch directory")?;
     let export = scratch.path().join("items.jsonl");
     {
@@ -112,10 +93,6 @@ pub async fn upsert_bundle(
         )?;
         std::io::Write::flush(&mut out).context("write the export file")?;
     }
-    let fields = ItemFields {
-        id_field: bundle.manifest.id_field.clone(),
-        text_field: bundle.manifest.text_field.clone(),
-    };
     let mut upload = Upload {
         client,
         progress_file: &progress_file,
@@ -123,25 +100,7 @@ pub async fn upsert_bundle(
         report: UpsertReport::default(),
         bar: Progress::items("pinecone", bundle.manifest.n_items),
     };
-    let mut batcher = UpsertBatcher::new(model.n_terms(), &settings.namespace);
-    // Index (in key order) of the first vector of the next batch to send.
-    let mut first = 0u64;
-    let reader =
-        std::io::BufReader::new(std::fs::File::open(&export).context("open the export file")?);
-    for line in reader.lines() {
-        let line = line.context("read the export file")?;
-        let item = parse_item(&line, &fields).context("an item of the bundle")?;
-        let vector = model.embed(&item.text);
-        let metadata = filterable_metadata(item.json.as_bytes(), &bundle.manifest.filter_fields);
-        if let Some(batch) = batcher.push(&item.id, &vector, &metadata)? {
-            let n_vectors = batch.n_vectors as u64;
-            upload.send(batch, first).await?;
-            first += n_vectors;
-        }
-    }
-    if let Some(batch) = batcher.finish() {
-        upload.send(batch, first).await?;
-    }
+    upload.send_all(&bundle, &model, &export).await?;
     upload.bar.finish();
     upload.progress.complete = true;
     durable::write_atomically(
@@ -149,6 +108,36 @@ pub async fn upsert_bundle(
         &serde_json::to_vec_pretty(&upload.progress)?,
     )?;
     Ok(upload.report)
+}
+
+/// The progress an earlier run recorded for this bundle, index and namespace, or a fresh
+/// start.
+fn resumable_progress(
+    bundle: &Bundle,
+    client: &PineconeClient,
+    progress_file: &Path,
+) -> anyhow::Result<UpsertProgress> {
+    let settings = client.settings();
+    let fresh = UpsertProgress {
+        manifest_sha256: bundle.manifest_sha256.clone(),
+        index: settings.base_url.clone(),
+        namespace: settings.namespace.clone(),
+        n_acknowledged: 0,
+        complete: false,
+    };
+    let Ok(bytes) = std::fs::read(progress_file) else {
+        return Ok(fresh);
+    };
+    let earlier: UpsertProgress = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "parse {} (remove it to start over)",
+            progress_file.display()
+        )
+    })?;
+    let same = earlier.manifest_sha256 == fresh.manifest_sha256
+        && earlier.index == fresh.index
+        && earlier.namespace == fresh.namespace;
+    Ok(if same { earlier } else { fresh })
 }
 
 /// One resumable upload in progress.
@@ -161,6 +150,38 @@ struct Upload<'a> {
 }
 
 impl Upload<'_> {
+    /// Packs the exported items (JSONL in key order, so the batches are the same every run)
+    /// into batches and sends each one not yet acknowledged.
+    async fn send_all(
+        &mut self,
+        bundle: &Bundle,
+        model: &TfidfModel,
+        export: &Path,
+    ) -> anyhow::Result<()> {
+        let fields = bundle.manifest.item_fields();
+        let mut batcher = UpsertBatcher::new(model.n_terms(), &self.client.settings().namespace);
+        // Index (in key order) of the first vector of the next batch to send.
+        let mut first = 0u64;
+        let reader =
+            std::io::BufReader::new(std::fs::File::open(export).context("open the export file")?);
+        for line in reader.lines() {
+            let line = line.context("read the export file")?;
+            let item = parse_item(&line, &fields).context("an item of the bundle")?;
+            let vector = model.embed(&item.text);
+            let metadata =
+                filterable_metadata(item.json.as_bytes(), &bundle.manifest.filter_fields);
+            if let Some(batch) = batcher.push(&item.id, &vector, &metadata)? {
+                let n_vectors = batch.n_vectors as u64;
+                self.send(batch, first).await?;
+                first += n_vectors;
+            }
+        }
+        if let Some(batch) = batcher.finish() {
+            self.send(batch, first).await?;
+        }
+        Ok(())
+    }
+
     /// Sends `batch`, whose first vector is number `first` in key order, unless an earlier run had it acknowledged; records the acknowledgement.
     async fn send(&mut self, batch: UpsertBatch, first: u64) -> anyhow::Result<()> {
         let n_acknowledged = self.progress.n_acknowledged;
@@ -234,4 +255,69 @@ pub async fn mirror_changes(
         report.n_requests += 1;
     }
     Ok(report)
+}
+
+/// What [`build_and_upload`] did.
+#[derive(Debug)]
+pub struct BuildAndUpload {
+    /// The build, or `None` when an interrupted run had already built the bundle.
+    pub built: Option<BuildReport>,
+    /// The upload.
+    pub upload: UpsertReport,
+}
+
+/// `build-base --pinecone`: builds the bundle, then upserts every vector. When `options.out`
+/// already holds a bundle (an interrupted earlier run), the build is skipped and the upload
+/// resumes from its progress file.
+pub async fn build_and_upload(
+    options: BuildOptions,
+    client: &PineconeClient,
+) -> anyhow::Result<BuildAndUpload> {
+    let out = options.out.clone();
+    let built = if out.join(crate::bundle::MANIFEST_FILE).exists() {
+        tracing::info!(bundle = %out.display(), "the bundle exists; resuming the Pinecone upload");
+        None
+    } else {
+        Some(
+            tokio::task::spawn_blocking(move || build_base(&options))
+                .await
+                .context("join the build task")??,
+        )
+    };
+    let upload = upsert_bundle(&out, client).await?;
+    Ok(BuildAndUpload { built, upload })
+}
+
+/// `publish-delta --pinecone`: checks the index's dimension before anything is published,
+/// publishes the delta, then mirrors its changes (see [`mirror_changes`]). A mirroring
+/// failure after the publish says so: the delta is published and Pinecone is behind it.
+pub async fn publish_and_mirror(
+    options: &PublishOptions,
+    client: &PineconeClient,
+) -> anyhow::Result<(PublishReport, UpsertReport)> {
+    let bundle = Bundle::open(&options.bundle)?;
+    let model = bundle.load_model()?;
+    client.check_dimension(model.n_terms()).await?;
+    let report = publish(options).await?;
+    if report.dry_run {
+        return Ok((report, UpsertReport::default()));
+    }
+    let fields = bundle.manifest.item_fields();
+    let mirrored = mirror_changes(
+        client,
+        &model,
+        &fields,
+        &bundle.manifest.filter_fields,
+        &report.puts,
+        &report.deleted_ids,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "seq {} is published but Pinecone {} is behind it: instances will count join misses for its new ids; re-run `build-base --pinecone` against a bundle at this seq, or re-publish the items",
+            report.seq,
+            client.describe()
+        )
+    })?;
+    Ok((report, mirrored))
 }

@@ -120,10 +120,7 @@ impl Syncer {
             store,
             trusted,
             model,
-            fields: ItemFields {
-                id_field: bundle.manifest.id_field.clone(),
-                text_field: bundle.manifest.text_field.clone(),
-            },
+            fields: bundle.manifest.item_fields(),
             filter_fields: bundle.manifest.filter_fields.clone(),
             options,
         })

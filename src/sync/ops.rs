@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use super::{SyncOptions, SyncOutcome, Syncer, with_deadline};
 use crate::bundle::build::{BuildOptions, BuildReport, InputFormat, ModelSource, build_base};
-use crate::bundle::items::ItemFields;
 use crate::bundle::{Bundle, MODEL_FILE};
 use crate::db::leveldb::export_items;
 use crate::search::tfidf::FitOptions;
@@ -171,10 +170,7 @@ pub async fn compact(
         filter_fields: bundle.manifest.filter_fields.clone(),
         out: out.to_path_buf(),
         dataset: Some(bundle.manifest.dataset.clone()),
-        fields: ItemFields {
-            id_field: bundle.manifest.id_field.clone(),
-            text_field: bundle.manifest.text_field.clone(),
-        },
+        fields: bundle.manifest.item_fields(),
         model,
         seq: version.info.seq,
         chain: Some((version.info.chain_digest.clone(), version.info.chain_len)),

@@ -12,3 +12,4 @@ mod serve;
 mod store;
 mod support;
 mod sync;
+mod tidy;
