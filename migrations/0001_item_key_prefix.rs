@@ -1,4 +1,4 @@
-//! 0001 item_key_prefix: store schema 0 → 1.
+//! 0001 item_key_prefix: db schema 0 → 1.
 //!
 //! Changes: the original Python pipeline's plain layout (key = the item id's UTF-8 bytes,
 //! value = the item's JSON, nothing else) becomes the keyed layout: every item moves to

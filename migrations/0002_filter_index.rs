@@ -1,4 +1,4 @@
-//! 0002 filter_index: store schema 1 → 2.
+//! 0002 filter_index: db schema 1 → 2.
 //!
 //! Changes: adds the secondary index behind filtered search. For every item and every
 //! field the bundle indexes (`filter_fields`, default `category`) whose top-level value is
@@ -28,12 +28,12 @@ pub(super) fn run(db: &mut DB, chunks: &mut Chunks<'_>) -> anyhow::Result<WriteB
     for_each_in_pages(db, b"i/", b"i0", limit, |db, key, value| {
         let Some(id) = id_of_key(&key) else {
             bail!(
-                "item key {} is not UTF-8: the store is damaged",
+                "item key {} is not UTF-8: the db is damaged",
                 crate::db::migrate::printable(&key)
             );
         };
         let Some(entries) = entry_keys(&value, id, &fields) else {
-            bail!("item {id:?} is not a JSON object: the store is damaged");
+            bail!("item {id:?} is not a JSON object: the db is damaged");
         };
         for entry in entries {
             chunks.put(db, &entry, b"")?;

@@ -10,7 +10,7 @@
 #    plyvel (the original pipeline's layout; migrations 0001 and 0002 on a copy) beside
 #    build-base --input of the same items as JSONL (needs `pip install plyvel`; skipped
 #    without it);
-# 3. boot to ready on a fresh state dir of a bundle in store schema 1 (migrated as it is
+# 3. boot to ready on a fresh state dir of a bundle in db schema 1 (migrated as it is
 #    cloned) beside a bundle of the same items in the current schema. A schema-1 bundle is
 #    one written by a binary before migration 0002 (commit 24f5cf1) from this script's
 #    corpus (gen_corpus.py --seed 42, as scripts/bench.sh of that commit made
@@ -137,7 +137,7 @@ boot_ms() {
 
 if [[ -n $SCHEMA1 ]]; then
     schema=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["schema_version"])' "$SCHEMA1/manifest.json")
-    [[ $schema == 1 ]] || { echo "$SCHEMA1 is in store schema $schema, not 1" >&2; exit 1; }
+    [[ $schema == 1 ]] || { echo "$SCHEMA1 is in db schema $schema, not 1" >&2; exit 1; }
     CURRENT_BUNDLE=$OUT/bundle-filter
     n1=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["n_items"])' "$SCHEMA1/manifest.json")
     python3 - "$SCHEMA1/manifest.json" "$CORPUS" <<'PY' || { echo "$SCHEMA1 was not built from $CORPUS: pass --items to match it" >&2; exit 1; }
@@ -162,5 +162,5 @@ PY
     done
     compare "schema 1" current ms "${old[*]}" "${new[*]}"
 else
-    echo "## boot comparison skipped: pass --schema1-bundle DIR (a bundle in store schema 1)"
+    echo "## boot comparison skipped: pass --schema1-bundle DIR (a bundle in db schema 1)"
 fi

@@ -2,7 +2,7 @@
 //!
 //! Two streaming passes over the input keep memory bounded by the vocabulary, the set of
 //! ids and the index (which the server holds in memory anyway), never by the raw input:
-//! pass one validates every line, writes the metadata store and counts terms; the model is
+//! pass one validates every line, writes the metadata db and counts terms; the model is
 //! fitted (or loaded); pass two embeds every text into the index. Everything is written into
 //! a temporary directory beside the target, fsynced, and renamed into place at the end, so a
 //! failed build leaves no half bundle.

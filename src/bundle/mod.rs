@@ -5,7 +5,7 @@
 //!   manifest.json   dataset, seq, schema version, model fingerprint, item count, file digests
 //!   model.json      the TF-IDF model
 //!   index.bin       the local vector index
-//!   db/             the LevelDB metadata store (Snappy tables, compacted)
+//!   db/             the LevelDB metadata db (Snappy tables, compacted)
 //! ```
 //!
 //! A bundle is immutable: nothing in this crate opens its database in place or writes to it.
@@ -49,7 +49,7 @@ pub struct Manifest {
     pub dataset: String,
     /// The delta sequence number this bundle already includes.
     pub seq: u64,
-    /// The store layout version of `db/`.
+    /// The db layout version of `db/`.
     pub schema_version: u32,
     /// Top-level item fields the filter index covers (bundles of schema 1 name none; their
     /// state dirs index the default, `category`).

@@ -29,7 +29,7 @@ pub struct Catalog {
     model: Arc<TfidfModel>,
     /// The version's vector index.
     index: VectorIndex,
-    /// Read handles on clones of the version's metadata store.
+    /// Read handles on clones of the version's metadata db.
     metadata: MetadataReaders,
     /// The version's filter index, in memory.
     filters: FilterIndex,
@@ -51,7 +51,7 @@ pub struct SearchHit {
 pub struct SearchOutcome {
     /// Results, best first.
     pub hits: Vec<SearchHit>,
-    /// Ids the index returned that the metadata store lacks (skipped).
+    /// Ids the index returned that the metadata db lacks (skipped).
     pub missing: usize,
 }
 

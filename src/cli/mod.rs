@@ -25,7 +25,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Build a bundle (LevelDB metadata store, TF-IDF model, vector index, manifest) from
+    /// Build a bundle (LevelDB metadata db, TF-IDF model, vector index, manifest) from
     /// JSONL items.
     BuildBase(build_base::BuildBaseArgs),
     /// Make a new Ed25519 signing key for publishing deltas.
@@ -36,7 +36,7 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Serve search and lookups over HTTP from a copy-on-write clone of a bundle.
     Serve(serve::ServeArgs),
-    /// The boot-time sync alone: bring a state dir to the store's head, then exit.
+    /// The boot-time sync alone: bring a state dir to the delta store's head, then exit.
     Sync(sync::SyncArgs),
     /// What a state dir holds: versions, current, applied seq, last sync.
     Status(state_tools::StatusArgs),

@@ -41,7 +41,9 @@ pub(super) fn run(args: SyncArgs) -> anyhow::Result<()> {
         args.deadline,
     ))?;
     match outcome {
-        SyncOutcome::NoHead => println!("no head in the store yet: serving the bundle as it is"),
+        SyncOutcome::NoHead => {
+            println!("no head in the delta store yet: serving the bundle as it is")
+        }
         SyncOutcome::UpToDate { head_seq } => println!("up to date at seq {head_seq}"),
         SyncOutcome::Pinned { version } => {
             println!("version {version} is pinned (rollback); not following")

@@ -1,7 +1,7 @@
-//! The secondary index behind filtered search (store schema 2 and later).
+//! The secondary index behind filtered search (db schema 2 and later).
 //!
 //! For every item and every indexed field (the bundle's `filter_fields`, default
-//! `category`) whose top-level value is a string, number or boolean, the store holds the
+//! `category`) whose top-level value is a string, number or boolean, the db holds the
 //! empty-valued key `x/<field>\0<value>\0<id>`, where `<value>` is the value's canonical
 //! text: strings as JSON (so they never contain a NUL), numbers as the shortest text that
 //! reads back as the same `f64` (so `2`, `2.0` and `2e0` are one value), `true`/`false`.
@@ -131,7 +131,7 @@ pub fn filterable_metadata(item_json: &[u8], fields: &[String]) -> serde_json::M
 pub fn recorded_fields(db: &mut DB) -> anyhow::Result<Option<Vec<String>>> {
     match db.get(FILTER_FIELDS_KEY) {
         Some(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes).context("parse the store's m/filter-fields")?,
+            serde_json::from_slice(&bytes).context("parse the db's m/filter-fields")?,
         )),
         None => Ok(None),
     }

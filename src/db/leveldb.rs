@@ -1,6 +1,6 @@
-//! The LevelDB layout of the metadata store, and how it is opened.
+//! The LevelDB layout of the metadata db, and how it is opened.
 //!
-//! Layout (store schema 2; migrations/ says how earlier layouts are brought here):
+//! Layout (db schema 2; migrations/ says how earlier layouts are brought here):
 //! - `i/<id>` → the item's JSON, exactly as it was read;
 //! - `x/<field>\0<value>\0<id>` → empty: the filter index (see [`super::filter`]);
 //! - `m/state` → the chain position the database holds ([`RecordedState`]);
@@ -115,7 +115,7 @@ pub fn for_each_item(
     for_each_with_prefix(db, ITEM_KEY_PREFIX, |key, value| {
         let Some(id) = id_of_key(key) else {
             bail!(
-                "item key {} is not UTF-8: the store is damaged",
+                "item key {} is not UTF-8: the db is damaged",
                 super::migrate::printable(key)
             );
         };
@@ -153,7 +153,7 @@ struct ReadHandle {
     read: ReadFn,
 }
 
-/// A small pool of read handles over one immutable version of the metadata store.
+/// A small pool of read handles over one immutable version of the metadata db.
 ///
 /// Requests take whichever handle is free, so no single lock serialises all reads.
 pub struct MetadataReaders {

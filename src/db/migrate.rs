@@ -72,7 +72,7 @@ pub fn migration_key(version: u32) -> Vec<u8> {
     format!("m/migration/{version:04}").into_bytes()
 }
 
-/// What the migrations need to know about the store.
+/// What the migrations need to know about the db.
 #[derive(Debug, Clone)]
 pub struct MigrationContext {
     /// The fields the filter index covers (migration 0002).
@@ -176,7 +176,7 @@ pub fn scan(
     let mut iter = db
         .new_iter()
         .map_err(|s| anyhow!("{s}"))
-        .context("iterate the store")?;
+        .context("iterate the db")?;
     iter.seek(from);
     let mut out = Vec::new();
     while out.len() < limit {
@@ -249,7 +249,7 @@ pub fn recorded_version(db: &mut DB) -> anyhow::Result<Option<u32>> {
 pub fn check_supported(version: u32, what: &str) -> anyhow::Result<()> {
     if version > SCHEMA_VERSION {
         bail!(
-            "{what} has store schema version {version}, newer than this binary's {SCHEMA_VERSION}: \
+            "{what} has db schema version {version}, newer than this binary's {SCHEMA_VERSION}: \
              it was written by a newer deltacache; run that version (or rebuild the bundle with this one)"
         );
     }
@@ -268,7 +268,7 @@ pub struct Migrated {
 }
 
 /// Brings an open store to [`SCHEMA_VERSION`], in place. `assumed` is the version to take
-/// when the store records none (the bundle manifest's, or 0 for the original pipeline's
+/// when the db records none (the bundle manifest's, or 0 for the original pipeline's
 /// layout). Call only on a database this process made (a clone or a new build).
 pub fn migrate(
     db: &mut DB,

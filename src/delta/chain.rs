@@ -118,7 +118,7 @@ pub enum ChainError {
         seen_issued_at: u64,
     },
     /// An object the chain names is missing.
-    #[error("{object}: missing from the store; the chain is broken")]
+    #[error("{object}: missing from the delta store; the chain is broken")]
     Missing {
         /// Object name.
         object: String,
@@ -135,9 +135,9 @@ pub enum ChainError {
         /// What the object has.
         found: String,
     },
-    /// Built for a store layout newer than this binary knows.
+    /// Built for a db layout newer than this binary knows.
     #[error(
-        "{object}: built for store schema version {found}, newer than this binary's {supported}: \
+        "{object}: built for db schema version {found}, newer than this binary's {supported}: \
          upgrade deltacache on this instance (the delta was not applied; the last good version keeps serving)"
     )]
     NewerSchema {

@@ -323,25 +323,44 @@ struct RecordWire<'a> {
     id: Option<String>,
 }
 
+/// Why a record line was refused; each message says what a valid record looks like.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Not JSON, or not the record's shape.
+    #[error("{0}")]
+    Json(String),
+    /// A put whose `item` is not an object.
+    #[error("`item` of a put must be a JSON object")]
+    ItemNotObject,
+    /// A put with other fields than `op` and `item`.
+    #[error("a put takes exactly `op` and `item` (the whole item object)")]
+    BadPut,
+    /// A delete with other fields than `op` and `id`.
+    #[error("a delete takes exactly `op` and `id` (a string)")]
+    BadDelete,
+    /// Neither `put` nor `delete`.
+    #[error("unknown op {0:?}: use \"put\" or \"delete\"")]
+    UnknownOp(String),
+}
+
 impl DeltaRecord {
     /// Parses one record line (the same shape as a line of a changes file).
-    pub fn from_json(line: &[u8]) -> Result<DeltaRecord, String> {
-        let wire: RecordWire<'_> = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    pub fn from_json(line: &[u8]) -> Result<DeltaRecord, RecordError> {
+        let wire: RecordWire<'_> =
+            serde_json::from_slice(line).map_err(|e| RecordError::Json(e.to_string()))?;
         match (wire.op.as_ref(), wire.item, wire.id) {
             ("put", Some(item), None) => {
                 if !item.get().trim_start().starts_with('{') {
-                    return Err("`item` of a put must be a JSON object".into());
+                    return Err(RecordError::ItemNotObject);
                 }
                 Ok(DeltaRecord::Put {
                     item: item.to_owned(),
                 })
             }
             ("delete", None, Some(id)) => Ok(DeltaRecord::Delete { id }),
-            ("put", _, _) => {
-                Err("a put takes exactly `op` and `item` (the whole item object)".into())
-            }
-            ("delete", _, _) => Err("a delete takes exactly `op` and `id` (a string)".into()),
-            (other, _, _) => Err(format!("unknown op {other:?}: use \"put\" or \"delete\"")),
+            ("put", _, _) => Err(RecordError::BadPut),
+            ("delete", _, _) => Err(RecordError::BadDelete),
+            (other, _, _) => Err(RecordError::UnknownOp(other.to_owned())),
         }
     }
 

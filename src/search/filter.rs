@@ -91,7 +91,7 @@ impl Filter {
 /// of the items holding it.
 #[derive(Debug, Default)]
 pub struct FilterIndex {
-    /// The indexed fields, as the store records them.
+    /// The indexed fields, as the db records them.
     fields: Vec<String>,
     /// field → value → sorted slots.
     slots: HashMap<String, HashMap<String, Vec<u32>>>,

@@ -118,7 +118,7 @@ impl StateDir {
 
 /// Writes deltas into the new version's open database and index.
 struct BatchWriter<'a> {
-    /// The fields the store's filter index covers (empty: none).
+    /// The fields the db's filter index covers (empty: none).
     indexed: Vec<String>,
     /// The new version's database (a clone in staging).
     db: DB,
@@ -162,7 +162,7 @@ impl BatchWriter<'_> {
     }
 
     /// Adds one record to the batch and the index. Returns the id, its new JSON (`None` for
-    /// a delete) and whether the version held the item before (the index and the store hold
+    /// a delete) and whether the version held the item before (the index and the db hold
     /// the same ids, so a new id costs no read of its old JSON).
     fn record(
         &mut self,

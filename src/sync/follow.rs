@@ -31,7 +31,7 @@ pub struct SyncStatus {
     pub last_result: Option<String>,
     /// The last failure's message.
     pub last_error: Option<String>,
-    /// Whether the served version may be behind the store (last sync failed or head expired).
+    /// Whether the served version may be behind the delta store (last sync failed or head expired).
     pub stale: bool,
     /// Issue time of the head the served version was synced to.
     pub head_issued_at: Option<u64>,
@@ -164,7 +164,7 @@ impl Follower {
         Ok(new_version)
     }
 
-    /// Follows the store until the task is dropped: every `interval`, on SIGHUP, and on
+    /// Follows the delta store until the task is dropped: every `interval`, on SIGHUP, and on
     /// changes to a `file://` store's directory. After a failure the next attempt comes
     /// sooner, backing off exponentially up to `interval`.
     pub async fn run(self: Arc<Self>, interval: Duration) {
@@ -252,7 +252,7 @@ fn watch_directory(
     match watcher.watch(root, notify::RecursiveMode::NonRecursive) {
         Ok(()) => Some(watcher),
         Err(error) => {
-            tracing::info!(%error, dir = %root.display(), "not watching the store directory; polling only");
+            tracing::info!(%error, dir = %root.display(), "not watching the delta store directory; polling only");
             None
         }
     }

@@ -3,7 +3,7 @@
 //! fetch head (cap, signature, binding, expiry, not older than the watermark) → record the
 //! watermark → fetch and verify every delta back to the current version by parent digests →
 //! apply to a new copy-on-write version → commit. A delta that fails in the middle of the
-//! chain: the deltas before it are found by listing the store (accepting only a single valid
+//! chain: the deltas before it are found by listing the delta store (accepting only a single valid
 //! candidate per seq), applied, and the failure is reported.
 
 pub mod follow;
@@ -45,7 +45,7 @@ pub struct SyncOptions {
 }
 
 impl SyncOptions {
-    /// Options with defaults for everything but the store and keys.
+    /// Options with defaults for everything but the delta store and keys.
     pub fn new(store: String, trusted_keys: PathBuf) -> Self {
         SyncOptions {
             store,
@@ -108,7 +108,7 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    /// Loads the trusted keys and opens the store.
+    /// Loads the trusted keys and opens the delta store.
     pub async fn open(
         options: SyncOptions,
         bundle: &Bundle,

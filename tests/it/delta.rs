@@ -569,7 +569,7 @@ async fn every_refusal_names_the_object_and_reason() {
     .await;
     check_refusal(
         "missing delta",
-        "missing from the store",
+        "missing from the delta store",
         async |store, key| {
             let delta = batch(1, 0, "base-digest", 0, vec![put("a", "x")])
                 .sign(key)

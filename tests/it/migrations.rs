@@ -265,7 +265,7 @@ fn adoption_refuses_a_store_newer_than_the_binary_and_a_mismatched_id() {
     );
     let stderr = refused_adoption(&newer, &dir.path().join("b1"));
     assert!(
-        stderr.contains(&format!("store schema version {}", SCHEMA_VERSION + 1))
+        stderr.contains(&format!("db schema version {}", SCHEMA_VERSION + 1))
             && stderr.contains(&format!("this binary's {SCHEMA_VERSION}")),
         "{stderr}"
     );
@@ -537,7 +537,7 @@ async fn newer_bundles_versions_and_deltas_are_refused_naming_both_versions() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
-        stderr.contains(&format!("store schema version {newer}"))
+        stderr.contains(&format!("db schema version {newer}"))
             && stderr.contains(&format!("this binary's {SCHEMA_VERSION}")),
         "{stderr}"
     );
@@ -562,7 +562,7 @@ async fn newer_bundles_versions_and_deltas_are_refused_naming_both_versions() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
-        stderr.contains(&format!("store schema version {newer}"))
+        stderr.contains(&format!("db schema version {newer}"))
             && stderr.contains(&format!("this binary's {SCHEMA_VERSION}"))
             && stderr.contains("deltas/000000000002-"),
         "{stderr}"
@@ -586,7 +586,7 @@ async fn newer_bundles_versions_and_deltas_are_refused_naming_both_versions() {
     let view = deltacache::state::StateDir::inspect(&state).unwrap();
     let error = format!("{:#}", view.load_version(name.trim()).unwrap_err());
     assert!(
-        error.contains(&format!("store schema version {newer}"))
+        error.contains(&format!("db schema version {newer}"))
             && error.contains(&format!("this binary's {SCHEMA_VERSION}")),
         "{error}"
     );
