@@ -129,6 +129,7 @@ async fn run() -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(1),
         follow: None,
         pinecone: None,
+        status_detail: false,
     };
     let (_state, catalog) = load_catalog(&options)?;
     DIMENSION.store(
@@ -165,6 +166,7 @@ async fn run() -> anyhow::Result<()> {
             metrics: deltacache::telemetry::prometheus(),
             sync: Default::default(),
             vectors: backend,
+            status_detail: true,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}/search", listener.local_addr()?);

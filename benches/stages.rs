@@ -85,6 +85,7 @@ fn run(bundle: &Path, queries_path: &Path) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(1),
         follow: None,
         pinecone: None,
+        status_detail: false,
     };
     let load_started = Instant::now();
     let (state, catalog) = load_catalog(&options).context("load the catalog")?;

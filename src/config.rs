@@ -33,6 +33,12 @@ pub struct ConfigFile {
     pub boot_deadline: Option<HumanDuration>,
     /// Committed versions kept.
     pub keep_versions: Option<usize>,
+    /// Deadline of each sync attempt after boot, e.g. "5m".
+    pub sync_deadline: Option<HumanDuration>,
+    /// The most memory one delta's decoded records may take, in bytes.
+    pub apply_memory_budget: Option<u64>,
+    /// Whether `/status` shows paths, the delta store URL and error text.
+    pub status_detail: Option<bool>,
     /// `local` or `pinecone`.
     pub vector_backend: Option<crate::catalog::backend::VectorBackendKind>,
     /// Pinecone index host or URL.

@@ -54,8 +54,10 @@ impl DemoFiles {
                 follow_interval: Duration::from_secs(10),
                 on_sync_failure: OnSyncFailure::ServeStale,
                 boot_deadline: Duration::from_secs(30),
+                sync_deadline: crate::server::DEFAULT_SYNC_DEADLINE,
             }),
             pinecone: None,
+            status_detail: true,
         }
     }
 }

@@ -12,7 +12,7 @@ pub mod backend;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use arc_swap::ArcSwapOption;
 
 use crate::db::leveldb::MetadataReaders;
@@ -20,6 +20,12 @@ use crate::search::filter::{Filter, FilterError, FilterIndex, bit_is_set};
 use crate::search::index::VectorIndex;
 use crate::search::tfidf::TfidfModel;
 use crate::state::{LocalState, StateDir, StoreVersion, VersionInfo};
+
+/// A version whose parts disagree (index, database, description): never served, and not
+/// worth opening again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: not trusted")]
+pub struct Inconsistent(pub String);
 
 /// One loaded version.
 pub struct Catalog {
@@ -81,20 +87,22 @@ impl Catalog {
             None => VectorIndex::load(&version.index_path())?,
         };
         if index.n_terms() != model.n_terms() {
-            bail!(
+            return Err(Inconsistent(format!(
                 "index of version {} has dimension {} but the model has {} terms",
                 version.info.name,
                 index.n_terms(),
                 model.n_terms()
-            );
+            ))
+            .into());
         }
         if index.n_items() as u64 != version.info.n_items {
-            bail!(
+            return Err(Inconsistent(format!(
                 "index of version {} holds {} items but the version records {}",
                 version.info.name,
                 index.n_items(),
                 version.info.n_items
-            );
+            ))
+            .into());
         }
         let (metadata, filters) =
             MetadataReaders::open(&version.db_dir(), reader_dir, n_shards, |db| {
@@ -115,12 +123,11 @@ impl Catalog {
             chain_digest: version.info.chain_digest.clone(),
         };
         if recorded.as_ref() != Some(&expected) {
-            bail!(
-                "version {} records {:?} in its database but {:?} in version.json: not trusted",
-                version.info.name,
-                recorded,
-                expected
-            );
+            return Err(Inconsistent(format!(
+                "version {} records {:?} in its database but {:?} in version.json",
+                version.info.name, recorded, expected
+            ))
+            .into());
         }
         Ok(Catalog {
             info: version.info.clone(),

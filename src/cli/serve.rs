@@ -11,7 +11,7 @@ use super::pinecone_args::PineconeArgs;
 use super::remote_args::RemoteArgs;
 use crate::catalog::backend::VectorBackendKind;
 use crate::config::ConfigFile;
-use crate::server::{self, FollowOptions, OnSyncFailure, ServeOptions};
+use crate::server::{self, DEFAULT_SYNC_DEADLINE, FollowOptions, OnSyncFailure, ServeOptions};
 use crate::sync::SyncOptions;
 
 /// Default listen address.
@@ -64,6 +64,18 @@ pub(super) struct ServeArgs {
     /// Committed versions kept in the state dir [default: 3].
     #[arg(long, env = "DELTACACHE_KEEP_VERSIONS", value_name = "N")]
     keep_versions: Option<usize>,
+    /// How long a sync attempt after boot may take before it is cancelled (nothing is
+    /// committed), reported stale and retried, e.g. 5m [default: 5m].
+    #[arg(long, env = "DELTACACHE_SYNC_DEADLINE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    sync_deadline: Option<Duration>,
+    /// The most memory one delta's decoded records may take, in bytes; deltas are applied
+    /// one at a time, so this bounds what a sync holds [default: 1073741824].
+    #[arg(long, env = "DELTACACHE_APPLY_MEMORY_BUDGET", value_name = "BYTES")]
+    apply_memory_budget: Option<u64>,
+    /// Show file paths, the delta store URL and error text in /status (keep off when the
+    /// port faces untrusted clients; the control socket always shows them) [default: false].
+    #[arg(long, env = "DELTACACHE_STATUS_DETAIL", value_name = "BOOL")]
+    status_detail: Option<bool>,
     /// Where /search ranks: local (the version's own index) or pinecone [default: local].
     #[arg(
         long,
@@ -84,6 +96,7 @@ impl ServeArgs {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
         };
+        let follow = self.follow_options(&file)?;
         let pinecone = match self
             .vector_backend
             .or(file.vector_backend)
@@ -114,34 +127,6 @@ impl ServeArgs {
             .drain_timeout_secs
             .or(file.drain_timeout_secs)
             .unwrap_or(10);
-        let follow = match self.store.or(file.store) {
-            None => None,
-            Some(store) => {
-                let trusted_keys = self.trusted_keys.or(file.trusted_keys).context(
-                    "--store needs --trusted-keys FILE (or DELTACACHE_TRUSTED_KEYS, or `trusted-keys` in the config file)",
-                )?;
-                let mut sync = SyncOptions::new(store, trusted_keys);
-                sync.remote = self.remote.settings();
-                if let Some(keep) = self.keep_versions.or(file.keep_versions) {
-                    sync.keep_versions = keep.max(1);
-                }
-                Some(FollowOptions {
-                    sync,
-                    follow_interval: self
-                        .follow_interval
-                        .or(file.follow_interval.map(|d| d.0))
-                        .unwrap_or(Duration::from_secs(60)),
-                    on_sync_failure: self
-                        .on_sync_failure
-                        .or(file.on_sync_failure)
-                        .unwrap_or(OnSyncFailure::ServeStale),
-                    boot_deadline: self
-                        .boot_deadline
-                        .or(file.boot_deadline.map(|d| d.0))
-                        .unwrap_or(Duration::from_secs(120)),
-                })
-            }
-        };
         Ok(ServeOptions {
             bundle,
             state_dir,
@@ -150,7 +135,45 @@ impl ServeArgs {
             drain_timeout: Duration::from_secs(drain),
             follow,
             pinecone,
+            status_detail: self.status_detail.or(file.status_detail).unwrap_or(false),
         })
+    }
+
+    /// Following a delta store, when one is named.
+    fn follow_options(&self, file: &ConfigFile) -> anyhow::Result<Option<FollowOptions>> {
+        let Some(store) = self.store.clone().or(file.store.clone()) else {
+            return Ok(None);
+        };
+        let trusted_keys = self.trusted_keys.clone().or(file.trusted_keys.clone()).context(
+            "--store needs --trusted-keys FILE (or DELTACACHE_TRUSTED_KEYS, or `trusted-keys` in the config file)",
+        )?;
+        let mut sync = SyncOptions::new(store, trusted_keys);
+        sync.remote = self.remote.settings();
+        if let Some(keep) = self.keep_versions.or(file.keep_versions) {
+            sync.keep_versions = keep.max(1);
+        }
+        if let Some(budget) = self.apply_memory_budget.or(file.apply_memory_budget) {
+            sync.memory_budget_bytes = budget;
+        }
+        Ok(Some(FollowOptions {
+            sync,
+            follow_interval: self
+                .follow_interval
+                .or(file.follow_interval.map(|d| d.0))
+                .unwrap_or(Duration::from_secs(60)),
+            on_sync_failure: self
+                .on_sync_failure
+                .or(file.on_sync_failure)
+                .unwrap_or(OnSyncFailure::ServeStale),
+            boot_deadline: self
+                .boot_deadline
+                .or(file.boot_deadline.map(|d| d.0))
+                .unwrap_or(Duration::from_secs(120)),
+            sync_deadline: self
+                .sync_deadline
+                .or(file.sync_deadline.map(|d| d.0))
+                .unwrap_or(DEFAULT_SYNC_DEADLINE),
+        }))
     }
 }
 

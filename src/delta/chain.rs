@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::format::{DeltaBatch, Head, MAX_HEAD_BYTES, ObjectKind, VerifyError, verify_object};
+use super::format::{
+    DeltaBatch, DeltaHeader, Head, MAX_HEAD_BYTES, ObjectKind, VerifyError, verify_object,
+};
 use super::keys::TrustedKeys;
 use crate::bundle::Manifest;
 use crate::delta_store::{DeltaStore, FetchError, delta_name};
@@ -258,6 +260,36 @@ fn check_binding(
     Ok(())
 }
 
+/// What one delta may cost: its size as stored, and its records decoded (memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaLimits {
+    /// The largest delta object accepted.
+    pub max_delta_bytes: u64,
+    /// The largest decoded record payload accepted (the memory one delta may take).
+    pub max_records_bytes: u64,
+}
+
+impl DeltaLimits {
+    /// Limits with `max_delta_bytes` and the largest record payload the format allows.
+    pub fn new(max_delta_bytes: u64) -> Self {
+        DeltaLimits {
+            max_delta_bytes,
+            max_records_bytes: super::format::MAX_RECORDS_BYTES,
+        }
+    }
+}
+
+/// One delta of a chain, by what names it: placed at `seq`, with this digest and length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainLink {
+    /// Its seq.
+    pub seq: u64,
+    /// sha256 of the delta object.
+    pub digest: String,
+    /// Length of the delta object.
+    pub len: u64,
+}
+
 /// Verifies one delta's bytes against what its successor (or the head) states.
 pub fn verify_delta_bytes(
     bytes: &[u8],
@@ -268,16 +300,63 @@ pub fn verify_delta_bytes(
     trusted: &TrustedKeys,
     position: &ChainPosition,
 ) -> Result<VerifiedDelta, ChainError> {
+    let link = ChainLink {
+        seq,
+        digest: digest.to_owned(),
+        len: stated_len,
+    };
+    verify_delta_within(
+        bytes,
+        &link,
+        DeltaLimits::new(max_delta_bytes),
+        trusted,
+        position,
+    )
+}
+
+/// Verifies one delta's bytes against its link, decoding its records within `limits`.
+pub fn verify_delta_within(
+    bytes: &[u8],
+    link: &ChainLink,
+    limits: DeltaLimits,
+    trusted: &TrustedKeys,
+    position: &ChainPosition,
+) -> Result<VerifiedDelta, ChainError> {
+    let (verified, _) = verify_delta_header(bytes, link, limits, trusted, position)?;
+    let batch =
+        DeltaBatch::parse_within(verified.body, limits.max_records_bytes).map_err(|reason| {
+            ChainError::Refused {
+                object: delta_name(link.seq, &link.digest),
+                reason,
+            }
+        })?;
+    Ok(VerifiedDelta {
+        seq: link.seq,
+        digest: verified.digest,
+        len: bytes.len() as u64,
+        key_id: verified.key_id.to_string(),
+        batch,
+    })
+}
+
+/// The checks of a delta that need only its header: cap, signature, digest, binding, seq.
+fn verify_delta_header<'a>(
+    bytes: &'a [u8],
+    link: &ChainLink,
+    limits: DeltaLimits,
+    trusted: &TrustedKeys,
+    position: &ChainPosition,
+) -> Result<(super::format::VerifiedObject<'a>, DeltaHeader), ChainError> {
+    let (seq, digest) = (link.seq, link.digest.as_str());
     let object = delta_name(seq, digest);
     let refused = |reason| ChainError::Refused {
         object: object.clone(),
         reason,
     };
-    let cap = stated_len.min(max_delta_bytes);
+    let cap = link.len.min(limits.max_delta_bytes);
     let verified =
         verify_object(bytes, ObjectKind::Delta, cap, Some(digest), trusted).map_err(refused)?;
-    let batch = DeltaBatch::parse(verified.body).map_err(refused)?;
-    let header = &batch.header;
+    let (header, _) = DeltaBatch::parse_header(verified.body).map_err(refused)?;
     check_binding(&object, "dataset", &position.dataset, &header.dataset)?;
     check_binding(
         &object,
@@ -301,13 +380,95 @@ pub fn verify_delta_bytes(
             ),
         });
     }
-    Ok(VerifiedDelta {
-        seq,
-        digest: verified.digest,
-        len: bytes.len() as u64,
-        key_id: verified.key_id.to_string(),
-        batch,
-    })
+    if header.records_len > limits.max_records_bytes {
+        return Err(refused(VerifyError::OverBudget {
+            records_len: header.records_len,
+            budget: limits.max_records_bytes,
+        }));
+    }
+    Ok((verified, header))
+}
+
+/// The deltas after `position` up to the head, oldest first, found by walking back from the
+/// head by parent digests. Each delta is fetched and its header verified (signature, digest,
+/// binding, seq, parent link), then dropped: memory holds one delta at a time. Apply them
+/// with [`fetch_link`], which fetches each again and checks it against its digest.
+pub async fn plan_chain(
+    store: &DeltaStore,
+    trusted: &TrustedKeys,
+    head: &Head,
+    position: &ChainPosition,
+    limits: DeltaLimits,
+) -> Result<Vec<ChainLink>, ChainError> {
+    if head.seq <= position.seq {
+        check_same_position(head, position)?;
+        return Ok(Vec::new());
+    }
+    let mut links = Vec::new();
+    let mut link = ChainLink {
+        seq: head.seq,
+        digest: head.delta_digest.clone(),
+        len: head.delta_len,
+    };
+    loop {
+        let object = delta_name(link.seq, &link.digest);
+        let bytes = store
+            .get_delta(link.seq, &link.digest, link.len.min(limits.max_delta_bytes))
+            .await?
+            .ok_or_else(|| ChainError::Missing {
+                object: object.clone(),
+            })?;
+        let (_, header) = verify_delta_header(&bytes, &link, limits, trusted, position)?;
+        check_parent_seq(&object, header.parent_seq, link.seq)?;
+        let next = ChainLink {
+            seq: header.parent_seq,
+            digest: header.parent_digest.clone(),
+            len: header.parent_len,
+        };
+        links.push(link);
+        if header.parent_seq <= position.seq {
+            if header.parent_seq != position.seq || header.parent_digest != position.digest {
+                return Err(ChainError::ParentMismatch {
+                    object,
+                    expected: position.digest.clone(),
+                    found: header.parent_digest,
+                });
+            }
+            break;
+        }
+        link = next;
+    }
+    links.reverse();
+    Ok(links)
+}
+
+/// Fetches and fully verifies one planned delta.
+pub async fn fetch_link(
+    store: &DeltaStore,
+    trusted: &TrustedKeys,
+    link: &ChainLink,
+    position: &ChainPosition,
+    limits: DeltaLimits,
+) -> Result<VerifiedDelta, ChainError> {
+    let bytes = store
+        .get_delta(link.seq, &link.digest, link.len.min(limits.max_delta_bytes))
+        .await?
+        .ok_or_else(|| ChainError::Missing {
+            object: delta_name(link.seq, &link.digest),
+        })?;
+    verify_delta_within(&bytes, link, limits, trusted, position)
+}
+
+/// A head at (or before) the position must name what the position already has.
+fn check_same_position(head: &Head, position: &ChainPosition) -> Result<(), ChainError> {
+    if head.seq == position.seq && head.delta_digest != position.digest {
+        return Err(ChainError::ParentMismatch {
+            object: "head".into(),
+            expected: position.digest.clone(),
+            found: head.delta_digest.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// Fetches and verifies every delta after `position` up to the head, walking back from the
@@ -320,17 +481,8 @@ pub async fn fetch_chain(
     position: &ChainPosition,
     max_delta_bytes: u64,
 ) -> Result<Vec<VerifiedDelta>, ChainError> {
-    if head.seq < position.seq {
-        return Ok(Vec::new());
-    }
-    if head.seq == position.seq {
-        if head.delta_digest != position.digest {
-            return Err(ChainError::ParentMismatch {
-                object: "head".into(),
-                expected: position.digest.clone(),
-                found: head.delta_digest.clone(),
-            });
-        }
+    if head.seq <= position.seq {
+        check_same_position(head, position)?;
         return Ok(Vec::new());
     }
     let chain = walk(store, trusted, head, position, max_delta_bytes, |header| {

@@ -108,6 +108,16 @@ pub enum VerifyError {
         /// What it is.
         actual: ObjectKind,
     },
+    /// Its records decode to more bytes than the memory budget allows.
+    #[error(
+        "its records decode to {records_len} bytes, over the memory budget of {budget} bytes: raise apply-memory-budget or publish smaller deltas"
+    )]
+    OverBudget {
+        /// Decoded size the header states.
+        records_len: u64,
+        /// The budget.
+        budget: u64,
+    },
     /// Signed, but its contents do not parse.
     #[error("signed contents do not parse: {0}")]
     Malformed(String),
@@ -433,7 +443,20 @@ impl DeltaBatch {
     /// Parses a verified delta body: header, then records, decompressing no more than the
     /// header states (itself capped relative to the compressed size).
     pub fn parse(body: &[u8]) -> Result<DeltaBatch, VerifyError> {
+        Self::parse_within(body, MAX_RECORDS_BYTES)
+    }
+
+    /// [`DeltaBatch::parse`], refusing a delta whose records decode to more than
+    /// `max_records_bytes` before decoding anything. The buffer grows with what is actually
+    /// decoded, never preallocated from the header.
+    pub fn parse_within(body: &[u8], max_records_bytes: u64) -> Result<DeltaBatch, VerifyError> {
         let (header, compressed) = Self::parse_header(body)?;
+        if header.records_len > max_records_bytes {
+            return Err(VerifyError::OverBudget {
+                records_len: header.records_len,
+                budget: max_records_bytes,
+            });
+        }
         let cap = (compressed.len() as u64)
             .saturating_mul(MAX_EXPANSION)
             .clamp(1 << 20, MAX_RECORDS_BYTES);
@@ -444,7 +467,7 @@ impl DeltaBatch {
                 compressed.len()
             )));
         }
-        let mut records_bytes = Vec::with_capacity(header.records_len as usize);
+        let mut records_bytes = Vec::new();
         let decoder = zstd::stream::read::Decoder::new(compressed)
             .map_err(|e| VerifyError::Malformed(format!("records: {e}")))?;
         decoder

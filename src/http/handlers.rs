@@ -211,44 +211,57 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(status_body(&state, state.status_detail))
+}
+
+/// What `/status` answers: the served version and the sync state. The short form names no
+/// file path, delta store URL or error text (it may face the network); `detail` adds them
+/// (`status-detail = true`, or the control socket).
+pub fn status_body(state: &AppState, detail: bool) -> serde_json::Value {
     let uptime = state.started.elapsed().as_secs_f64();
-    let bundle = state.bundle_dir.display().to_string();
-    let sync = state.sync.read().clone();
-    let sync_json = serde_json::json!({
-        "store": sync.store,
+    // Read the catalog under the status lock: swaps happen under it, so the two agree.
+    let (sync, served) = {
+        let sync = state.sync.read();
+        (sync.clone(), state.catalog.load())
+    };
+    let mut sync_json = serde_json::json!({
         "bundle_seq": sync.bundle_seq,
         "head_seq_seen": sync.head_seq_seen,
-        "deltas_applied": sync.deltas_applied,
         "last_sync_at": sync.last_sync_at,
         "last_result": sync.last_result,
-        "last_error": sync.last_error,
         "stale": sync.stale,
         "staleness_seconds": sync.staleness_seconds(),
         "versions_kept": sync.versions_kept,
     });
-    let mut body = match state.catalog.load() {
+    let mut body = match &served {
         Some(catalog) => serde_json::json!({
             "ready": true,
             "dataset": catalog.info.dataset,
             "seq": catalog.seq(),
-            "version": catalog.info.name,
             "n_items": catalog.index().n_items(),
             "model_fingerprint": catalog.model().fingerprint(),
             "n_terms": catalog.model().n_terms(),
             "filter_fields": catalog.filter_fields(),
             "schema_version": catalog.info.schema_version,
             "vector_backend": state.vectors.name(),
-            "bundle": bundle,
             "uptime_seconds": uptime,
         }),
         None => serde_json::json!({
             "ready": false,
-            "bundle": bundle,
             "uptime_seconds": uptime,
         }),
     };
+    if detail {
+        body["bundle"] = state.bundle_dir.display().to_string().into();
+        if let Some(catalog) = &served {
+            body["version"] = catalog.info.name.clone().into();
+        }
+        sync_json["store"] = sync.store.clone().into();
+        sync_json["deltas_applied"] = sync.deltas_applied.into();
+        sync_json["last_error"] = sync.last_error.clone().into();
+    }
     body["sync"] = sync_json;
-    Json(body)
+    body
 }
 
 pub(super) async fn not_found() -> ApiError {

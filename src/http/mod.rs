@@ -3,6 +3,8 @@
 pub mod error;
 mod handlers;
 
+pub use handlers::status_body;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub sync: crate::sync::follow::SharedStatus,
     /// Where `/search` ranks: the local index or Pinecone.
     pub vectors: crate::catalog::backend::VectorBackend,
+    /// Whether `/status` shows paths, the delta store URL and error text.
+    pub status_detail: bool,
 }
 
 /// All routes, with body limit, access log and metrics. Handlers can be driven without a

@@ -1,18 +1,23 @@
-//! Applying verified deltas to a new copy-on-write version.
+//! Applying verified deltas to a new copy-on-write version, one delta at a time.
 //!
-//! Clone the current version into staging (tables shared, mutable files copied), migrate the
-//! copy if its layout is older, apply each delta as one LevelDB write batch that also records
-//! the new chain position and keeps the filter index current, patch the vector index the
-//! same way, close the database, then commit. Nothing here touches the current version, so a
-//! failure at any step leaves it serving and the state dir as it was.
+//! [`StateDir::begin_apply`] clones the current version into staging (tables shared,
+//! mutable files copied) and migrates the copy if its layout is older; [`Applying::apply`]
+//! writes one delta as one LevelDB write batch that also records the new chain position and
+//! keeps the filter index current, and patches the vector index the same way; only the
+//! delta being applied is held in memory. [`Applying::commit`] closes the database, saves
+//! the index and commits. Nothing here touches the current version, so a failure or a
+//! cancellation at any step leaves it serving and the state dir as it was.
+//!
+//! Every step is blocking: run it on a blocking thread.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use rusty_leveldb::{DB, WriteBatch};
 
-use super::{StateDir, StoreVersion, VersionInfo};
+use super::{Cancel, Staging, StateDir, StoreVersion, VersionInfo};
 use crate::bundle::items::{ItemFields, parse_item};
 use crate::clock::now_secs;
 use crate::db::filter;
@@ -24,15 +29,15 @@ use crate::search::index::VectorIndex;
 use crate::search::tfidf::TfidfModel;
 
 /// What applying needs besides the deltas: how items are read and embedded.
-#[derive(Debug, Clone, Copy)]
-pub struct ApplyInputs<'a> {
+#[derive(Debug, Clone)]
+pub struct ApplyInputs {
     /// The bundle's model: put items are embedded with it.
-    pub model: &'a TfidfModel,
+    pub model: Arc<TfidfModel>,
     /// The bundle's id and text fields.
-    pub fields: &'a ItemFields,
+    pub fields: ItemFields,
     /// The bundle's filter fields, for a current version of an older layout that records
     /// none yet.
-    pub filter_fields: &'a [String],
+    pub filter_fields: Vec<String>,
     /// Issue time of the head the deltas were verified against, recorded in the version.
     pub head_issued_at: u64,
 }
@@ -42,6 +47,8 @@ pub struct ApplyInputs<'a> {
 pub struct Applied {
     /// The committed version.
     pub version: StoreVersion,
+    /// Deltas applied.
+    pub n_deltas: usize,
     /// Records applied.
     pub n_records: u64,
     /// Wall time per stage, in order.
@@ -50,88 +57,74 @@ pub struct Applied {
     pub index: VectorIndex,
 }
 
+/// A new version being made from the current one, delta by delta.
+pub struct Applying {
+    /// The version the deltas continue.
+    current: StoreVersion,
+    /// How items are read and embedded.
+    inputs: ApplyInputs,
+    /// The new version's directory.
+    staging: Staging,
+    /// The new version's database (a clone in staging).
+    db: DB,
+    /// The new version's vector index.
+    index: VectorIndex,
+    /// The fields the db's filter index covers (empty: none).
+    indexed: Vec<String>,
+    /// The last delta applied: seq, digest, length.
+    last: Option<(u64, String, u64)>,
+    /// Deltas and records applied so far.
+    n_deltas: usize,
+    /// Records applied so far.
+    n_records: u64,
+    /// Wall time per stage so far.
+    stage_seconds: Vec<(&'static str, f64)>,
+    /// When applying started (the first `apply`).
+    apply_started: Option<Instant>,
+}
+
 impl StateDir {
-    /// Applies `deltas` (verified, in order, continuing `current`) and commits a new version.
-    /// Blocking.
-    pub fn apply_deltas(
-        &self,
+    /// Starts a new version from `current`, to be made `seq` by the deltas applied to it
+    /// (the staging directory is named after `seq`).
+    pub fn begin_apply(
+        self: &Arc<Self>,
         current: &StoreVersion,
-        inputs: ApplyInputs<'_>,
-        deltas: &[VerifiedDelta],
-    ) -> anyhow::Result<Applied> {
-        let Some(last) = deltas.last() else {
-            bail!("no deltas to apply");
-        };
-        let mut stage_seconds = Vec::new();
+        seq: u64,
+        inputs: ApplyInputs,
+    ) -> anyhow::Result<Applying> {
         let started = Instant::now();
-        let staging = self.stage_copy_of(current, last.seq, inputs.filter_fields)?;
-        let mut index = VectorIndex::load(&current.index_path())?;
-        stage_seconds.push(("clone", started.elapsed().as_secs_f64()));
-
-        let started = Instant::now();
+        let staging = self.stage_copy_of(current, seq, &inputs.filter_fields)?;
+        let index = VectorIndex::load(&current.index_path())?;
         let mut db = leveldb::open_db(&staging.db_dir(), false)?;
-        let mut writer = BatchWriter {
-            indexed: filter::recorded_fields(&mut db)?.unwrap_or_default(),
-            db,
-            index: &mut index,
+        let indexed = filter::recorded_fields(&mut db)?.unwrap_or_default();
+        Ok(Applying {
+            current: current.clone(),
             inputs,
-        };
-        let mut n_records = 0u64;
-        for (delta_idx, delta) in deltas.iter().enumerate() {
-            n_records += writer.write(delta)?;
-            if delta_idx == 0 {
-                crate::failpoint::hit("after-first-batch");
-            }
-        }
-        writer
-            .db
-            .close()
-            .map_err(|s| anyhow!("{s}"))
-            .context("close the new version's database")?;
-        drop(writer);
-        crate::failpoint::hit("after-close");
-        index.compact_if_worthwhile();
-        index.save(&staging.index_path())?;
-        stage_seconds.push(("apply", started.elapsed().as_secs_f64()));
-
-        let started = Instant::now();
-        let version = staging.commit(VersionInfo {
-            name: String::new(),
-            seq: last.seq,
-            n_items: index.n_items() as u64,
-            created_at: now_secs(),
-            chain_digest: last.digest.clone(),
-            chain_len: last.len,
-            head_issued_at: Some(inputs.head_issued_at),
-            schema_version: SCHEMA_VERSION,
-            ..current.info.clone()
-        })?;
-        stage_seconds.push(("commit", started.elapsed().as_secs_f64()));
-        Ok(Applied {
-            version,
-            n_records,
-            stage_seconds,
+            staging,
+            db,
             index,
+            indexed,
+            last: None,
+            n_deltas: 0,
+            n_records: 0,
+            stage_seconds: vec![("clone", started.elapsed().as_secs_f64())],
+            apply_started: None,
         })
     }
 }
 
-/// Writes deltas into the new version's open database and index.
-struct BatchWriter<'a> {
-    /// The fields the db's filter index covers (empty: none).
-    indexed: Vec<String>,
-    /// The new version's database (a clone in staging).
-    db: DB,
-    /// The new version's vector index.
-    index: &'a mut VectorIndex,
-    /// Model and item fields.
-    inputs: ApplyInputs<'a>,
-}
+impl Applying {
+    /// The seq the version reaches so far.
+    pub fn seq(&self) -> u64 {
+        self.last
+            .as_ref()
+            .map_or(self.current.info.seq, |(seq, _, _)| *seq)
+    }
 
-impl BatchWriter<'_> {
-    /// Writes one delta as one batch that also records the chain position it reaches;
-    /// returns its record count.
-    fn write(&mut self, delta: &VerifiedDelta) -> anyhow::Result<u64> {
+    /// Writes one delta (verified, continuing what was applied so far) as one batch that
+    /// also records the chain position it reaches.
+    pub fn apply(&mut self, delta: &VerifiedDelta) -> anyhow::Result<()> {
+        self.apply_started.get_or_insert_with(Instant::now);
         let mut batch = WriteBatch::default();
         // Items this batch already changed: the database does not show them yet.
         let mut pending: HashMap<String, Option<Vec<u8>>> = HashMap::new();
@@ -158,7 +151,54 @@ impl BatchWriter<'_> {
             .write(batch, true)
             .map_err(|s| anyhow!("{s}"))
             .with_context(|| format!("write delta seq {}", delta.seq))?;
-        Ok(delta.batch.records.len() as u64)
+        if self.n_deltas == 0 {
+            crate::failpoint::hit("after-first-batch");
+        }
+        self.n_deltas += 1;
+        self.n_records += delta.batch.records.len() as u64;
+        self.last = Some((delta.seq, delta.digest.clone(), delta.len));
+        Ok(())
+    }
+
+    /// Closes the database, saves the index and commits the version, unless `cancel` was
+    /// raised first. Fails when no delta was applied.
+    pub fn commit(mut self, cancel: &Cancel) -> anyhow::Result<Applied> {
+        let (seq, digest, len) = self.last.clone().context("no deltas to apply")?;
+        self.db
+            .close()
+            .map_err(|s| anyhow!("{s}"))
+            .context("close the new version's database")?;
+        crate::failpoint::hit("after-close");
+        self.index.compact_if_worthwhile();
+        self.index.save(&self.staging.index_path())?;
+        let applied_seconds = self
+            .apply_started
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.stage_seconds.push(("apply", applied_seconds));
+        let started = Instant::now();
+        let version = self.staging.commit(
+            VersionInfo {
+                name: String::new(),
+                seq,
+                n_items: self.index.n_items() as u64,
+                created_at: now_secs(),
+                chain_digest: digest,
+                chain_len: len,
+                head_issued_at: Some(self.inputs.head_issued_at),
+                schema_version: SCHEMA_VERSION,
+                ..self.current.info.clone()
+            },
+            cancel,
+        )?;
+        self.stage_seconds
+            .push(("commit", started.elapsed().as_secs_f64()));
+        Ok(Applied {
+            version,
+            n_deltas: self.n_deltas,
+            n_records: self.n_records,
+            stage_seconds: self.stage_seconds,
+            index: self.index,
+        })
     }
 
     /// Adds one record to the batch and the index. Returns the id, its new JSON (`None` for
@@ -171,7 +211,7 @@ impl BatchWriter<'_> {
     ) -> anyhow::Result<(String, Option<Vec<u8>>, bool)> {
         match record {
             DeltaRecord::Put { item } => {
-                let item = parse_item(item.get(), self.inputs.fields)?;
+                let item = parse_item(item.get(), &self.inputs.fields)?;
                 batch.put(&leveldb::item_key(&item.id), item.json.as_bytes());
                 let held = self.index.contains(&item.id);
                 self.index
@@ -198,5 +238,23 @@ impl BatchWriter<'_> {
         for key in keys(new) {
             batch.put(&key, b"");
         }
+    }
+}
+
+impl StateDir {
+    /// Applies `deltas` (verified, in order, continuing `current`) and commits a new version.
+    /// Blocking; for tools and tests that hold every delta already.
+    pub fn apply_deltas(
+        self: &Arc<Self>,
+        current: &StoreVersion,
+        inputs: ApplyInputs,
+        deltas: &[VerifiedDelta],
+    ) -> anyhow::Result<Applied> {
+        let last_seq = deltas.last().map_or(current.info.seq, |d| d.seq);
+        let mut applying = self.begin_apply(current, last_seq, inputs)?;
+        for delta in deltas {
+            applying.apply(delta)?;
+        }
+        applying.commit(&Cancel::never())
     }
 }

@@ -9,11 +9,12 @@
 //! was.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use tempfile::TempDir;
 
-use super::{StateDir, StoreVersion, VERSION_FILE, VersionInfo, remove_any};
+use super::{Cancel, StateDir, StoreVersion, VERSION_FILE, VersionInfo, remove_any};
 use crate::bundle::{Bundle, DB_DIR, INDEX_FILE};
 use crate::clock::{now_nanos, now_secs};
 use crate::db::clone::{CloneMethod, clone_db_dir, share_immutable};
@@ -22,11 +23,12 @@ use crate::db::migrate::{MigrationContext, SCHEMA_VERSION, check_supported, migr
 use crate::durable;
 use crate::lock_file::LockFile;
 
-/// A version being made in `staging/`. Removed on drop unless committed.
+/// A version being made in `staging/`. Removed on drop unless committed (the removal is
+/// blocking: drop it on a blocking thread).
 #[derive(Debug)]
-pub struct Staging<'a> {
+pub struct Staging {
     /// The state dir it will be committed into.
-    state: &'a StateDir,
+    state: Arc<StateDir>,
     /// The version's name (seq, then a unique suffix).
     name: String,
     /// `staging/NAME`.
@@ -35,14 +37,14 @@ pub struct Staging<'a> {
     committed: bool,
 }
 
-impl<'a> Staging<'a> {
+impl Staging {
     /// A new, empty staging directory for a version of `seq`.
-    fn create(state: &'a StateDir, seq: u64) -> anyhow::Result<Self> {
+    fn create(state: &Arc<StateDir>, seq: u64) -> anyhow::Result<Self> {
         let name = format!("{seq:012}-{}", unique_suffix());
         let dir = state.root.join("staging").join(&name);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         Ok(Staging {
-            state,
+            state: state.clone(),
             name,
             dir,
             committed: false,
@@ -100,8 +102,14 @@ impl<'a> Staging<'a> {
     }
 
     /// Writes `info` (its name set to this version's), fsyncs the whole version, renames it
-    /// into `versions/` and points `current` at it. Committed when this returns `Ok`.
-    pub fn commit(mut self, mut info: VersionInfo) -> anyhow::Result<StoreVersion> {
+    /// into `versions/` and points `current` at it. Committed when this returns `Ok`; a
+    /// `cancel` raised before it starts abandons the version instead.
+    pub fn commit(
+        mut self,
+        mut info: VersionInfo,
+        cancel: &Cancel,
+    ) -> anyhow::Result<StoreVersion> {
+        cancel.check()?;
         info.name = self.name.clone();
         let path = self.dir.join(VERSION_FILE);
         let json = serde_json::to_vec_pretty(&info).context("encode version.json")?;
@@ -117,7 +125,7 @@ impl<'a> Staging<'a> {
     }
 }
 
-impl Drop for Staging<'_> {
+impl Drop for Staging {
     fn drop(&mut self) {
         if !self.committed
             && self.dir.exists()
@@ -130,7 +138,7 @@ impl Drop for Staging<'_> {
 
 impl StateDir {
     /// A new version of `seq`, made in `staging/`.
-    pub fn stage(&self, seq: u64) -> anyhow::Result<Staging<'_>> {
+    pub fn stage(self: &Arc<Self>, seq: u64) -> anyhow::Result<Staging> {
         Staging::create(self, seq)
     }
 
@@ -138,7 +146,7 @@ impl StateDir {
     /// new (upgrading a copy of it first if its layout is older); otherwise makes and commits
     /// a new version cloned from the bundle, after checking every bundle file against the
     /// manifest.
-    pub fn ensure_from_bundle(&self, bundle: &Bundle) -> anyhow::Result<StoreVersion> {
+    pub fn ensure_from_bundle(self: &Arc<Self>, bundle: &Bundle) -> anyhow::Result<StoreVersion> {
         let manifest = &bundle.manifest;
         if let Some(current) = self.current()? {
             let info = &current.info;
@@ -160,7 +168,7 @@ impl StateDir {
     }
 
     /// Makes and commits a version cloned from the bundle.
-    fn clone_bundle(&self, bundle: &Bundle) -> anyhow::Result<StoreVersion> {
+    fn clone_bundle(self: &Arc<Self>, bundle: &Bundle) -> anyhow::Result<StoreVersion> {
         let manifest = &bundle.manifest;
         let started = std::time::Instant::now();
         bundle.verify_files()?;
@@ -189,27 +197,30 @@ impl StateDir {
                 bundle.dir.display()
             ),
         )?;
-        staging.commit(VersionInfo {
-            name: String::new(),
-            dataset: manifest.dataset.clone(),
-            seq: manifest.seq,
-            model_fingerprint: manifest.model_fingerprint.clone(),
-            bundle_manifest_sha256: bundle.manifest_sha256.clone(),
-            n_items: manifest.n_items,
-            created_at: now_secs(),
-            chain_digest: manifest.chain_digest.clone(),
-            chain_len: manifest.chain_len,
-            bundle_seq: manifest.seq,
-            head_issued_at: None,
-            schema_version: SCHEMA_VERSION,
-        })
+        staging.commit(
+            VersionInfo {
+                name: String::new(),
+                dataset: manifest.dataset.clone(),
+                seq: manifest.seq,
+                model_fingerprint: manifest.model_fingerprint.clone(),
+                bundle_manifest_sha256: bundle.manifest_sha256.clone(),
+                n_items: manifest.n_items,
+                created_at: now_secs(),
+                chain_digest: manifest.chain_digest.clone(),
+                chain_len: manifest.chain_len,
+                bundle_seq: manifest.seq,
+                head_issued_at: None,
+                schema_version: SCHEMA_VERSION,
+            },
+            &Cancel::never(),
+        )
     }
 
     /// Makes and commits a copy of `version` migrated to this binary's layout (a state dir
     /// written by an older binary). The old version is left as it was; a pin on it moves to
     /// the copy (same seq, same items).
     fn upgrade(
-        &self,
+        self: &Arc<Self>,
         version: &StoreVersion,
         filter_fields: &[String],
     ) -> anyhow::Result<StoreVersion> {
@@ -221,11 +232,14 @@ impl StateDir {
             filter_fields,
             &format!("version {name}, cloned from version {}", version.info.name),
         )?;
-        let upgraded = staging.commit(VersionInfo {
-            created_at: now_secs(),
-            schema_version: SCHEMA_VERSION,
-            ..version.info.clone()
-        })?;
+        let upgraded = staging.commit(
+            VersionInfo {
+                created_at: now_secs(),
+                schema_version: SCHEMA_VERSION,
+                ..version.info.clone()
+            },
+            &Cancel::never(),
+        )?;
         tracing::info!(from = %version.info.name, to = %name, schema = SCHEMA_VERSION, "upgraded the current version's db layout");
         if self.pinned()?.as_deref() == Some(version.info.name.as_str()) {
             self.set_pinned(Some(&name))?;
@@ -236,11 +250,11 @@ impl StateDir {
     /// Clones `version`'s database into a new staging version, migrated to this binary's
     /// layout, for deltas to be applied to; the index is left for the caller to write.
     pub(super) fn stage_copy_of(
-        &self,
+        self: &Arc<Self>,
         version: &StoreVersion,
         seq: u64,
         filter_fields: &[String],
-    ) -> anyhow::Result<Staging<'_>> {
+    ) -> anyhow::Result<Staging> {
         let staging = self.stage(seq)?;
         let method = staging.clone_from(&version.db_dir(), None)?;
         tracing::debug!(%method, version = %staging.name(), "cloned the current version");

@@ -126,6 +126,52 @@ impl TrustWatermark {
     }
 }
 
+/// A flag that abandons work in progress (an apply overrunning its deadline): checked
+/// between steps, and awaited beside anything that waits, so work stops at the next step
+/// boundary and never commits after it is raised.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(tokio_util::sync::CancellationToken);
+
+/// Work abandoned because its [`Cancel`] was raised.
+#[derive(Debug, thiserror::Error)]
+#[error("cancelled before the commit point: nothing was committed")]
+pub struct Cancelled;
+
+impl Cancel {
+    /// A flag nobody raises.
+    pub fn never() -> Self {
+        Self::default()
+    }
+
+    /// Raises the flag.
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+
+    /// Whether the flag is raised.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// `Err(Cancelled)` once the flag is raised.
+    pub fn check(&self) -> Result<(), Cancelled> {
+        if self.is_cancelled() {
+            Err(Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `work` until it finishes or the flag is raised (then `Err(Cancelled)`).
+    pub async fn run<T>(&self, work: impl std::future::Future<Output = T>) -> Result<T, Cancelled> {
+        tokio::select! {
+            biased;
+            _ = self.0.cancelled() => Err(Cancelled),
+            done = work => Ok(done),
+        }
+    }
+}
+
 /// An open state dir. Holding it (through [`StateDir::open`]) holds the state dir's lock.
 #[derive(Debug)]
 pub struct StateDir {
@@ -309,38 +355,52 @@ impl StateDir {
             .join(format!("{}-{}", version.info.name, make::unique_suffix()))
     }
 
-    /// Removes committed versions beyond the newest `keep`, never the current or pinned one.
-    /// Readers never hold a version directory (they hold clones), so removal is safe.
-    /// Blocking (it removes whole trees): see [`StateDir::collect_garbage_in_background`].
-    pub fn collect_garbage(&self, keep: usize) -> anyhow::Result<usize> {
+    /// Removes committed versions beyond the newest `keep`, never the current one, the
+    /// pinned one or `served` (the one a running daemon serves; "" for none). Readers never
+    /// hold a version directory (they hold clones), so removal is safe. Returns how many
+    /// were removed and how many are kept. Blocking (it removes whole trees): see
+    /// [`StateDir::collect_garbage_in_background`].
+    pub fn collect_garbage(&self, keep: usize, served: &str) -> anyhow::Result<(usize, usize)> {
         let current = self.current_name()?;
         let pinned = self.pinned()?;
         let versions = self.versions()?;
+        let n_versions = versions.len();
         let mut removed = 0;
-        let n_old = versions.len().saturating_sub(keep.max(1));
+        let n_old = n_versions.saturating_sub(keep.max(1));
         for version in versions.into_iter().take(n_old) {
-            if Some(&version.info.name) == current.as_ref()
-                || Some(&version.info.name) == pinned.as_ref()
-            {
+            let name = Some(&version.info.name);
+            if name == current.as_ref() || name == pinned.as_ref() || version.info.name == served {
                 continue;
             }
             remove_any(&version.dir)?;
             removed += 1;
         }
-        Ok(removed)
+        Ok((removed, n_versions - removed))
     }
 
     /// [`StateDir::collect_garbage`] on a blocking thread, off the async workers; the
-    /// outcome is logged here.
-    pub async fn collect_garbage_in_background(self: &Arc<Self>, keep: usize) {
-        let state = self.clone();
-        match tokio::task::spawn_blocking(move || state.collect_garbage(keep)).await {
-            Ok(Ok(removed)) if removed > 0 => tracing::info!(removed, "removed old versions"),
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(error = format!("{error:#}"), "remove old versions")
+    /// outcome is logged here. Returns how many versions are kept (`None` on failure).
+    pub async fn collect_garbage_in_background(
+        self: &Arc<Self>,
+        keep: usize,
+        served: &str,
+    ) -> Option<usize> {
+        let (state, served) = (self.clone(), served.to_owned());
+        match tokio::task::spawn_blocking(move || state.collect_garbage(keep, &served)).await {
+            Ok(Ok((removed, kept))) => {
+                if removed > 0 {
+                    tracing::info!(removed, kept, "removed old versions");
+                }
+                Some(kept)
             }
-            Err(error) => tracing::warn!(%error, "join the garbage collection task"),
+            Ok(Err(error)) => {
+                tracing::warn!(error = format!("{error:#}"), "remove old versions");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "join the garbage collection task");
+                None
+            }
         }
     }
 }

@@ -4,15 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use backon::BackoffBuilder;
 use serde::Serialize;
 
-use super::{SyncOutcome, Syncer, failure_reason};
-use crate::catalog::{CurrentCatalog, open_in_background};
+use super::{SyncOutcome, Syncer, failure_reason, with_deadline};
+use crate::catalog::{CurrentCatalog, Inconsistent, open_in_background};
 use crate::clock::now_secs;
 use crate::delta_store::DeltaStore;
 use crate::search::index::VectorIndex;
-use crate::state::{StateDir, StoreVersion};
+use crate::search::tfidf::TfidfModel;
+use crate::state::{Cancel, StateDir, StoreVersion};
 
 /// What `/status` reports about syncing.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -27,7 +29,8 @@ pub struct SyncStatus {
     pub deltas_applied: u64,
     /// When the last sync attempt ended (seconds since the epoch).
     pub last_sync_at: Option<u64>,
-    /// `applied`, `up-to-date`, `no-head`, `pinned` or `failed`.
+    /// `applied` (a new version is served), `committed` (applied but not yet swapped in),
+    /// `up-to-date`, `no-head`, `pinned` or `failed`.
     pub last_result: Option<String>,
     /// The last failure's message.
     pub last_error: Option<String>,
@@ -50,14 +53,19 @@ impl SyncStatus {
 /// Shared sync status; written by the follower, read by `/status` and `/metrics`.
 pub type SharedStatus = Arc<parking_lot::RwLock<SyncStatus>>;
 
-/// Syncs and swaps; owns the state dir while the daemon runs.
+/// The owner of the version being served: it syncs and swaps, and it is the only one that
+/// changes which version is served (following, a failed swap's retry, `rollback` and
+/// `unpin` through the control socket), one change at a time.
 pub struct Follower {
-    /// Fetch, verify, apply.
-    pub syncer: Syncer,
+    /// Fetch, verify, apply; `None` when serving the bundle alone.
+    pub syncer: Option<Syncer>,
+    /// The bundle's model, for opening catalogs.
+    pub model: Arc<TfidfModel>,
     /// The state dir.
     pub state: Arc<StateDir>,
-    /// The version being served.
-    pub version: tokio::sync::Mutex<StoreVersion>,
+    /// The version being served. Held for a whole sync or rollback: it serialises every
+    /// change of the served version; requests never take it.
+    pub served: tokio::sync::Mutex<StoreVersion>,
     /// The catalog requests read.
     pub current: Arc<CurrentCatalog>,
     /// Status for `/status`.
@@ -66,71 +74,218 @@ pub struct Follower {
     pub reader_shards: usize,
     /// Versions kept.
     pub keep_versions: usize,
+    /// How long one sync attempt may take before it is cancelled and reported.
+    pub attempt_deadline: Duration,
+    /// Wakes the follow loop (an unpin, SIGHUP, a changed store directory).
+    pub wake: tokio::sync::Notify,
 }
 
 impl Follower {
-    /// One sync attempt; on success with new deltas, opens the new version and swaps it in.
-    /// Returns whether a swap happened.
+    /// One sync attempt within [`Follower::attempt_deadline`]: see [`Follower::sync_within`].
     pub async fn sync_and_swap(&self) -> anyhow::Result<bool> {
-        let mut version = self.version.lock().await;
-        metrics::counter!("deltacache_sync_attempts_total").increment(1);
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("syncing")]);
-        let outcome = self.syncer.sync(&self.state, &version).await;
-        let new_version = self.record_outcome(outcome)?;
-        let Some((new_version, index)) = new_version else {
-            return Ok(false);
+        self.sync_within(self.attempt_deadline, "sync").await
+    }
+
+    /// One sync attempt within `deadline` (`what` names it in the error when it overruns);
+    /// on success with new deltas, opens the new version and swaps it in. Returns whether a
+    /// swap happened. A version an earlier attempt committed but could not swap in is
+    /// opened, not applied again. A failure is recorded in the status and returned.
+    pub async fn sync_within(&self, deadline: Duration, what: &str) -> anyhow::Result<bool> {
+        let cancel = Cancel::default();
+        let attempt = with_deadline(deadline, what, &cancel, async {
+            let mut served = self.served.lock().await;
+            metrics::counter!("deltacache_sync_attempts_total").increment(1);
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("syncing")]);
+            if let Some(pending) = self.pending_version(&served)? {
+                return self.swap_to(&mut served, pending, None, None).await;
+            }
+            let Some(syncer) = &self.syncer else {
+                return Ok(false);
+            };
+            let outcome = syncer.sync(&self.state, &served, &cancel).await;
+            match self.record_outcome(outcome)? {
+                Some((version, index, refused_rest)) => {
+                    self.swap_to(&mut served, version, Some(index), refused_rest)
+                        .await
+                }
+                None => Ok(false),
+            }
+        })
+        .await;
+        if let Err(error) = &attempt {
+            self.record_failure(error);
+        }
+        attempt
+    }
+
+    /// A committed version that `current` names, newer than the one served and of the same
+    /// lineage: an earlier attempt committed it but did not swap it in.
+    fn pending_version(&self, served: &StoreVersion) -> anyhow::Result<Option<StoreVersion>> {
+        let Some(current) = self.state.current()? else {
+            return Ok(None);
         };
-        let catalog = open_in_background(
+        let same_lineage = current.info.dataset == served.info.dataset
+            && current.info.model_fingerprint == served.info.model_fingerprint;
+        Ok((current.info.name != served.info.name
+            && same_lineage
+            && current.info.seq > served.info.seq)
+            .then_some(current))
+    }
+
+    /// Opens `version` and swaps it in. When it cannot be opened, the served version keeps
+    /// serving and the status says so; a version that fails its consistency checks is
+    /// discarded (and `current` points back at the served one), while one that failed for a
+    /// passing reason (no file descriptors, no space) is opened again by the next attempt.
+    /// `refused_rest` says why the version stops short of the head, if it does.
+    async fn swap_to(
+        &self,
+        served: &mut StoreVersion,
+        version: StoreVersion,
+        index: Option<VectorIndex>,
+        refused_rest: Option<String>,
+    ) -> anyhow::Result<bool> {
+        let opened = open_in_background(
             &self.state,
-            &new_version,
-            self.syncer.model.clone(),
-            Some(index),
+            &version,
+            self.model.clone(),
+            index,
             self.reader_shards,
         )
-        .await?;
-        self.current.swap(catalog);
-        metrics::counter!("deltacache_swaps_total").increment(1);
-        metrics::gauge!("deltacache_current_seq").set(new_version.info.seq as f64);
+        .await;
+        let catalog = match opened {
+            Ok(catalog) => catalog,
+            Err(error) => {
+                let discard = error.downcast_ref::<Inconsistent>().is_some();
+                if discard {
+                    self.state.set_current(&served.info.name)?;
+                }
+                self.collect_garbage(served).await;
+                return Err(error.context(format!(
+                    "version {} (seq {}) is committed but could not be opened; still serving seq {}{}",
+                    version.info.name,
+                    version.info.seq,
+                    served.info.seq,
+                    if discard { "; it was discarded" } else { "" }
+                )));
+            }
+        };
         {
+            // The swap happens under the status lock, so `/status` never pairs the new
+            // version with the old status or the reverse.
             let mut status = self.status.write();
-            status.head_issued_at = new_version.info.head_issued_at;
-            status.versions_kept = self.state.versions().map(|v| v.len()).unwrap_or(0);
+            self.current.swap(catalog);
+            status.head_issued_at = version.info.head_issued_at;
+            status.last_result = Some("applied".into());
+            status.stale = refused_rest.is_some();
+            status.last_error = refused_rest;
+            metrics::gauge!("deltacache_stale").set(if status.stale { 1.0 } else { 0.0 });
         }
-        *version = new_version;
+        metrics::counter!("deltacache_swaps_total").increment(1);
+        metrics::gauge!("deltacache_current_seq").set(version.info.seq as f64);
+        *served = version;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("serving")]);
-        self.state
-            .collect_garbage_in_background(self.keep_versions)
-            .await;
+        self.collect_garbage(served).await;
         Ok(true)
     }
 
-    /// Records a sync outcome in the status and metrics; returns the new version, if any.
-    /// A failure is returned, not logged: the caller handles (and logs) it.
+    /// Makes the kept version with `seq` current, pins it and serves it at once. Takes the
+    /// same lock as a sync, so no apply in flight can commit past the pin afterwards.
+    pub async fn rollback_to(&self, seq: u64) -> anyhow::Result<String> {
+        let mut served = self.served.lock().await;
+        let state = self.state.clone();
+        let version = tokio::task::spawn_blocking(move || pin_kept_version(&state, seq))
+            .await
+            .context("join the rollback task")??;
+        let opened = open_in_background(
+            &self.state,
+            &version,
+            self.model.clone(),
+            None,
+            self.reader_shards,
+        )
+        .await;
+        let catalog = match opened {
+            Ok(catalog) => catalog,
+            Err(error) => {
+                // Serve and point at what was served before; the pin is withdrawn.
+                self.state.set_pinned(None)?;
+                self.state.set_current(&served.info.name)?;
+                return Err(error.context(format!(
+                    "open version {} to roll back to; still serving seq {}, not pinned",
+                    version.info.name, served.info.seq
+                )));
+            }
+        };
+        {
+            let mut status = self.status.write();
+            self.current.swap(catalog);
+            status.head_issued_at = version.info.head_issued_at;
+            status.last_result = Some("pinned".into());
+        }
+        metrics::counter!("deltacache_swaps_total").increment(1);
+        metrics::gauge!("deltacache_current_seq").set(version.info.seq as f64);
+        *served = version;
+        tracing::info!(seq, version = %served.info.name, "rolled back and pinned");
+        Ok(format!(
+            "serving version {} (seq {}), pinned; `rollback --unpin` to follow again",
+            served.info.name, seq
+        ))
+    }
+
+    /// Removes the pin and wakes the follow loop, which syncs forward at once.
+    pub async fn unpin(&self) -> anyhow::Result<String> {
+        let served = self.served.lock().await;
+        self.state.set_pinned(None)?;
+        self.wake.notify_one();
+        tracing::info!(seq = served.info.seq, "unpinned; following resumes");
+        Ok(format!(
+            "unpinned: serving seq {}; following resumes now",
+            served.info.seq
+        ))
+    }
+
+    /// The version being served (waits for a sync or rollback in progress).
+    pub async fn served(&self) -> StoreVersion {
+        self.served.lock().await.clone()
+    }
+
+    /// Removes old versions (never the served, current or pinned one) and records how many
+    /// are kept.
+    async fn collect_garbage(&self, served: &StoreVersion) {
+        let kept = self
+            .state
+            .collect_garbage_in_background(self.keep_versions, &served.info.name)
+            .await;
+        if let Some(kept) = kept {
+            self.status.write().versions_kept = kept;
+        }
+    }
+
+    /// Records a failed attempt in the status and metrics (the caller logs it).
+    fn record_failure(&self, error: &anyhow::Error) {
+        let reason = failure_reason(error);
+        metrics::counter!("deltacache_sync_failures_total", "reason" => reason).increment(1);
+        metrics::gauge!("deltacache_stale").set(1.0);
+        let mut status = self.status.write();
+        status.last_sync_at = Some(now_secs());
+        status.last_result = Some("failed".into());
+        status.last_error = Some(format!("{error:#}"));
+        status.stale = true;
+    }
+
+    /// Records a sync outcome in the status; returns the new version to swap in, if any. A
+    /// failure is returned for the caller to record and log; `applied` is recorded only once
+    /// the new version is swapped in.
     fn record_outcome(
         &self,
         outcome: anyhow::Result<SyncOutcome>,
-    ) -> anyhow::Result<Option<(StoreVersion, VectorIndex)>> {
+    ) -> anyhow::Result<Option<(StoreVersion, VectorIndex, Option<String>)>> {
+        let outcome = outcome?;
         let mut status = self.status.write();
         status.last_sync_at = Some(now_secs());
         if let Ok(Some(seen)) = self.state.watermark() {
             status.head_seq_seen = Some(seen.seq);
         }
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                let reason = failure_reason(&error);
-                metrics::counter!("deltacache_sync_failures_total", "reason" => reason)
-                    .increment(1);
-                status.last_result = Some("failed".into());
-                status.last_error = Some(format!("{error:#}"));
-                status.stale = true;
-                metrics::gauge!("deltacache_stale").set(1.0);
-                return Err(error);
-            }
-        };
-        status.last_error = None;
-        status.stale = false;
-        metrics::gauge!("deltacache_stale").set(0.0);
         let (result, new_version) = match outcome {
             SyncOutcome::NoHead => ("no-head", None),
             SyncOutcome::UpToDate { .. } => ("up-to-date", None),
@@ -153,14 +308,15 @@ impl Follower {
                     "applied deltas"
                 );
                 status.deltas_applied += n_deltas as u64;
-                if let Some(refused) = refused_rest {
-                    status.last_error = Some(refused);
-                    status.stale = true;
-                }
-                ("applied", Some((*version, *index)))
+                ("committed", Some((*version, *index, refused_rest)))
             }
         };
         status.last_result = Some(result.into());
+        if new_version.is_none() {
+            status.last_error = None;
+            status.stale = false;
+            metrics::gauge!("deltacache_stale").set(0.0);
+        }
         Ok(new_version)
     }
 
@@ -169,9 +325,9 @@ impl Follower {
     /// sooner, backing off exponentially up to `interval`.
     pub async fn run(self: Arc<Self>, interval: Duration) {
         let (wake_tx, mut wake_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
-        let _watcher = match self.syncer.store() {
-            DeltaStore::File(store) => watch_directory(store.root(), wake_tx.clone()),
-            DeltaStore::S3(_) => None,
+        let _watcher = match self.syncer.as_ref().map(Syncer::store) {
+            Some(DeltaStore::File(store)) => watch_directory(store.root(), wake_tx.clone()),
+            _ => None,
         };
         #[cfg(unix)]
         {
@@ -195,6 +351,7 @@ impl Follower {
             let trigger = tokio::select! {
                 _ = tokio::time::sleep(wait) => "timer",
                 reason = wake_rx.recv() => reason.unwrap_or("timer"),
+                _ = self.wake.notified() => "asked",
             };
             tracing::debug!(trigger, "syncing");
             match self.sync_and_swap().await {
@@ -256,4 +413,17 @@ fn watch_directory(
             None
         }
     }
+}
+
+/// Pins the newest kept version with `seq` and makes it current (the state dir's lock or
+/// the follower's must be held). Blocking.
+pub fn pin_kept_version(state: &StateDir, seq: u64) -> anyhow::Result<StoreVersion> {
+    let versions = state.versions()?;
+    let Some(version) = versions.iter().rev().find(|v| v.info.seq == seq) else {
+        let kept: Vec<u64> = versions.iter().map(|v| v.info.seq).collect();
+        anyhow::bail!("no kept version has seq {seq}; kept seqs: {kept:?}");
+    };
+    state.set_pinned(Some(&version.info.name))?;
+    state.set_current(&version.info.name)?;
+    Ok(version.clone())
 }

@@ -12,7 +12,7 @@ use crate::bundle::build::{BuildOptions, BuildReport, InputFormat, ModelSource, 
 use crate::bundle::{Bundle, MODEL_FILE};
 use crate::db::leveldb::export_items;
 use crate::search::tfidf::FitOptions;
-use crate::state::{LocalState, StateDir};
+use crate::state::{Cancel, LocalState, StateDir};
 
 /// The boot-time sync alone: brings the state dir to the head, then returns.
 pub async fn sync_once(
@@ -26,8 +26,14 @@ pub async fn sync_once(
         tokio::task::spawn_blocking(move || LocalState::open(&bundle_dir, &state_dir)).await??;
     let keep_versions = options.keep_versions;
     let syncer = Syncer::open(options, &local.bundle, local.model.clone()).await?;
-    let outcome =
-        with_deadline(deadline, "sync", syncer.sync(&local.state, &local.version)).await?;
+    let cancel = Cancel::default();
+    let outcome = with_deadline(
+        deadline,
+        "sync",
+        &cancel,
+        syncer.sync(&local.state, &local.version, &cancel),
+    )
+    .await?;
     if let SyncOutcome::Applied {
         refused_rest: Some(reason),
         version,
@@ -41,7 +47,7 @@ pub async fn sync_once(
     }
     local
         .state
-        .collect_garbage_in_background(keep_versions)
+        .collect_garbage_in_background(keep_versions, "")
         .await;
     Ok(outcome)
 }
@@ -106,23 +112,20 @@ pub fn export(state_dir: &Path, out: &mut impl std::io::Write) -> anyhow::Result
     Ok(n_items)
 }
 
-/// Makes the kept version with `seq` current and pins it (or, with `None`, unpins).
+/// Makes the kept version with `seq` current and pins it (or, with `None`, unpins) on a
+/// state dir no daemon is running on: takes the state dir's lock, so it never races a sync.
+/// A running daemon is reached through its control socket instead (`server::control`).
 pub fn rollback(state_dir: &Path, to_seq: Option<u64>) -> anyhow::Result<String> {
-    let state = StateDir::inspect(state_dir)?;
+    StateDir::inspect(state_dir)?;
+    let state = StateDir::open(state_dir)?;
     let Some(seq) = to_seq else {
         state.set_pinned(None)?;
-        return Ok("unpinned: following resumes".into());
+        return Ok("unpinned: the next serve or sync follows the delta store again".into());
     };
-    let versions = state.versions()?;
-    let Some(version) = versions.iter().rev().find(|v| v.info.seq == seq) else {
-        let kept: Vec<u64> = versions.iter().map(|v| v.info.seq).collect();
-        bail!("no kept version has seq {seq}; kept seqs: {kept:?}");
-    };
-    state.set_pinned(Some(&version.info.name))?;
-    state.set_current(&version.info.name)?;
+    let version = super::follow::pin_kept_version(&state, seq)?;
     Ok(format!(
-        "current version is now {} (seq {}), pinned; restart the daemon to serve it, and `rollback --unpin` to follow again",
-        version.info.name, seq
+        "current version is now {} (seq {seq}), pinned; the next serve serves it, and `rollback --unpin` follows again",
+        version.info.name
     ))
 }
 

@@ -35,6 +35,7 @@ fn fixture(ready: bool) -> Fixture {
             drain_timeout: Duration::from_secs(1),
             follow: None,
             pinecone: None,
+            status_detail: false,
         })
         .unwrap();
         current.swap(Arc::new(catalog));
@@ -48,6 +49,7 @@ fn fixture(ready: bool) -> Fixture {
             metrics: deltacache::telemetry::prometheus(),
             sync: Default::default(),
             vectors: deltacache::catalog::backend::VectorBackend::Local,
+            status_detail: true,
         },
         _state_dir: state_dir,
         _dir: dir,

@@ -326,6 +326,7 @@ fn bundle_built_with_an_exported_model_serves_scikit_learn_rankings() {
         drain_timeout: std::time::Duration::from_secs(1),
         follow: None,
         pinecone: None,
+        status_detail: false,
     })
     .unwrap();
     for query in config.queries.iter().take(100) {

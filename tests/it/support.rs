@@ -97,6 +97,9 @@ impl Daemon {
         let mut child = Command::new(binary())
             .args(args)
             .env("RUST_LOG", "warn")
+            // The tests read /status's detail (error text); a test of the short form
+            // passes DELTACACHE_STATUS_DETAIL=false in `env`.
+            .env("DELTACACHE_STATUS_DETAIL", "true")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -5,6 +5,8 @@
 //! is prepared; nothing but those answers before the first swap, and the first swap happens
 //! only after the boot-time sync committed (or, with `serve-stale`, gave up).
 
+pub mod control;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use crate::http::{self, AppState};
 use crate::pinecone::{PineconeClient, PineconeSettings};
 use crate::state::{LocalState, StateDir};
 use crate::sync::follow::{Follower, SharedStatus, SyncStatus};
-use crate::sync::{SyncOptions, Syncer, with_deadline};
+use crate::sync::{SyncOptions, Syncer};
 
 /// What to do when the boot-time sync fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -41,7 +43,13 @@ pub struct FollowOptions {
     pub on_sync_failure: OnSyncFailure,
     /// How long the boot-time sync may take before the policy applies.
     pub boot_deadline: Duration,
+    /// How long any later sync attempt may take before it is cancelled, reported and
+    /// retried.
+    pub sync_deadline: Duration,
 }
+
+/// The default [`FollowOptions::sync_deadline`].
+pub const DEFAULT_SYNC_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Everything `serve` needs, after flags, environment and config file are merged.
 #[derive(Debug, Clone)]
@@ -60,6 +68,9 @@ pub struct ServeOptions {
     pub follow: Option<FollowOptions>,
     /// The Pinecone index `/search` ranks with; `None` uses the local index.
     pub pinecone: Option<PineconeSettings>,
+    /// Whether `/status` shows paths, the delta store URL and error text (the control
+    /// socket always does).
+    pub status_detail: bool,
 }
 
 /// Loads the current version of the bundle alone (no delta store): used by tests and tools.
@@ -100,41 +111,53 @@ pub async fn run(
         metrics: crate::telemetry::prometheus(),
         sync: status.clone(),
         vectors: vectors.clone(),
+        status_detail: options.status_detail,
     };
     on_listening(local_addr);
     let server = tokio::spawn(http::run(
         listener,
-        http::router(app),
+        http::router(app.clone()),
         shutdown,
         options.drain_timeout,
     ));
     let booted = boot(&options, current.clone(), status, &vectors).await;
-    let follower_task = match booted {
-        Ok(Some((follower, interval))) => Some(tokio::spawn(follower.run(interval))),
-        Ok(None) => None,
+    let follower = match booted {
+        Ok(follower) => follower,
         Err(error) => {
             server.abort();
             return Err(error);
         }
     };
+    let control = tokio::spawn(control::serve(
+        options.state_dir.join(control::SOCKET_NAME),
+        follower.clone(),
+        app,
+    ));
+    let follower_task = options
+        .follow
+        .as_ref()
+        .map(|follow| tokio::spawn(follower.clone().run(follow.follow_interval)));
     let result = server.await.context("join the server task")?;
+    control.abort();
     if let Some(task) = follower_task {
         task.abort();
         let _ = task.await;
     }
     // Release read handles (and their clones) before the state dir's lock.
+    drop(follower);
     drop(current);
     result
 }
 
 /// Boot: local version, boot-time sync within the deadline, first swap, READY=1. Returns
-/// the follower to run when a store is configured.
+/// the follower: the owner of the served version, which follows the delta store when one is
+/// configured and answers the control socket either way.
 async fn boot(
     options: &ServeOptions,
     current: Arc<CurrentCatalog>,
     status: SharedStatus,
     vectors: &VectorBackend,
-) -> anyhow::Result<Option<(Arc<Follower>, Duration)>> {
+) -> anyhow::Result<Arc<Follower>> {
     let started = Instant::now();
     let (bundle_dir, state_dir) = (options.bundle.clone(), options.state_dir.clone());
     let local = tokio::task::spawn_blocking(move || LocalState::open(&bundle_dir, &state_dir))
@@ -145,56 +168,56 @@ async fn boot(
         client.check_dimension(local.model.n_terms()).await?;
     }
     status.write().bundle_seq = local.bundle.manifest.seq;
-    let Some(follow) = &options.follow else {
-        let reader_shards = options.reader_shards;
-        let catalog = tokio::task::spawn_blocking(move || {
-            open_with_fallback(&local, reader_shards).map(|c| (c, local))
-        })
-        .await
-        .context("join the loading task")??;
-        swap_first(&current, Arc::new(catalog.0), started);
-        return Ok(None);
+    let syncer = match &options.follow {
+        Some(follow) => {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(
+                "syncing from the delta store",
+            )]);
+            Some(Syncer::open(follow.sync.clone(), &local.bundle, local.model.clone()).await?)
+        }
+        None => None,
     };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(
-        "syncing from the delta store",
-    )]);
-    let syncer = Syncer::open(follow.sync.clone(), &local.bundle, local.model.clone()).await?;
     let follower = Arc::new(Follower {
         syncer,
+        model: local.model.clone(),
         state: local.state.clone(),
-        version: tokio::sync::Mutex::new(local.version.clone()),
+        served: tokio::sync::Mutex::new(local.version.clone()),
         current: current.clone(),
         status: status.clone(),
         reader_shards: options.reader_shards,
-        keep_versions: follow.sync.keep_versions,
+        keep_versions: options
+            .follow
+            .as_ref()
+            .map_or(3, |follow| follow.sync.keep_versions),
+        attempt_deadline: options
+            .follow
+            .as_ref()
+            .map_or(DEFAULT_SYNC_DEADLINE, |follow| follow.sync_deadline),
+        wake: tokio::sync::Notify::new(),
     });
-    boot_sync(&follower, follow, &status).await?;
+    if let Some(follow) = &options.follow {
+        boot_sync(&follower, follow).await?;
+    }
     if current.load().is_none() {
         // Nothing new was applied: serve the local version as it is.
-        let version = follower.version.lock().await.clone();
-        status.write().head_issued_at = version.info.head_issued_at;
-        let catalog = open_local_version(local, &version, options.reader_shards).await?;
+        let mut served = follower.served.lock().await;
+        status.write().head_issued_at = served.info.head_issued_at;
+        let catalog = open_local_version(local, &served, options.reader_shards).await?;
+        *served = follower.state.load_version(&catalog.info.name)?;
         swap_first(&current, catalog, started);
     } else {
         tracing::info!(seconds = started.elapsed().as_secs_f64(), "ready");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     }
-    Ok(Some((follower, follow.follow_interval)))
+    Ok(follower)
 }
 
-/// The boot-time sync within the deadline; a failure is fatal or marks the status stale, as
-/// the policy says.
-async fn boot_sync(
-    follower: &Follower,
-    follow: &FollowOptions,
-    status: &SharedStatus,
-) -> anyhow::Result<()> {
-    let synced = with_deadline(
-        follow.boot_deadline,
-        "boot-time sync",
-        follower.sync_and_swap(),
-    )
-    .await;
+/// The boot-time sync within the deadline; a failure is fatal or leaves the status stale,
+/// as the policy says.
+async fn boot_sync(follower: &Follower, follow: &FollowOptions) -> anyhow::Result<()> {
+    let synced = follower
+        .sync_within(follow.boot_deadline, "boot-time sync")
+        .await;
     let Err(error) = synced else {
         return Ok(());
     };
@@ -207,10 +230,6 @@ async fn boot_sync(
                 error = format!("{error:#}"),
                 "boot-time sync failed; serving the newest good local version, marked stale"
             );
-            let mut status = status.write();
-            status.stale = true;
-            status.last_result = Some("failed".into());
-            status.last_error = Some(format!("{error:#}"));
             Ok(())
         }
     }
