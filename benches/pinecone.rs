@@ -24,7 +24,7 @@ use deltacache::bundle::build::{BuildOptions, InputFormat, ModelSource, build_ba
 use deltacache::bundle::items::ItemFields;
 use deltacache::catalog::CurrentCatalog;
 use deltacache::catalog::backend::VectorBackend;
-use deltacache::http::{AppState, router};
+use deltacache::http::{AppState, HttpLimits, Probes, SearchLimits, probe_router, router};
 use deltacache::pinecone::{ApiKey, PineconeClient, PineconeSettings};
 use deltacache::search::tfidf::FitOptions;
 use deltacache::server::{ServeOptions, load_catalog};
@@ -122,14 +122,12 @@ async fn run() -> anyhow::Result<()> {
         chain: None,
     })?;
     let options = ServeOptions {
-        bundle: bundle.clone(),
-        state_dir: dir.path().join("state"),
-        listen: "127.0.0.1:0".parse()?,
         reader_shards: 2,
-        drain_timeout: Duration::from_secs(1),
-        follow: None,
-        pinecone: None,
-        status_detail: false,
+        ..ServeOptions::new(
+            bundle.clone(),
+            dir.path().join("state"),
+            "127.0.0.1:0".parse()?,
+        )
     };
     let (_state, catalog) = load_catalog(&options)?;
     DIMENSION.store(
@@ -159,21 +157,24 @@ async fn run() -> anyhow::Result<()> {
     let mut figures = Vec::new();
     for backend in [VectorBackend::Local, VectorBackend::Pinecone(client)] {
         let name = backend.name();
-        let state = AppState {
-            catalog: current.clone(),
-            started: Instant::now(),
-            bundle_dir: bundle.clone(),
-            metrics: deltacache::telemetry::prometheus(),
-            sync: Default::default(),
-            vectors: backend,
-            status_detail: true,
-        };
+        let state = AppState::new(
+            current.clone(),
+            bundle.clone(),
+            backend,
+            SearchLimits::default(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}/search", listener.local_addr()?);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(deltacache::http::run(
+        let limits = HttpLimits::default();
+        let server = tokio::spawn(deltacache::http::serve::run(
             listener,
-            router(state),
+            router(state.clone(), &limits),
+            Probes {
+                router: probe_router(state, &limits),
+                listener: None,
+            },
+            limits,
             async move {
                 let _ = stop_rx.await;
             },

@@ -78,14 +78,12 @@ fn run(bundle: &Path, queries_path: &Path) -> anyhow::Result<()> {
         .context("create a temporary state dir")?;
     let n_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let options = ServeOptions {
-        bundle: bundle.to_path_buf(),
-        state_dir: state_root.path().join("state"),
-        listen: "127.0.0.1:0".parse().expect("a valid address"),
         reader_shards: n_threads,
-        drain_timeout: Duration::from_secs(1),
-        follow: None,
-        pinecone: None,
-        status_detail: false,
+        ..ServeOptions::new(
+            bundle.to_path_buf(),
+            state_root.path().join("state"),
+            "127.0.0.1:0".parse().expect("a valid address"),
+        )
     };
     let load_started = Instant::now();
     let (state, catalog) = load_catalog(&options).context("load the catalog")?;

@@ -39,6 +39,22 @@ pub struct ConfigFile {
     pub apply_memory_budget: Option<u64>,
     /// Whether `/status` shows paths, the delta store URL and error text.
     pub status_detail: Option<bool>,
+    /// A second address serving only the probes, e.g. "127.0.0.1:9090".
+    pub probe_listen: Option<String>,
+    /// Time a client has to send a request's headers (also the keep-alive idle timeout).
+    pub header_read_timeout: Option<HumanDuration>,
+    /// Longest pause between two pieces of a request body.
+    pub body_read_timeout: Option<HumanDuration>,
+    /// Deadline of a whole request.
+    pub request_timeout: Option<HumanDuration>,
+    /// Connections served at once on the main port.
+    pub max_connections: Option<usize>,
+    /// Searches running at once.
+    pub search_threads: Option<usize>,
+    /// Searches waiting for a thread.
+    pub search_queue: Option<usize>,
+    /// The most distinct known terms one query may hold.
+    pub max_query_terms: Option<usize>,
     /// `local` or `pinecone`.
     pub vector_backend: Option<crate::catalog::backend::VectorBackendKind>,
     /// Pinecone index host or URL.

@@ -43,22 +43,18 @@ pub struct DemoFiles {
 impl DemoFiles {
     /// The serve options for the demo: the bundle, the store followed every 10 s.
     pub fn serve_options(&self, listen: std::net::SocketAddr) -> ServeOptions {
-        ServeOptions {
-            bundle: self.bundle.clone(),
-            state_dir: self.state_dir.clone(),
-            listen,
-            reader_shards: 2,
-            drain_timeout: Duration::from_secs(5),
-            follow: Some(FollowOptions {
-                sync: SyncOptions::new(self.store.clone(), self.trusted_keys.clone()),
-                follow_interval: Duration::from_secs(10),
-                on_sync_failure: OnSyncFailure::ServeStale,
-                boot_deadline: Duration::from_secs(30),
-                sync_deadline: crate::server::DEFAULT_SYNC_DEADLINE,
-            }),
-            pinecone: None,
-            status_detail: true,
-        }
+        let mut options = ServeOptions::new(self.bundle.clone(), self.state_dir.clone(), listen);
+        options.reader_shards = 2;
+        options.drain_timeout = Duration::from_secs(5);
+        options.status_detail = true;
+        options.follow = Some(FollowOptions {
+            sync: SyncOptions::new(self.store.clone(), self.trusted_keys.clone()),
+            follow_interval: Duration::from_secs(10),
+            on_sync_failure: OnSyncFailure::ServeStale,
+            boot_deadline: Duration::from_secs(30),
+            sync_deadline: crate::server::DEFAULT_SYNC_DEADLINE,
+        });
+        options
     }
 }
 

@@ -18,7 +18,7 @@ use arc_swap::ArcSwapOption;
 use crate::db::leveldb::MetadataReaders;
 use crate::search::filter::{Filter, FilterError, FilterIndex, bit_is_set};
 use crate::search::index::VectorIndex;
-use crate::search::tfidf::TfidfModel;
+use crate::search::tfidf::{SparseVector, TfidfModel};
 use crate::state::{LocalState, StateDir, StoreVersion, VersionInfo};
 
 /// A version whose parts disagree (index, database, description): never served, and not
@@ -178,6 +178,17 @@ impl Catalog {
         self.join(ranked)
     }
 
+    /// [`Catalog::search`] of a query already embedded with this catalog's model.
+    pub fn search_embedded(
+        &self,
+        query: &SparseVector,
+        top_k: usize,
+        filter: Option<&Filter>,
+    ) -> anyhow::Result<SearchOutcome> {
+        let ranked = self.rank_embedded(query, top_k, filter);
+        self.join(ranked)
+    }
+
     /// The local index's exact top-k for `query_text`, as (id, score), best first.
     pub fn rank(
         &self,
@@ -185,13 +196,21 @@ impl Catalog {
         top_k: usize,
         filter: Option<&Filter>,
     ) -> Vec<(String, f32)> {
-        let query = self.model.embed(query_text);
+        self.rank_embedded(&self.model.embed(query_text), top_k, filter)
+    }
+
+    fn rank_embedded(
+        &self,
+        query: &SparseVector,
+        top_k: usize,
+        filter: Option<&Filter>,
+    ) -> Vec<(String, f32)> {
         let hits = match filter {
-            None => self.index.top_k(&query, top_k),
+            None => self.index.top_k(query, top_k),
             Some(filter) => {
                 let admitted = self.filters.matching(filter, self.index.n_slots());
                 self.index
-                    .top_k_filtered(&query, top_k, |slot| bit_is_set(&admitted, slot))
+                    .top_k_filtered(query, top_k, |slot| bit_is_set(&admitted, slot))
             }
         };
         hits.into_iter()

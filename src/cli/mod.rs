@@ -35,7 +35,7 @@ enum Command {
     /// Verify a delta store's head and whole chain against trusted keys.
     Verify(verify::VerifyArgs),
     /// Serve search and lookups over HTTP from a copy-on-write clone of a bundle.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// The boot-time sync alone: bring a state dir to the delta store's head, then exit.
     Sync(sync::SyncArgs),
     /// What a state dir holds: versions, current, applied seq, last sync.
@@ -68,7 +68,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Keygen(args) => keygen::run(args),
         Command::PublishDelta(args) => publish_delta::run(args),
         Command::Verify(args) => verify::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Sync(args) => sync::run(args),
         Command::Status(args) => state_tools::status(args),
         Command::Export(args) => state_tools::export(args),

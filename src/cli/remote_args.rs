@@ -22,6 +22,10 @@ pub(super) struct RemoteArgs {
     /// Attempts per remote operation (retries back off exponentially with jitter).
     #[arg(long, default_value_t = 4, value_name = "N")]
     remote_attempts: u32,
+    /// Timeout of one attempt, the reading of the answer included: a store that stops
+    /// answering (or trickles) fails the attempt, which is retried, e.g. 15s.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    remote_attempt_timeout: Duration,
 }
 
 impl RemoteArgs {
@@ -29,6 +33,7 @@ impl RemoteArgs {
         RemoteSettings {
             connect_timeout: Duration::from_secs(3).min(self.remote_timeout),
             operation_timeout: self.remote_timeout,
+            attempt_timeout: self.remote_attempt_timeout.min(self.remote_timeout),
             max_attempts: self.remote_attempts.max(1),
             endpoint_url: self.s3_endpoint_url.clone(),
             force_path_style: self.s3_path_style,

@@ -10,7 +10,8 @@ use clap::Args;
 use super::pinecone_args::PineconeArgs;
 use super::remote_args::RemoteArgs;
 use crate::catalog::backend::VectorBackendKind;
-use crate::config::ConfigFile;
+use crate::config::{ConfigFile, HumanDuration};
+use crate::http::{HttpLimits, SearchLimits};
 use crate::server::{self, DEFAULT_SYNC_DEADLINE, FollowOptions, OnSyncFailure, ServeOptions};
 use crate::sync::SyncOptions;
 
@@ -85,9 +86,89 @@ pub(super) struct ServeArgs {
     )]
     vector_backend: Option<VectorBackendKind>,
     #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
     pinecone: PineconeArgs,
     #[command(flatten)]
     remote: RemoteArgs,
+}
+
+/// Connection, request and search limits.
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// A second address serving only /livez, /readyz, /metrics and /status, which stay
+    /// answerable there whatever load the main port has [default: none].
+    #[arg(long, env = "DELTACACHE_PROBE_LISTEN", value_name = "ADDR")]
+    probe_listen: Option<String>,
+    /// Time a client has to send a request's headers, counted from when its connection is
+    /// idle; also the keep-alive idle timeout. Keep it above a load balancer's idle timeout
+    /// [default: 65s].
+    #[arg(long, env = "DELTACACHE_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    header_read_timeout: Option<Duration>,
+    /// Longest pause between two pieces of a request body (408 after it) [default: 10s].
+    #[arg(long, env = "DELTACACHE_BODY_READ_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    body_read_timeout: Option<Duration>,
+    /// Deadline of a whole request, its body included (408 after it) [default: 30s].
+    #[arg(long, env = "DELTACACHE_REQUEST_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    request_timeout: Option<Duration>,
+    /// Connections served at once on the main port; up to 64 more get one answer (probes, or
+    /// 503 with Retry-After), beyond that they are closed [default: 1024].
+    #[arg(long, env = "DELTACACHE_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Searches running at once [default: number of CPUs].
+    #[arg(long, env = "DELTACACHE_SEARCH_THREADS", value_name = "N")]
+    search_threads: Option<usize>,
+    /// Searches waiting for a thread; beyond, 503 with Retry-After at once [default: 8 per CPU].
+    #[arg(long, env = "DELTACACHE_SEARCH_QUEUE", value_name = "N")]
+    search_queue: Option<usize>,
+    /// The most distinct known terms one query may hold (422 beyond) [default: 256].
+    #[arg(long, env = "DELTACACHE_MAX_QUERY_TERMS", value_name = "N")]
+    max_query_terms: Option<usize>,
+}
+
+impl LimitArgs {
+    /// The limits, flags and environment first, then the config file, then the defaults.
+    fn resolve(
+        &self,
+        file: &ConfigFile,
+    ) -> anyhow::Result<(HttpLimits, SearchLimits, Option<SocketAddr>)> {
+        let mut http = HttpLimits::default();
+        let duration =
+            |flag: Option<Duration>, key: Option<HumanDuration>| flag.or(key.map(|d| d.0));
+        if let Some(d) = duration(self.header_read_timeout, file.header_read_timeout) {
+            http.header_read_timeout = d;
+        }
+        if let Some(d) = duration(self.body_read_timeout, file.body_read_timeout) {
+            http.body_read_timeout = d;
+        }
+        if let Some(d) = duration(self.request_timeout, file.request_timeout) {
+            http.request_timeout = d;
+        }
+        if let Some(n) = self.max_connections.or(file.max_connections) {
+            anyhow::ensure!(
+                n >= 1,
+                "--max-connections (max-connections) must be at least 1"
+            );
+            http.max_connections = n;
+        }
+        let mut search = SearchLimits::default();
+        if let Some(n) = self.search_threads.or(file.search_threads) {
+            search.threads = n.max(1);
+        }
+        if let Some(n) = self.search_queue.or(file.search_queue) {
+            search.queue = n;
+        }
+        if let Some(n) = self.max_query_terms.or(file.max_query_terms) {
+            search.max_query_terms = n.max(1);
+        }
+        let probe_listen = match self.probe_listen.clone().or(file.probe_listen.clone()) {
+            Some(text) => Some(text.parse().with_context(|| {
+                format!("probe listen address {text:?} is not IP:PORT (for example 127.0.0.1:9090)")
+            })?),
+            None => None,
+        };
+        Ok((http, search, probe_listen))
+    }
 }
 
 impl ServeArgs {
@@ -97,6 +178,7 @@ impl ServeArgs {
             None => ConfigFile::default(),
         };
         let follow = self.follow_options(&file)?;
+        let (http, search, probe_listen) = self.limits.resolve(&file)?;
         let pinecone = match self
             .vector_backend
             .or(file.vector_backend)
@@ -136,6 +218,9 @@ impl ServeArgs {
             follow,
             pinecone,
             status_detail: self.status_detail.or(file.status_detail).unwrap_or(false),
+            http,
+            probe_listen,
+            search,
         })
     }
 

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::remote_args::RemoteArgs;
+use crate::server::control::{self, ControlRequest};
 use crate::sync::SyncOptions;
 use crate::sync::ops;
 
@@ -100,10 +101,21 @@ pub(super) struct RollbackArgs {
 }
 
 pub(super) fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
-    println!(
-        "{}",
-        ops::rollback(&args.state_dir, if args.unpin { None } else { args.to })?
-    );
+    let request = match args.to {
+        Some(to) if !args.unpin => ControlRequest::Rollback { to },
+        _ => ControlRequest::Unpin,
+    };
+    // A running daemon does it at once, under its own lock; otherwise the state dir is
+    // changed directly, under the state dir's lock.
+    let answer = super::runtime()?.block_on(control::request(&args.state_dir, &request))?;
+    match answer {
+        Some(answer) if answer.ok => println!("{}", answer.message),
+        Some(answer) => anyhow::bail!("the running daemon refused: {}", answer.message),
+        None => println!(
+            "{}",
+            ops::rollback(&args.state_dir, if args.unpin { None } else { args.to })?
+        ),
+    }
     Ok(())
 }
 

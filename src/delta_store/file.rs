@@ -19,14 +19,18 @@ use crate::lock_file::LockFile;
 pub struct FileStore {
     /// The root directory.
     root: PathBuf,
+    /// How long one read may take (a file that never finishes reading, such as a FIFO put
+    /// in a head's place, fails the read instead of blocking the sync).
+    attempt_timeout: std::time::Duration,
 }
 
 impl FileStore {
     /// Opens a store directory; the first publish creates it, so reading a store that does
     /// not exist yet finds no head.
-    pub fn open(root: &Path) -> anyhow::Result<Self> {
+    pub fn open(root: &Path, attempt_timeout: std::time::Duration) -> anyhow::Result<Self> {
         Ok(FileStore {
             root: root.to_path_buf(),
+            attempt_timeout,
         })
     }
 
@@ -43,7 +47,14 @@ impl FileStore {
     pub(super) async fn get(&self, name: &str, cap: u64) -> Result<Option<Fetched>, FetchError> {
         let path = self.root.join(name);
         let name = name.to_owned();
-        tokio::task::spawn_blocking(move || {
+        let timed_out = FetchError::Unavailable {
+            name: path.display().to_string(),
+            message: format!(
+                "not read within {}s (attempt timeout)",
+                self.attempt_timeout.as_secs_f64()
+            ),
+        };
+        let read = tokio::task::spawn_blocking(move || {
             let file = match std::fs::File::open(&path) {
                 Ok(file) => file,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -66,12 +77,15 @@ impl FileStore {
             }
             let etag = crate::digest::sha256_hex(&bytes);
             Ok(Some(Fetched { bytes, etag }))
-        })
-        .await
-        .map_err(|e| FetchError::Unavailable {
-            name: "read task".into(),
-            message: e.to_string(),
-        })?
+        });
+        // On a timeout the blocked thread is left to finish on its own; the sync goes on.
+        tokio::time::timeout(self.attempt_timeout, read)
+            .await
+            .map_err(|_| timed_out)?
+            .map_err(|e| FetchError::Unavailable {
+                name: "read task".into(),
+                message: e.to_string(),
+            })?
     }
 
     pub(super) async fn create(&self, name: &str, bytes: &[u8]) -> Result<(), PutError> {

@@ -87,6 +87,9 @@ pub struct RemoteSettings {
     pub connect_timeout: Duration,
     /// One whole operation, retries included.
     pub operation_timeout: Duration,
+    /// One attempt of an operation, the reading of the body included: a store that stops
+    /// answering (or trickles) fails the attempt, which is retried.
+    pub attempt_timeout: Duration,
     /// Attempts per operation (1 = no retry).
     pub max_attempts: u32,
     /// S3 endpoint override (`AWS_ENDPOINT_URL` is used when this is unset).
@@ -103,6 +106,7 @@ impl Default for RemoteSettings {
         RemoteSettings {
             connect_timeout: Duration::from_secs(3),
             operation_timeout: Duration::from_secs(60),
+            attempt_timeout: Duration::from_secs(15),
             max_attempts: 4,
             endpoint_url: None,
             force_path_style: None,
@@ -137,9 +141,10 @@ impl DeltaStore {
                     "store URL {url:?}: a file store needs an absolute path, as in file:///var/lib/deltas"
                 );
             }
-            Ok(DeltaStore::File(FileStore::open(std::path::Path::new(
-                path,
-            ))?))
+            Ok(DeltaStore::File(FileStore::open(
+                std::path::Path::new(path),
+                settings.attempt_timeout,
+            )?))
         } else if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {

@@ -25,6 +25,10 @@ pub struct S3Store {
     bucket: String,
     /// Key prefix without a trailing slash ("" for the bucket's root).
     prefix: String,
+    /// One attempt of a read, the body included.
+    attempt_timeout: std::time::Duration,
+    /// Attempts per read.
+    max_attempts: u32,
 }
 
 impl S3Store {
@@ -49,6 +53,7 @@ impl S3Store {
                 TimeoutConfig::builder()
                     .connect_timeout(settings.connect_timeout)
                     .operation_timeout(settings.operation_timeout)
+                    .operation_attempt_timeout(settings.attempt_timeout)
                     .build(),
             )
             .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)))
@@ -73,6 +78,8 @@ impl S3Store {
             client: Client::from_conf(builder.build()),
             bucket: bucket.to_owned(),
             prefix: prefix.trim_matches('/').to_owned(),
+            attempt_timeout: settings.attempt_timeout,
+            max_attempts: settings.max_attempts.max(1),
         })
     }
 
@@ -89,7 +96,37 @@ impl S3Store {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
 
+    /// Reads an object whole, at most `cap` bytes. The SDK retries the request; a body that
+    /// stops or trickles past [`RemoteSettings::attempt_timeout`] fails the attempt, and the
+    /// read is tried again from the start, up to the configured attempts.
     pub(super) async fn get(&self, name: &str, cap: u64) -> Result<Option<Fetched>, FetchError> {
+        use backon::Retryable;
+        let attempt = || async {
+            match tokio::time::timeout(self.attempt_timeout, self.get_once(name, cap)).await {
+                Ok(result) => result,
+                Err(_) => Err(Attempt::Retry(FetchError::Unavailable {
+                    name: self.key(name),
+                    message: format!(
+                        "no complete answer within {}s (attempt timeout)",
+                        self.attempt_timeout.as_secs_f64()
+                    ),
+                })),
+            }
+        };
+        attempt
+            .retry(
+                backon::ExponentialBuilder::default()
+                    .with_min_delay(std::time::Duration::from_millis(200))
+                    .with_max_times(self.max_attempts as usize - 1)
+                    .with_jitter(),
+            )
+            .when(|failed| matches!(failed, Attempt::Retry(_)))
+            .await
+            .map_err(Attempt::into_error)
+    }
+
+    /// One read: the SDK's request (retried by the SDK), then the body.
+    async fn get_once(&self, name: &str, cap: u64) -> Result<Option<Fetched>, Attempt> {
         let key = self.key(name);
         let unavailable = |message: String| FetchError::Unavailable {
             name: key.clone(),
@@ -105,12 +142,16 @@ impl S3Store {
         {
             Ok(output) => output,
             Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
-            Err(e) => return Err(unavailable(DisplayErrorContext(e).to_string())),
+            Err(e) => {
+                return Err(Attempt::Final(unavailable(
+                    DisplayErrorContext(e).to_string(),
+                )));
+            }
         };
         if let Some(len) = output.content_length()
             && len as u64 > cap
         {
-            return Err(FetchError::Oversize { name: key, cap });
+            return Err(Attempt::Final(FetchError::Oversize { name: key, cap }));
         }
         let etag = output.e_tag().unwrap_or_default().to_owned();
         let mut body = output.body;
@@ -119,10 +160,10 @@ impl S3Store {
         while let Some(chunk) = body
             .try_next()
             .await
-            .map_err(|e| unavailable(DisplayErrorContext(e).to_string()))?
+            .map_err(|e| Attempt::Retry(unavailable(DisplayErrorContext(e).to_string())))?
         {
             if (bytes.len() + chunk.len()) as u64 > cap {
-                return Err(FetchError::Oversize { name: key, cap });
+                return Err(Attempt::Final(FetchError::Oversize { name: key, cap }));
             }
             bytes.extend_from_slice(&chunk);
         }
@@ -218,6 +259,23 @@ where
                     DisplayErrorContext(error)
                 )))
             }
+        }
+    }
+}
+
+/// A failed read attempt: worth another attempt (the body stalled or broke), or not (the
+/// SDK already retried the request, or the object is over its cap).
+enum Attempt {
+    /// Try again.
+    Retry(FetchError),
+    /// Give up.
+    Final(FetchError),
+}
+
+impl Attempt {
+    fn into_error(self) -> FetchError {
+        match self {
+            Attempt::Retry(error) | Attempt::Final(error) => error,
         }
     }
 }

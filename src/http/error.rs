@@ -43,6 +43,24 @@ impl ApiError {
         )
     }
 
+    /// 408: the request (or its body) did not arrive within the server's deadline.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request did not arrive (or finish) in time; send it again",
+        )
+    }
+
+    /// 503: too many searches at once; retry shortly.
+    pub fn overloaded() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many searches at once; retry shortly",
+        )
+    }
+
     /// 503: the remote vector backend failed or its circuit is open; the cause is logged
     /// here, once, and `/items` keeps working.
     pub fn vector_backend_unavailable(error: crate::pinecone::PineconeError) -> Self {
@@ -92,6 +110,32 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The `{id}` of a path, as UTF-8 text; anything else is refused in the error shape every
+/// answer shares (axum's own rejection is plain text).
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| PathId(id))
+            .map_err(|rejection| {
+                ApiError::bad_request(
+                    "invalid_path",
+                    format!(
+                        "the item id in the path is not valid: {}",
+                        rejection.body_text()
+                    ),
+                )
+            })
+    }
+}
+
 /// A JSON request body. Any `Content-Type` is accepted (clients of the service this
 /// replaces do not all send one); errors name the field.
 pub struct JsonBody<T>(pub T);
@@ -105,7 +149,9 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            if super::serve::is_body_timeout(&rejection) {
+                ApiError::request_timeout()
+            } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",

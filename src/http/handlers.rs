@@ -4,15 +4,16 @@ use std::io::Write;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::error::{ApiError, JsonBody};
+use super::error::{ApiError, JsonBody, PathId};
+use super::serve::CpuError;
 use super::{AppState, DATA_VERSION_HEADER};
-use crate::catalog::Catalog;
 use crate::catalog::backend::{SearchError, VectorBackend};
+use crate::catalog::{Catalog, SearchOutcome};
 
 /// The most results one search may ask for.
 pub const MAX_TOP_K: i64 = 1000;
@@ -76,11 +77,32 @@ pub(super) async fn search(
         ),
         _ => None,
     };
+    let query = catalog.model().embed(&request.query_text);
+    if query.len() > state.max_query_terms {
+        return Err(ApiError::unprocessable(
+            "too_many_terms",
+            format!(
+                "field `query_text` holds {} distinct known terms; at most {} per search",
+                query.len(),
+                state.max_query_terms
+            ),
+        ));
+    }
     let outcome = match &state.vectors {
-        // The benchmarked hot path, unchanged.
-        VectorBackend::Local => catalog
-            .search(&request.query_text, top_k as usize, filter.as_ref())
-            .map_err(ApiError::internal)?,
+        // Ranking scores every posting of every query term: CPU work, run off the async
+        // workers, a bounded number at once.
+        VectorBackend::Local => {
+            let searched = catalog.clone();
+            state
+                .searches
+                .run(move || searched.search_embedded(&query, top_k as usize, filter.as_ref()))
+                .await
+                .map_err(|error| match error {
+                    CpuError::Overloaded => ApiError::overloaded(),
+                    CpuError::Panicked => ApiError::internal(anyhow::anyhow!("a search panicked")),
+                })?
+                .map_err(ApiError::internal)?
+        }
         remote => remote
             .search(
                 &catalog,
@@ -95,7 +117,16 @@ pub(super) async fn search(
             })?,
     };
     metrics::counter!("deltacache_items_served_total").increment(outcome.hits.len() as u64);
-    // The stored JSON is written out as it is: no re-parsing on the hot path.
+    Ok(json_bytes(
+        StatusCode::OK,
+        search_body(&outcome, catalog.seq()),
+        catalog.seq(),
+    ))
+}
+
+/// The `/search` answer, written from the stored JSON as it is: no re-parsing on the hot
+/// path.
+fn search_body(outcome: &SearchOutcome, seq: u64) -> Vec<u8> {
     let mut body = Vec::with_capacity(
         64 + outcome
             .hits
@@ -109,23 +140,33 @@ pub(super) async fn search(
             body.push(b',');
         }
         body.extend_from_slice(b"{\"id\":");
-        serde_json::to_writer(&mut body, &hit.id).map_err(|e| ApiError::internal(e.into()))?;
+        write_json_string(&mut body, &hit.id);
         let _ = write!(body, ",\"score\":{},\"metadata\":", hit.score);
         body.extend_from_slice(&hit.metadata);
         body.push(b'}');
     }
     let _ = write!(
         body,
-        "],\"missing\":{},\"data_version\":{}}}",
-        outcome.missing,
-        catalog.seq()
+        "],\"missing\":{},\"data_version\":{seq}}}",
+        outcome.missing
     );
-    Ok(json_bytes(StatusCode::OK, body, catalog.seq()))
+    body
+}
+
+/// Appends `text` as a JSON string.
+fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    // Serialising a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, text);
+}
+
+/// `GET /items/batch`: the item whose id is `batch` (the batch lookup is a POST).
+pub(super) async fn item_named_batch(State(state): State<AppState>) -> Result<Response, ApiError> {
+    item(State(state), PathId("batch".into())).await
 }
 
 pub(super) async fn item(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let catalog = current(&state)?;
     match catalog.get(&id).map_err(ApiError::internal)? {
@@ -176,7 +217,8 @@ pub(super) async fn items_batch(
     }
     metrics::counter!("deltacache_items_served_total").increment(n_found as u64);
     body.extend_from_slice(b"],\"missing\":");
-    serde_json::to_writer(&mut body, &missing).map_err(|e| ApiError::internal(e.into()))?;
+    // Serialising strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut body, &missing);
     let _ = write!(body, ",\"data_version\":{}}}", catalog.seq());
     Ok(json_bytes(StatusCode::OK, body, catalog.seq()))
 }

@@ -1,20 +1,21 @@
-//! The HTTP API: router, shared state, and the server loop with graceful shutdown.
+//! The HTTP API: router, shared state, and the server loop with its limits (`serve`).
 
 pub mod error;
 mod handlers;
+pub mod serve;
 
 pub use handlers::status_body;
+pub use serve::{HttpLimits, Probes};
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -43,21 +44,92 @@ pub struct AppState {
     pub vectors: crate::catalog::backend::VectorBackend,
     /// Whether `/status` shows paths, the delta store URL and error text.
     pub status_detail: bool,
+    /// Runs searches off the async workers, a bounded number at once.
+    pub searches: serve::CpuPool,
+    /// The most distinct known terms a query may hold.
+    pub max_query_terms: usize,
+    /// Request counters and histograms, by route, method and status.
+    pub request_metrics: Arc<serve::RequestMetrics>,
 }
 
-/// All routes, with body limit, access log and metrics. Handlers can be driven without a
-/// socket through `tower::ServiceExt::oneshot`.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+impl AppState {
+    /// State for serving `catalog` (with the process's metrics recorder, an empty sync
+    /// status, the short `/status`, and `search`'s limits).
+    pub fn new(
+        catalog: Arc<CurrentCatalog>,
+        bundle_dir: PathBuf,
+        vectors: crate::catalog::backend::VectorBackend,
+        search: SearchLimits,
+    ) -> Self {
+        AppState {
+            catalog,
+            started: Instant::now(),
+            bundle_dir,
+            metrics: crate::telemetry::prometheus(),
+            sync: Default::default(),
+            vectors,
+            status_detail: false,
+            searches: serve::CpuPool::new(search.threads, search.queue),
+            max_query_terms: search.max_query_terms,
+            request_metrics: Default::default(),
+        }
+    }
+}
+
+/// Limits on searches: how many run at once, how many may wait, how long a query may be.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchLimits {
+    /// Searches running at once (each on its own thread).
+    pub threads: usize,
+    /// Searches waiting for a thread; beyond, 503 at once.
+    pub queue: usize,
+    /// The most distinct known terms a query may hold (422 beyond).
+    pub max_query_terms: usize,
+}
+
+impl Default for SearchLimits {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        SearchLimits {
+            threads: cores,
+            queue: 8 * cores,
+            max_query_terms: 256,
+        }
+    }
+}
+
+/// All routes, with the request limits, body limit, access log and metrics. Handlers can be
+/// driven without a socket through `tower::ServiceExt::oneshot`.
+pub fn router(state: AppState, limits: &HttpLimits) -> Router {
+    let routes = Router::new()
         .route("/search", post(handlers::search))
-        .route("/items/batch", post(handlers::items_batch))
-        .route("/items/{id}", get(handlers::item))
+        // An item whose id is `batch` is fetched with GET like any other.
+        .route(
+            "/items/batch",
+            post(handlers::items_batch).get(handlers::item_named_batch),
+        )
+        .route("/items/{id}", get(handlers::item));
+    with_layers(probe_routes(routes), state, limits)
+}
+
+/// The routes that must stay answerable under any request load, served on the probe
+/// listener (and to connections above the main listener's limit).
+pub fn probe_router(state: AppState, limits: &HttpLimits) -> Router {
+    with_layers(probe_routes(Router::new()), state, limits)
+}
+
+fn probe_routes(routes: Router<AppState>) -> Router<AppState> {
+    routes
         .route("/livez", get(handlers::livez))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .route("/status", get(handlers::status))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
+}
+
+fn with_layers(routes: Router<AppState>, state: AppState, limits: &HttpLimits) -> Router {
+    serve::with_request_limits(routes, limits)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_request,
@@ -74,18 +146,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts and times every request by route and status, and names the data version on
-/// answers whose handler did not (the handler knows the version it used; this fills in the
-/// current one for the rest).
+/// Counts and times every request by route, method and status (labels from closed sets:
+/// route patterns, known methods or `other`), gives the request deadline's bare 408 the
+/// error shape every answer shares, and names the data version on answers whose handler did
+/// not (the handler knows the version it used; this fills in the current one for the rest).
 async fn record_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let mut response = next.run(request).await;
+    if response.status() == StatusCode::REQUEST_TIMEOUT
+        && response.headers().get(header::CONTENT_TYPE).is_none()
+    {
+        response = error::ApiError::request_timeout().into_response();
+    }
     if !response.headers().contains_key(DATA_VERSION_HEADER)
         && let Some(catalog) = state.catalog.load()
     {
@@ -93,43 +167,13 @@ async fn record_request(State(state): State<AppState>, request: Request, next: N
             .headers_mut()
             .insert(DATA_VERSION_HEADER, HeaderValue::from(catalog.seq()));
     }
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("deltacache_http_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
-    metrics::histogram!("deltacache_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests
-/// finish for at most `drain_timeout`.
-pub async fn run(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    drain_timeout: Duration,
-) -> anyhow::Result<()> {
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = drain_tx.send(());
-    });
-    let server = server.into_future();
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return result.map_err(Into::into),
-        _ = drain_rx => {}
-    }
-    tracing::info!(
-        drain_timeout_s = drain_timeout.as_secs_f64(),
-        "shutting down; draining requests"
+    state.request_metrics.record(
+        serve::route_label(matched.as_ref()),
+        &method,
+        response.status(),
+        started.elapsed(),
     );
-    match tokio::time::timeout(drain_timeout, server).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => {
-            tracing::warn!("drain timeout reached; closing remaining connections");
-            Ok(())
-        }
-    }
+    response
 }
 
 /// Resolves on SIGTERM or SIGINT.

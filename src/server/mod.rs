@@ -16,7 +16,7 @@ use anyhow::Context;
 
 use crate::catalog::backend::VectorBackend;
 use crate::catalog::{Catalog, CurrentCatalog, open_in_background, open_with_fallback};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, HttpLimits, Probes, SearchLimits};
 use crate::pinecone::{PineconeClient, PineconeSettings};
 use crate::state::{LocalState, StateDir};
 use crate::sync::follow::{Follower, SharedStatus, SyncStatus};
@@ -71,6 +71,65 @@ pub struct ServeOptions {
     /// Whether `/status` shows paths, the delta store URL and error text (the control
     /// socket always does).
     pub status_detail: bool,
+    /// Connection and request limits.
+    pub http: HttpLimits,
+    /// A second address serving only `/livez`, `/readyz`, `/metrics` and `/status`, for
+    /// health checks and scrapes that must get through whatever load the main port has.
+    pub probe_listen: Option<SocketAddr>,
+    /// How many searches run at once and wait, and how long a query may be.
+    pub search: SearchLimits,
+}
+
+impl ServeOptions {
+    /// Options for serving `bundle` from `state_dir` on `listen` with every default (no delta
+    /// store, local ranking, default limits).
+    pub fn new(bundle: PathBuf, state_dir: PathBuf, listen: SocketAddr) -> Self {
+        ServeOptions {
+            bundle,
+            state_dir,
+            listen,
+            reader_shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            drain_timeout: Duration::from_secs(10),
+            follow: None,
+            pinecone: None,
+            status_detail: false,
+            http: HttpLimits::default(),
+            probe_listen: None,
+            search: SearchLimits::default(),
+        }
+    }
+}
+
+/// File descriptors kept free beside the connection limits: databases, the delta store's
+/// connections, logs.
+const FD_RESERVE: usize = 512;
+
+/// Binds the main listener and, when configured, the probe listener.
+async fn bind(
+    options: &ServeOptions,
+) -> anyhow::Result<(tokio::net::TcpListener, Option<tokio::net::TcpListener>)> {
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listen on {} (is another process using it? choose another --listen)",
+                options.listen
+            )
+        })?;
+    let probe_listener = match options.probe_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("listen for probes on {addr} (is another process using it? choose another --probe-listen)")
+        })?),
+        None => None,
+    };
+    Ok((listener, probe_listener))
+}
+
+/// Logs where probes are served.
+fn on_listening_probes(listener: &tokio::net::TcpListener) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving probes (/livez, /readyz, /metrics, /status)");
+    }
 }
 
 /// Loads the current version of the bundle alone (no delta store): used by tests and tools.
@@ -86,15 +145,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "listen on {} (is another process using it? choose another --listen)",
-                options.listen
-            )
-        })?;
+    let (listener, probe_listener) = bind(&options).await?;
     let local_addr = listener.local_addr().context("read the bound address")?;
+    let fd_limit = http::serve::check_fd_budget(&options.http, FD_RESERVE)?;
+    tracing::debug!(fd_limit, "open-file limit");
     let current = Arc::new(CurrentCatalog::default());
     let vectors = match &options.pinecone {
         None => VectorBackend::Local,
@@ -105,18 +159,27 @@ pub async fn run(
         ..Default::default()
     }));
     let app = AppState {
-        catalog: current.clone(),
-        started: Instant::now(),
-        bundle_dir: options.bundle.clone(),
-        metrics: crate::telemetry::prometheus(),
         sync: status.clone(),
-        vectors: vectors.clone(),
         status_detail: options.status_detail,
+        ..AppState::new(
+            current.clone(),
+            options.bundle.clone(),
+            vectors.clone(),
+            options.search,
+        )
     };
+    if let Some(probes) = &probe_listener {
+        on_listening_probes(probes);
+    }
     on_listening(local_addr);
-    let server = tokio::spawn(http::run(
+    let server = tokio::spawn(http::serve::run(
         listener,
-        http::router(app.clone()),
+        http::router(app.clone(), &options.http),
+        Probes {
+            router: http::probe_router(app.clone(), &options.http),
+            listener: probe_listener,
+        },
+        options.http.clone(),
         shutdown,
         options.drain_timeout,
     ));

@@ -92,25 +92,31 @@ impl Follower {
     /// opened, not applied again. A failure is recorded in the status and returned.
     pub async fn sync_within(&self, deadline: Duration, what: &str) -> anyhow::Result<bool> {
         let cancel = Cancel::default();
-        let attempt = with_deadline(deadline, what, &cancel, async {
-            let mut served = self.served.lock().await;
-            metrics::counter!("deltacache_sync_attempts_total").increment(1);
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("syncing")]);
-            if let Some(pending) = self.pending_version(&served)? {
-                return self.swap_to(&mut served, pending, None, None).await;
-            }
-            let Some(syncer) = &self.syncer else {
-                return Ok(false);
-            };
-            let outcome = syncer.sync(&self.state, &served, &cancel).await;
-            match self.record_outcome(outcome)? {
-                Some((version, index, refused_rest)) => {
-                    self.swap_to(&mut served, version, Some(index), refused_rest)
-                        .await
+        // Boxed: the attempt's future is deep, and every caller nests it further.
+        let attempt = with_deadline(
+            deadline,
+            what,
+            &cancel,
+            Box::pin(async {
+                let mut served = self.served.lock().await;
+                metrics::counter!("deltacache_sync_attempts_total").increment(1);
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("syncing")]);
+                if let Some(pending) = self.pending_version(&served)? {
+                    return self.swap_to(&mut served, pending, None, None).await;
                 }
-                None => Ok(false),
-            }
-        })
+                let Some(syncer) = &self.syncer else {
+                    return Ok(false);
+                };
+                let outcome = syncer.sync(&self.state, &served, &cancel).await;
+                match self.record_outcome(outcome)? {
+                    Some((version, index, refused_rest)) => {
+                        self.swap_to(&mut served, version, Some(index), refused_rest)
+                            .await
+                    }
+                    None => Ok(false),
+                }
+            }),
+        )
         .await;
         if let Err(error) = &attempt {
             self.record_failure(error);

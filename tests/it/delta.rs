@@ -257,7 +257,10 @@ async fn publish_chain_in_fresh_prefix(store: &DeltaStore, key: &PublisherKey) -
 #[tokio::test]
 async fn file_store_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
-    check_store_contract(DeltaStore::File(FileStore::open(dir.path()).unwrap())).await;
+    check_store_contract(DeltaStore::File(
+        FileStore::open(dir.path(), std::time::Duration::from_secs(10)).unwrap(),
+    ))
+    .await;
 }
 
 #[tokio::test]
@@ -312,7 +315,8 @@ async fn check_refusal(
     scenario: impl AsyncFnOnce(&DeltaStore, &PublisherKey) -> Result<(), ChainError>,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let store = DeltaStore::File(FileStore::open(dir.path()).unwrap());
+    let store =
+        DeltaStore::File(FileStore::open(dir.path(), std::time::Duration::from_secs(10)).unwrap());
     let key = PublisherKey::from_seed([3; 32]);
     let error = scenario(&store, &key).await.expect_err(name);
     let message = error.to_string();
@@ -645,7 +649,9 @@ fn round_trip_through_both_stores_is_lossless() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let stores = runtime.block_on(async {
         [
-            DeltaStore::File(FileStore::open(dir.path()).unwrap()),
+            DeltaStore::File(
+                FileStore::open(dir.path(), std::time::Duration::from_secs(10)).unwrap(),
+            ),
             server.store("roundtrip").await,
         ]
     });

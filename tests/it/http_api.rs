@@ -2,7 +2,6 @@
 //! every status code the API promises.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -28,14 +27,12 @@ fn fixture(ready: bool) -> Fixture {
     let mut state_dir = None;
     if ready {
         let (opened, catalog) = load_catalog(&ServeOptions {
-            bundle: bundle.clone(),
-            state_dir: dir.path().join("state"),
-            listen: "127.0.0.1:0".parse().unwrap(),
             reader_shards: 2,
-            drain_timeout: Duration::from_secs(1),
-            follow: None,
-            pinecone: None,
-            status_detail: false,
+            ..ServeOptions::new(
+                bundle.clone(),
+                dir.path().join("state"),
+                "127.0.0.1:0".parse().unwrap(),
+            )
         })
         .unwrap();
         current.swap(Arc::new(catalog));
@@ -43,13 +40,13 @@ fn fixture(ready: bool) -> Fixture {
     }
     Fixture {
         state: AppState {
-            catalog: current,
-            started: Instant::now(),
-            bundle_dir: bundle,
-            metrics: deltacache::telemetry::prometheus(),
-            sync: Default::default(),
-            vectors: deltacache::catalog::backend::VectorBackend::Local,
             status_detail: true,
+            ..AppState::new(
+                current,
+                bundle,
+                deltacache::catalog::backend::VectorBackend::Local,
+                Default::default(),
+            )
         },
         _state_dir: state_dir,
         _dir: dir,
@@ -80,7 +77,10 @@ async fn call(state: &AppState, method: &str, uri: &str, body: impl Into<Body>) 
         .header("content-type", "application/json")
         .body(body.into())
         .unwrap();
-    let response = router(state.clone()).oneshot(request).await.unwrap();
+    let response = router(state.clone(), &Default::default())
+        .oneshot(request)
+        .await
+        .unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let body = response

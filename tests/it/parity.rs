@@ -319,14 +319,12 @@ fn bundle_built_with_an_exported_model_serves_scikit_learn_rankings() {
     })
     .unwrap();
     let (_state, catalog) = load_catalog(&ServeOptions {
-        bundle,
-        state_dir: dir.path().join("state"),
-        listen: "127.0.0.1:0".parse().unwrap(),
         reader_shards: 1,
-        drain_timeout: std::time::Duration::from_secs(1),
-        follow: None,
-        pinecone: None,
-        status_detail: false,
+        ..ServeOptions::new(
+            bundle,
+            dir.path().join("state"),
+            "127.0.0.1:0".parse().unwrap(),
+        )
     })
     .unwrap();
     for query in config.queries.iter().take(100) {
