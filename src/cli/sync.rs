@@ -23,6 +23,10 @@ pub(super) struct SyncArgs {
     /// Trusted public keys (one or more `.pub` lines).
     #[arg(long, env = "DELTACACHE_TRUSTED_KEYS", value_name = "FILE")]
     trusted_keys: PathBuf,
+    /// The most memory one delta's decoded records may take, in bytes (deltas are applied
+    /// one at a time).
+    #[arg(long, default_value_t = crate::sync::DEFAULT_MEMORY_BUDGET_BYTES, value_name = "BYTES")]
+    apply_memory_budget: u64,
     /// Give up after this long.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     deadline: Duration,
@@ -33,6 +37,7 @@ pub(super) struct SyncArgs {
 pub(super) fn run(args: SyncArgs) -> anyhow::Result<()> {
     let mut options = SyncOptions::new(args.store, args.trusted_keys);
     options.remote = args.remote.settings();
+    options.memory_budget_bytes = args.apply_memory_budget;
     let runtime = super::runtime()?;
     let outcome = runtime.block_on(sync_once(
         &args.bundle,

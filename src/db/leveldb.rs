@@ -182,7 +182,12 @@ impl MetadataReaders {
     ) -> anyhow::Result<(Self, T)> {
         std::fs::create_dir_all(clone_root)
             .with_context(|| format!("create reader directory {}", clone_root.display()))?;
-        let mut handles = Vec::new();
+        // Built first, so that a shard failing to open drops it, which removes every clone
+        // made so far.
+        let mut readers = MetadataReaders {
+            handles: Vec::new(),
+            clone_root: clone_root.to_path_buf(),
+        };
         let mut first = Some(first);
         let mut loaded = None;
         for shard in 0..n_shards.max(1) {
@@ -197,12 +202,8 @@ impl MetadataReaders {
                 db.get_at(&snapshot, key)
                     .map(|value| value.map(|bytes| bytes.to_vec()))
             });
-            handles.push(Mutex::new(ReadHandle { read }));
+            readers.handles.push(Mutex::new(ReadHandle { read }));
         }
-        let readers = MetadataReaders {
-            handles,
-            clone_root: clone_root.to_path_buf(),
-        };
         Ok((readers, loaded.expect("at least one shard")))
     }
 
@@ -253,5 +254,33 @@ impl Drop for MetadataReaders {
         if let Err(error) = std::fs::remove_dir_all(&self.clone_root) {
             tracing::warn!(dir = %self.clone_root.display(), %error, "remove reader clones");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_pool_that_fails_to_open_leaves_no_clones_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_dir = dir.path().join("db");
+        let mut db = open_db(&db_dir, true).unwrap();
+        db.put(&item_key("a"), b"{}").unwrap();
+        db.close().unwrap();
+        drop(db);
+        let clones = dir.path().join("readers");
+        let failed = MetadataReaders::open(&db_dir, &clones, 3, |_| -> anyhow::Result<()> {
+            anyhow::bail!("the first shard's loader fails")
+        });
+        assert!(failed.is_err());
+        assert!(
+            !clones.exists(),
+            "the partly opened pool removed its clones"
+        );
+        let (readers, ()) = MetadataReaders::open(&db_dir, &clones, 2, |_| Ok(())).unwrap();
+        assert_eq!(readers.get("a").unwrap().as_deref(), Some(&b"{}"[..]));
+        drop(readers);
+        assert!(!clones.exists());
     }
 }

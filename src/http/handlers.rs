@@ -270,6 +270,7 @@ pub fn status_body(state: &AppState, detail: bool) -> serde_json::Value {
         "bundle_seq": sync.bundle_seq,
         "head_seq_seen": sync.head_seq_seen,
         "last_sync_at": sync.last_sync_at,
+        "attempts": sync.attempts,
         "last_result": sync.last_result,
         "stale": sync.stale,
         "staleness_seconds": sync.staleness_seconds(),

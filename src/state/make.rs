@@ -361,3 +361,47 @@ pub(super) fn unique_suffix() -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uncommitted_staging_directory_removes_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(StateDir::open(dir.path()).unwrap());
+        let staging = state.stage(7).unwrap();
+        let path = state.root().join("staging").join(staging.name());
+        std::fs::write(path.join("partial"), b"half made").unwrap();
+        drop(staging);
+        assert!(!path.exists());
+        assert!(state.versions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn scratch_space_in_use_survives_a_restart_and_a_dead_owners_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let in_use = state.scratch("export").unwrap();
+        std::fs::write(in_use.path().join("work"), b"in use").unwrap();
+        // What a killed tool leaves: a lock file nobody holds and its directory.
+        let scratch = dir.path().join("scratch");
+        std::fs::write(scratch.join("export-dead-1-0.lock"), b"").unwrap();
+        std::fs::create_dir(scratch.join("export-dead-1-0.abc")).unwrap();
+        std::fs::create_dir(scratch.join("orphan-without-lock.xyz")).unwrap();
+        drop(state);
+        let _reopened = StateDir::open(dir.path()).unwrap();
+        assert!(
+            in_use.path().join("work").exists(),
+            "held scratch space is kept"
+        );
+        assert!(!scratch.join("export-dead-1-0.lock").exists());
+        assert!(!scratch.join("export-dead-1-0.abc").exists());
+        assert!(!scratch.join("orphan-without-lock.xyz").exists());
+        let kept = in_use.path().to_path_buf();
+        drop(in_use);
+        assert!(!kept.exists());
+        let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}

@@ -29,6 +29,8 @@ pub struct SyncStatus {
     pub deltas_applied: u64,
     /// When the last sync attempt ended (seconds since the epoch).
     pub last_sync_at: Option<u64>,
+    /// Sync attempts finished by this process (succeeded or not).
+    pub attempts: u64,
     /// `applied` (a new version is served), `committed` (applied but not yet swapped in),
     /// `up-to-date`, `no-head`, `pinned` or `failed`.
     pub last_result: Option<String>,
@@ -274,6 +276,7 @@ impl Follower {
         metrics::gauge!("deltacache_stale").set(1.0);
         let mut status = self.status.write();
         status.last_sync_at = Some(now_secs());
+        status.attempts += 1;
         status.last_result = Some("failed".into());
         status.last_error = Some(format!("{error:#}"));
         status.stale = true;
@@ -289,6 +292,7 @@ impl Follower {
         let outcome = outcome?;
         let mut status = self.status.write();
         status.last_sync_at = Some(now_secs());
+        status.attempts += 1;
         if let Ok(Some(seen)) = self.state.watermark() {
             status.head_seq_seen = Some(seen.seq);
         }

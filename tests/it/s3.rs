@@ -28,6 +28,8 @@ struct AtomicConditionalPuts {
     puts: tokio::sync::RwLock<()>,
     /// GETs wait while this is false: a store that is slow to answer, released by the test.
     reads_open: Arc<tokio::sync::watch::Sender<bool>>,
+    /// GETs received (held or not), for tests of retries.
+    gets: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[async_trait::async_trait]
@@ -43,6 +45,7 @@ impl S3 for AtomicConditionalPuts {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut open = self.reads_open.subscribe();
         let _ = open.wait_for(|open| *open).await;
         let _consistent = self.puts.read().await;
@@ -89,6 +92,8 @@ pub struct S3Server {
     _root: tempfile::TempDir,
     /// Opens and closes reads (see [`S3Server::hold_reads`]).
     reads_open: Arc<tokio::sync::watch::Sender<bool>>,
+    /// GETs received.
+    gets: Arc<std::sync::atomic::AtomicUsize>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -105,10 +110,12 @@ impl S3Server {
             .unwrap();
         let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
         let reads_open = Arc::new(tokio::sync::watch::Sender::new(true));
+        let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut builder = s3s::service::S3ServiceBuilder::new(AtomicConditionalPuts {
             inner: fs,
             puts: Default::default(),
             reads_open: reads_open.clone(),
+            gets: gets.clone(),
         });
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = Arc::new(builder.build());
@@ -138,6 +145,7 @@ impl S3Server {
             endpoint,
             _root: root,
             reads_open,
+            gets,
             runtime: Some(runtime),
         }
     }
@@ -150,6 +158,11 @@ impl S3Server {
     /// Lets held and future GETs through.
     pub fn release_reads(&self) {
         self.reads_open.send_replace(true);
+    }
+
+    /// How many GETs the server has received.
+    pub fn gets(&self) -> usize {
+        self.gets.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Environment for a child process (or this one) to reach the server with the SDK.

@@ -998,3 +998,357 @@ async fn following_a_file_store_syncs_on_a_new_head_and_is_idle_otherwise() {
     }
     assert!(daemon.terminate().success());
 }
+
+/// Polls `/status` until `done` holds (bounded: fails after a minute instead of hanging).
+async fn wait_for_status(
+    daemon: &Daemon,
+    client: &reqwest::Client,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = daemon.status(client).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for {what}: {status}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// One counter or gauge from `/metrics` (0 when absent).
+async fn metric(daemon: &Daemon, client: &reqwest::Client, name: &str) -> f64 {
+    let text = client
+        .get(format!("{}/metrics", daemon.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn sighup(daemon: &Daemon) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+}
+
+fn committed_versions(state_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(state_dir.join("versions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().next().is_none()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_committed_but_not_opened_is_reported_then_opened_and_never_applied_twice() {
+    let mut world = World::new(sample_items(), None, "");
+    world.publish(&[put("one", "kafka")]).await;
+    let state_dir = world.dir.path().join("state");
+    let daemon = start(
+        &serve_args(&world, &state_dir, &["--follow-interval", "1h"]),
+        &[],
+    );
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    assert_eq!(daemon.status(&client).await["seq"], 1);
+    world.publish(&[put("two", "crema")]).await;
+    // Opening a new version's readers fails (readers/ is now a file: every new clone fails
+    // with "not a directory"); the served version keeps its open handles.
+    let readers = state_dir.join("readers");
+    std::fs::rename(&readers, state_dir.join("readers.away")).unwrap();
+    std::fs::write(&readers, b"not a directory").unwrap();
+    let failures = metric(&daemon, &client, "deltacache_sync_failures_total").await;
+    sighup(&daemon);
+    let status = wait_for_status(&daemon, &client, "a failed swap", |s| {
+        s["sync"]["last_result"] == "failed"
+    })
+    .await;
+    let error = status["sync"]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("is committed but could not be opened; still serving seq 1"),
+        "{status}"
+    );
+    assert_eq!(status["seq"], 1, "status names the version it serves");
+    assert_eq!(status["sync"]["stale"], true);
+    assert_eq!(
+        metric(&daemon, &client, "deltacache_current_seq").await,
+        1.0
+    );
+    let versions = committed_versions(&state_dir);
+    // A second attempt opens the committed version again instead of applying the delta again.
+    let failures_before = failures + 1.0;
+    sighup(&daemon);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metric(&daemon, &client, "deltacache_sync_failures_total").await < failures_before + 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no second attempt");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(committed_versions(&state_dir), versions, "no second copy");
+    assert!(is_empty_dir(&state_dir.join("staging")));
+    // Once readers can be opened again, the committed version is swapped in.
+    std::fs::remove_file(&readers).unwrap();
+    std::fs::rename(state_dir.join("readers.away"), &readers).unwrap();
+    sighup(&daemon);
+    let status = wait_for_status(&daemon, &client, "the swap", |s| s["seq"] == 2).await;
+    assert_eq!(status["sync"]["stale"], false, "{status}");
+    assert_eq!(status["sync"]["last_result"], "applied");
+    assert!(committed_versions(&state_dir).len() <= versions.len());
+    assert!(daemon.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_and_unpin_reach_a_running_daemon_and_wait_for_an_apply_in_flight() {
+    let server = S3Server::start();
+    let mut world = World::new(sample_items(), Some(&server), "rollback-live");
+    let state_dir = world.dir.path().join("state");
+    let state = state_dir.to_str().unwrap().to_owned();
+    world.publish(&[put("one", "kafka")]).await;
+    let args = serve_args(
+        &world,
+        &state_dir,
+        &["--follow-interval", "1h", "--keep-versions", "2"],
+    );
+    let daemon = start(&args, &server.env());
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    world.publish(&[put("two", "crema")]).await;
+    sighup(&daemon);
+    wait_for_status(&daemon, &client, "seq 2", |s| s["seq"] == 2).await;
+
+    // Rollback is served at once, no restart.
+    let out = run_ok(&["rollback", "--state-dir", &state, "--to", "1"]);
+    assert!(
+        out.contains("serving version") && out.contains("pinned"),
+        "{out}"
+    );
+    let status = daemon.status(&client).await;
+    assert_eq!(status["seq"], 1, "{status}");
+    assert_eq!(status["sync"]["last_result"], "pinned");
+    world.publish(&[put("three", "espresso")]).await;
+    let attempts = status["sync"]["attempts"].as_u64().unwrap();
+    sighup(&daemon);
+    let status = wait_for_status(&daemon, &client, "a sync while pinned", |s| {
+        s["sync"]["attempts"].as_u64() > Some(attempts)
+    })
+    .await;
+    assert_eq!(status["sync"]["last_result"], "pinned", "{status}");
+    assert_eq!(status["seq"], 1, "a pin holds against new deltas");
+
+    // Unpin: the daemon follows again at once. While its sync is held in flight, a rollback
+    // waits for it instead of racing it, and wins last.
+    server.hold_reads();
+    let attempts = metric(&daemon, &client, "deltacache_sync_attempts_total").await;
+    let out = run_ok(&["rollback", "--state-dir", &state, "--unpin"]);
+    assert!(out.contains("following resumes"), "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metric(&daemon, &client, "deltacache_sync_attempts_total").await <= attempts {
+        assert!(std::time::Instant::now() < deadline, "no sync after unpin");
+        tokio::task::yield_now().await;
+    }
+    // Unpinned, the daemon applies seq 3 (keep-versions 2 then keeps seqs 2 and 3); the
+    // rollback to 2, asked while that apply is held in flight, happens after it.
+    let rollback = std::process::Command::new(binary())
+        .args(["rollback", "--state-dir", &state, "--to", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    server.release_reads();
+    let rollback = rollback.wait_with_output().unwrap();
+    assert!(
+        rollback.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rollback.stderr)
+    );
+    let status = wait_for_status(&daemon, &client, "the rollback", |s| {
+        s["sync"]["last_result"] == "pinned"
+    })
+    .await;
+    assert_eq!(status["seq"], 2, "{status}");
+    assert!(
+        String::from_utf8_lossy(&rollback.stdout).contains("(seq 2), pinned"),
+        "{}",
+        String::from_utf8_lossy(&rollback.stdout)
+    );
+    // The pin and the pointer name the same kept version, and a restart serves it, still
+    // pinned.
+    let pinned = std::fs::read_to_string(state_dir.join("pinned")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(state_dir.join("current")).unwrap(),
+        pinned
+    );
+    assert!(state_dir.join("versions").join(pinned.trim()).is_dir());
+    assert!(daemon.terminate().success());
+    let daemon = start(&args, &server.env());
+    daemon.wait_ready(&client).await;
+    let status = daemon.status(&client).await;
+    assert_eq!(status["seq"], 2, "{status}");
+    assert_eq!(status["sync"]["last_result"], "pinned");
+    assert!(daemon.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_that_overruns_its_deadline_is_stopped_reported_stale_and_retried() {
+    let server = S3Server::start();
+    let mut world = World::new(sample_items(), Some(&server), "overrun");
+    world.publish(&[put("one", "kafka")]).await;
+    let state_dir = world.dir.path().join("state");
+    let daemon = start(
+        &serve_args(
+            &world,
+            &state_dir,
+            &["--follow-interval", "1h", "--sync-deadline", "2s"],
+        ),
+        &server.env(),
+    );
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    world.publish(&[put("two", "crema")]).await;
+    server.hold_reads();
+    sighup(&daemon);
+    let status = wait_for_status(&daemon, &client, "stale", |s| s["sync"]["stale"] == true).await;
+    assert!(
+        status["sync"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("sync did not finish within 2s"),
+        "{status}"
+    );
+    assert_eq!(status["seq"], 1);
+    assert!(is_empty_dir(&state_dir.join("staging")));
+    server.release_reads();
+    sighup(&daemon);
+    let status = wait_for_status(&daemon, &client, "seq 2", |s| s["seq"] == 2).await;
+    assert_eq!(status["sync"]["stale"], false, "{status}");
+    assert!(daemon.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_boot_deadline_stops_the_apply_and_leaves_nothing_half_made() {
+    let mut world = World::new(sample_items(), None, "");
+    let big: Vec<serde_json::Value> = (0..20_000)
+        .map(|i| put(&format!("bulk-{i}"), "kafka espresso crema balancer"))
+        .collect();
+    world.publish(&big).await;
+    world.publish(&[put("after", "skillet")]).await;
+    let state_dir = world.dir.path().join("state");
+    let daemon = start(
+        &serve_args(
+            &world,
+            &state_dir,
+            &["--follow-interval", "1h", "--boot-deadline", "100ms"],
+        ),
+        &[],
+    );
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    // Whatever the deadline interrupted, the apply has stopped by the time the daemon is
+    // ready: nothing is left in staging, and no version newer than the served one exists.
+    let status = daemon.status(&client).await;
+    assert!(is_empty_dir(&state_dir.join("staging")), "{status}");
+    let newest = committed_versions(&state_dir)
+        .iter()
+        .map(|name| name.split('-').next().unwrap().parse::<u64>().unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(status["seq"], newest, "{status}");
+    if status["seq"] == 0 {
+        assert_eq!(status["sync"]["stale"], true);
+        assert!(
+            status["sync"]["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("boot-time sync did not finish within 0.1s"),
+            "{status}"
+        );
+    }
+    assert!(daemon.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deltas_are_applied_one_at_a_time_within_the_memory_budget() {
+    let mut world = World::new(sample_items(), None, "");
+    let state_dir = world.dir.path().join("state");
+    let text = "kafka espresso crema balancer skillet vector search database".repeat(4);
+    for round in 0..3 {
+        let changes: Vec<serde_json::Value> = (0..20)
+            .map(|i| put(&format!("r{round}-{i}"), &text))
+            .collect();
+        world.publish(&changes).await;
+    }
+    let sync = |budget: &str| {
+        let output = sync_command(&world, &state_dir)
+            .args(["--apply-memory-budget", budget])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    // Each delta decodes to about 7 KB: over a 4 KB budget it is refused by name, and the
+    // state dir is left as it was.
+    let (ok, out) = sync("4000");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("over the memory budget of 4000 bytes"),
+        "{out}"
+    );
+    let before = snapshot(&state_dir);
+    let (ok, out) = sync("4000");
+    assert!(!ok);
+    assert_eq!(snapshot(&state_dir), before, "{out}");
+    // 16 KB holds one delta but not the three together: they are applied in turn.
+    let (ok, out) = sync("16000");
+    assert!(ok && out.contains("now at seq 3"), "{out}");
+    assert_eq!(exported(&state_dir), world.model);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_stops_answering_fails_each_attempt_and_is_retried() {
+    let server = S3Server::start();
+    let mut world = World::new(sample_items(), Some(&server), "stalled");
+    world.publish(&[put("one", "kafka")]).await;
+    let state_dir = world.dir.path().join("state");
+    server.hold_reads();
+    let gets = server.gets();
+    let started = std::time::Instant::now();
+    let output = sync_command(&world, &state_dir)
+        .envs(server.env())
+        .args([
+            "--remote-attempt-timeout",
+            "500ms",
+            "--remote-attempts",
+            "3",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    server.release_reads();
+    let out = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{out}");
+    assert!(
+        server.gets() - gets >= 3,
+        "each attempt is its own request: {} GETs; {out}",
+        server.gets() - gets
+    );
+}
