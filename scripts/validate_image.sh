@@ -199,8 +199,8 @@ check "config: trusted-keys is the installed path /etc/deltacache/trusted-keys.p
     test "$(config_value trusted-keys)" == /etc/deltacache/trusted-keys.pub
 
 # --- the shipped config loads and serves ----------------------------------------------------
-# Its paths moved to a temporary directory, reader-shards uncommented so that every key is
-# read, and the store a file:// directory with no head yet: the daemon serves the bundle.
+# Its paths moved to a temporary directory, the probe port made free (127.0.0.1:0), every
+# commented key uncommented so that every key is read, and the store a file:// directory with no head yet: the daemon serves the bundle.
 cfg="$tmp/config"
 mkdir -p "$cfg/store"
 python3 "$repo/scripts/gen_corpus.py" --n 50 --out "$cfg/items.jsonl" >/dev/null
@@ -210,7 +210,8 @@ sed -e "s|^bundle = .*|bundle = \"$cfg/bundle\"|" \
     -e "s|^state-dir = .*|state-dir = \"$cfg/state\"|" \
     -e "s|^trusted-keys = .*|trusted-keys = \"$cfg/publisher.key.pub\"|" \
     -e "s|^store = .*|store = \"file://$cfg/store\"|" \
-    -e "s|^# reader-shards = |reader-shards = |" \
+    -e "s|^probe-listen = .*|probe-listen = \"127.0.0.1:0\"|" \
+    -e "s|^# \([a-z-]* = \)|\1|" \
     "$config" >"$cfg/config.toml"
 config_serves() {
     "$tmp/deltacache" serve --config "$cfg/config.toml" --listen 127.0.0.1:0 >"$cfg/serve.stdout" 2>"$cfg/serve.stderr" &
@@ -235,8 +236,8 @@ config_serves() {
     fi
 }
 check "deltacache serve --config packer/config.toml (paths moved to a temporary dir, every key set) becomes ready and exits 0" config_serves
-check "the config's test copy sets all 11 keys" \
-    test "$(grep -cE '^(bundle|state-dir|listen|reader-shards|drain-timeout-secs|store|trusted-keys|follow-interval|on-sync-failure|boot-deadline|keep-versions) = ' "$cfg/config.toml")" -eq 11
+check "the config's test copy sets every key the config documents ($(grep -cE '^(# )?[a-z-]+ = ' "$config"))" \
+    test "$(grep -cE '^[a-z-]+ = ' "$cfg/config.toml")" -eq "$(grep -cE '^(# )?[a-z-]+ = ' "$config")"
 
 # --- scripts -------------------------------------------------------------------------------
 for script in "$repo"/scripts/*.sh; do
