@@ -35,7 +35,7 @@ pub(super) fn run(args: DemoArgs) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
     let files = runtime.block_on(prepare(&dir, |line| println!("{line}")))?;
     let options = files.serve_options(args.listen);
-    runtime.block_on(server::run(options, crate::http::shutdown_signal(), |addr| {
+    runtime.block_on(server::run(options, crate::http::shutdown_signal(), |addr, _probes| {
         println!("deltacache: listening on http://{addr}");
         println!("try:");
         println!(

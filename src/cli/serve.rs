@@ -268,6 +268,12 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(server::run(
         options,
         crate::http::shutdown_signal(),
-        |addr| println!("deltacache: listening on http://{addr}"),
+        |addr, probes| {
+            // Before the main line: whoever waits for that line then knows both.
+            if let Some(probes) = probes {
+                println!("deltacache: probes on http://{probes}");
+            }
+            println!("deltacache: listening on http://{addr}");
+        },
     ))
 }

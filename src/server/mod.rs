@@ -125,11 +125,11 @@ async fn bind(
     Ok((listener, probe_listener))
 }
 
-/// Logs where probes are served.
-fn on_listening_probes(listener: &tokio::net::TcpListener) {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving probes (/livez, /readyz, /metrics, /status)");
-    }
+/// Logs where probes are served, and returns that address.
+fn on_listening_probes(listener: &tokio::net::TcpListener) -> Option<SocketAddr> {
+    let addr = listener.local_addr().ok()?;
+    tracing::info!(%addr, "serving probes (/livez, /readyz, /metrics, /status)");
+    Some(addr)
 }
 
 /// Loads the current version of the bundle alone (no delta store): used by tests and tools.
@@ -139,11 +139,12 @@ pub fn load_catalog(options: &ServeOptions) -> anyhow::Result<(Arc<StateDir>, Ca
     Ok((local.state, catalog))
 }
 
-/// Runs the daemon until `shutdown` resolves. `on_listening` is told the bound address.
+/// Runs the daemon until `shutdown` resolves. `on_listening` is told the bound address and,
+/// when probes have a listener of their own, its address.
 pub async fn run(
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(SocketAddr, Option<SocketAddr>),
 ) -> anyhow::Result<()> {
     let (listener, probe_listener) = bind(&options).await?;
     let local_addr = listener.local_addr().context("read the bound address")?;
@@ -168,10 +169,8 @@ pub async fn run(
             options.search,
         )
     };
-    if let Some(probes) = &probe_listener {
-        on_listening_probes(probes);
-    }
-    on_listening(local_addr);
+    let probe_addr = probe_listener.as_ref().and_then(on_listening_probes);
+    on_listening(local_addr, probe_addr);
     let server = tokio::spawn(http::serve::run(
         listener,
         http::router(app.clone(), &options.http),

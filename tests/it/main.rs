@@ -3,6 +3,7 @@
 mod build_base;
 mod delta;
 mod http_api;
+mod limits;
 mod migrations;
 mod parity;
 mod pinecone;

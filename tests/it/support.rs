@@ -94,6 +94,15 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&'static str, String)]) -> Daemon {
+        Self::start_with_preamble(args, env).0
+    }
+
+    /// [`Daemon::start_with_env`], also returning the lines printed before the one that names
+    /// the address (such as `deltacache: probes on http://ADDR`).
+    pub fn start_with_preamble(
+        args: &[&str],
+        env: &[(&'static str, String)],
+    ) -> (Daemon, Vec<String>) {
         let mut child = Command::new(binary())
             .args(args)
             .env("RUST_LOG", "warn")
@@ -107,6 +116,7 @@ impl Daemon {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let mut preamble = Vec::new();
         let url = loop {
             let line = lines
                 .next()
@@ -115,10 +125,11 @@ impl Daemon {
             if let Some(url) = line.strip_prefix("deltacache: listening on ") {
                 break url.trim().to_owned();
             }
+            preamble.push(line);
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Daemon { child, url }
+        (Daemon { child, url }, preamble)
     }
 
     /// `GET /status` as JSON.
