@@ -24,7 +24,7 @@ use deltacache::bundle::build::{BuildOptions, InputFormat, ModelSource, build_ba
 use deltacache::bundle::items::ItemFields;
 use deltacache::catalog::CurrentCatalog;
 use deltacache::catalog::backend::VectorBackend;
-use deltacache::http::{AppState, HttpLimits, Probes, SearchLimits, probe_router, router};
+use deltacache::http::{AppState, HttpLimits, SearchLimits, probes, router};
 use deltacache::pinecone::{ApiKey, PineconeClient, PineconeSettings};
 use deltacache::search::tfidf::FitOptions;
 use deltacache::server::{ServeOptions, load_catalog};
@@ -170,10 +170,7 @@ async fn run() -> anyhow::Result<()> {
         let server = tokio::spawn(deltacache::http::serve::run(
             listener,
             router(state.clone(), &limits),
-            Probes {
-                router: probe_router(state, &limits),
-                listener: None,
-            },
+            probes(state, &limits, None),
             limits,
             async move {
                 let _ = stop_rx.await;

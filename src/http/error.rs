@@ -61,6 +61,15 @@ impl ApiError {
         )
     }
 
+    /// 503: the main port holds as many connections as it serves; retry shortly.
+    pub fn too_many_connections() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the server has too many open connections; retry shortly",
+        )
+    }
+
     /// 503: the remote vector backend failed or its circuit is open; the cause is logged
     /// here, once, and `/items` keeps working.
     pub fn vector_backend_unavailable(error: crate::pinecone::PineconeError) -> Self {

@@ -307,6 +307,10 @@ pub fn status_body(state: &AppState, detail: bool) -> serde_json::Value {
     body
 }
 
+pub(super) async fn too_many_connections() -> ApiError {
+    ApiError::too_many_connections()
+}
+
 pub(super) async fn not_found() -> ApiError {
     ApiError::not_found("no such route; see the README for the API")
 }

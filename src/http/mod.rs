@@ -113,9 +113,34 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
 }
 
 /// The routes that must stay answerable under any request load, served on the probe
-/// listener (and to connections above the main listener's limit).
+/// listener.
 pub fn probe_router(state: AppState, limits: &HttpLimits) -> Router {
     with_layers(probe_routes(Router::new()), state, limits)
+}
+
+/// What a connection above the main listener's limit is served: the probes, and 503
+/// `overloaded` with `Retry-After` for every other route.
+pub fn overflow_router(state: AppState, limits: &HttpLimits) -> Router {
+    let routes = Router::new()
+        .route("/livez", get(handlers::livez))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .route("/status", get(handlers::status))
+        .fallback(handlers::too_many_connections);
+    with_layers(routes, state, limits)
+}
+
+/// The probes, as the main and probe routers serve them.
+pub fn probes(
+    state: AppState,
+    limits: &HttpLimits,
+    listener: Option<tokio::net::TcpListener>,
+) -> Probes {
+    Probes {
+        router: probe_router(state.clone(), limits),
+        overflow: overflow_router(state, limits),
+        listener,
+    }
 }
 
 fn probe_routes(routes: Router<AppState>) -> Router<AppState> {

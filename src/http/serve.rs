@@ -15,8 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::MatchedPath;
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{Method, StatusCode};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -138,6 +137,9 @@ pub fn is_body_timeout(rejection: &(dyn std::error::Error + 'static)) -> bool {
 pub struct Probes {
     /// `/livez`, `/readyz`, `/metrics`: cheap, no request body.
     pub router: Router,
+    /// What a connection above the main listener's limit is served: the probes, and 503
+    /// with `Retry-After` for everything else (with the same layers as every answer).
+    pub overflow: Router,
     /// A listener of their own (an admin port), with its own connection cap. `None` serves them
     /// only on the main listener.
     pub listener: Option<TcpListener>,
@@ -174,7 +176,7 @@ pub async fn run(
         permits: Arc::new(Semaphore::new(limits.max_connections)),
         overflow: Some((
             overflow_builder,
-            probes.router.clone().fallback(overloaded),
+            probes.overflow,
             Arc::new(Semaphore::new(limits.max_overflow_connections)),
         )),
         listener_name: "main",
@@ -311,19 +313,6 @@ fn serve_connection(
         }
         drop(permit);
     });
-}
-
-/// What a connection above the limit gets, on any route but the probes.
-async fn overloaded() -> Response {
-    let body = axum::Json(serde_json::json!({"error": {
-        "code": "overloaded",
-        "message": "the server has too many open connections; retry shortly",
-    }}));
-    let mut response = (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
 }
 
 /// Accept errors: per-connection ones (reset before accept) are skipped; the rest (EMFILE,

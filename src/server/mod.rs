@@ -16,7 +16,7 @@ use anyhow::Context;
 
 use crate::catalog::backend::VectorBackend;
 use crate::catalog::{Catalog, CurrentCatalog, open_in_background, open_with_fallback};
-use crate::http::{self, AppState, HttpLimits, Probes, SearchLimits};
+use crate::http::{self, AppState, HttpLimits, SearchLimits};
 use crate::pinecone::{PineconeClient, PineconeSettings};
 use crate::state::{LocalState, StateDir};
 use crate::sync::follow::{Follower, SharedStatus, SyncStatus};
@@ -174,10 +174,7 @@ pub async fn run(
     let server = tokio::spawn(http::serve::run(
         listener,
         http::router(app.clone(), &options.http),
-        Probes {
-            router: http::probe_router(app.clone(), &options.http),
-            listener: probe_listener,
-        },
+        http::probes(app.clone(), &options.http, probe_listener),
         options.http.clone(),
         shutdown,
         options.drain_timeout,

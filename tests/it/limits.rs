@@ -382,6 +382,8 @@ async fn connections_above_the_limit_get_a_quick_503_but_probes_still_answer() {
     assert_eq!(answer.header("retry-after"), Some("1"));
     assert_eq!(answer.error_code(), "overloaded");
     assert!(elapsed < Duration::from_secs(5), "503 after {elapsed:?}");
+    // Like every answer, it names the data version and is counted.
+    assert!(answer.header("x-data-version").is_some(), "{answer:?}");
     // One answer, then the overflow connection is closed.
     assert!(read_until_closed(&mut stream).await.is_empty());
 
@@ -390,6 +392,12 @@ async fn connections_above_the_limit_get_a_quick_503_but_probes_still_answer() {
     assert_eq!(livez.json()["status"], "alive");
     let lookup = exchange(url, &get("/items/db-1")).await.expect("an answer");
     assert_eq!(lookup.status, 503, "{lookup:?}");
+    let metrics = exchange(url, &get("/metrics")).await.expect("an answer");
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        metrics.contains(r#"route="unmatched",method="POST",status="503""#),
+        "the overflow 503s are counted: {metrics}"
+    );
 
     // A slot freed by a client that leaves serves data routes again.
     held.pop();
