@@ -315,7 +315,10 @@ sys.exit(0 if eval(sys.argv[3]) else 1)' "$1" "$work/expect.json" "$2" 2>/dev/nu
 check "/status: seq $published_seq, the published head" json_check "$work/status.json" "d['seq'] == $published_seq"
 check "/status: ready, not stale, dataset items, bundle seq 0" json_check "$work/status.json" \
     "d['ready'] and d['sync']['stale'] is False and d['dataset'] == 'items' and d['sync']['bundle_seq'] == 0"
-check "/status: the bundle path is the installed one" json_check "$work/status.json" "d['bundle'] == '$bundle_path'"
+check "/status: short form, no file path (status-detail is off in the shipped config)" json_check "$work/status.json" "'bundle' not in d and 'store' not in d['sync']"
+"${run_prefix[@]}" "$bin_path" status --state-dir "$state_path" --json >"$work/cli-status.json" 2>"$work/cli-status.stderr" || true
+check "deltacache status (control socket): the daemon serves the installed bundle at seq $published_seq" json_check "$work/cli-status.json" \
+    "d['daemon']['bundle'] == '$bundle_path' and d['daemon']['seq'] == $published_seq"
 
 curl -s -D "$work/item1.headers" --max-time 5 "$base/items/rehearsal-new-1" >"$work/item1.json" || true
 check "/items: the put from delta 1 is served" json_check "$work/item1.json" "d == e['new1']"

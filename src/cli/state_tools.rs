@@ -23,8 +23,14 @@ pub(super) struct StatusArgs {
 
 pub(super) fn status(args: StatusArgs) -> anyhow::Result<()> {
     let report = ops::state_report(&args.state_dir)?;
+    // A running daemon adds what it serves (through its control socket).
+    let daemon = super::runtime()?
+        .block_on(control::request(&args.state_dir, &ControlRequest::Status))?
+        .and_then(|answer| answer.status);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut json = serde_json::to_value(&report)?;
+        json["daemon"] = daemon.unwrap_or(serde_json::Value::Null);
+        println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
     println!("current: {}", report.current.as_deref().unwrap_or("none"));
@@ -50,6 +56,19 @@ pub(super) fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!("versions:");
     for (name, seq, n_items) in &report.versions {
         println!("  {name}  seq {seq}  {n_items} items");
+    }
+    match daemon {
+        Some(daemon) => println!(
+            "running daemon: serving seq {}, last sync {}, stale {}{}",
+            daemon["seq"],
+            daemon["sync"]["last_result"],
+            daemon["sync"]["stale"],
+            daemon["sync"]["last_error"]
+                .as_str()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        ),
+        None => println!("running daemon: none"),
     }
     Ok(())
 }
