@@ -7,9 +7,8 @@
 use std::time::{Duration, Instant};
 
 use deltacache::bundle::build::{BuildOptions, InputFormat, ModelSource, build_base};
-use deltacache::delta::format::{DeltaBatch, ObjectKind, verify_object};
-use deltacache::delta::keys::{PublisherKey, TrustedKeys};
-use deltacache::delta::publish::{ChangeSource, PublishOptions, publish};
+use deltacache::delta::format::DeltaBatch;
+use deltacache::delta::publish::{ChangeSource, PublishOptions, init_repository, publish};
 use deltacache::search::tfidf::{FitOptions, StopWords};
 use deltacache::sync::SyncOptions;
 use deltacache::sync::ops::sync_once;
@@ -122,11 +121,38 @@ fn main() {
     };
     let bundle = build("bundle", vec!["category".into()]);
     let bundle_unfiltered = build("bundle-unfiltered", Vec::new());
+    // One key for every role of the repository, as the demo does.
     let key_path = dir.path().join("bench.key");
-    let key = PublisherKey::generate().unwrap();
-    key.save(&key_path).unwrap();
-    let mut trusted = TrustedKeys::default();
-    trusted.add(key.verifying_key());
+    deltacache::tuf::keys::generate(&key_path).unwrap();
+    let public = deltacache::tuf::keys::public_path(&key_path);
+    let root_path = dir.path().join("root.json");
+    let keys = deltacache::tuf::ceremony::RootKeys {
+        root: (vec![public.clone()], 1),
+        targets: (vec![public.clone()], 1),
+        online: (vec![public], 1),
+    };
+    let (root, _) = runtime
+        .block_on(deltacache::tuf::ceremony::init_root(
+            &keys,
+            Duration::from_secs(3600 * 24),
+            std::slice::from_ref(&key_path),
+        ))
+        .unwrap();
+    std::fs::write(&root_path, &root).unwrap();
+    let init = |store: &str| {
+        let signer = deltacache::tuf::keys::FileKey::load(&key_path).unwrap();
+        runtime
+            .block_on(init_repository(
+                store,
+                &Default::default(),
+                &root,
+                &(vec![signer.0], vec![signer.1]),
+                None,
+            ))
+            .unwrap();
+    };
+    let empty_store = format!("file://{}", dir.path().join("empty").display());
+    init(&empty_store);
 
     println!(
         "| changes | publish s | delta bytes/change | zstd JSONL bytes/change | ratio | verify+parse ms/delta | apply changes/s | apply without filter index | with/without | plain LevelDB batch writes/s | apply/plain |"
@@ -164,12 +190,13 @@ fn main() {
 
         let store_dir = dir.path().join(format!("store-{round}"));
         let store = format!("file://{}", store_dir.display());
+        init(&store);
         let started = Instant::now();
         let report = runtime
             .block_on(publish(&PublishOptions {
                 store: store.clone(),
-                key: key_path.clone(),
-                trusted_keys: None,
+                keys: vec![key_path.clone()],
+                trusted_root: Some(root_path.clone()),
                 bundle: bundle.clone(),
                 changes: ChangeSource::Changes(changes_path),
                 expires_in: Duration::from_secs(3600),
@@ -179,24 +206,17 @@ fn main() {
             .unwrap();
         let publish_seconds = started.elapsed().as_secs_f64();
 
-        let delta_path = store_dir.join(deltacache::delta_store::delta_name(
-            report.seq,
+        let delta_path = store_dir.join(deltacache::tuf::repo::target_object(
             &report.digest,
+            &deltacache::delta::chain::delta_target_name(report.seq),
         ));
         let bytes = std::fs::read(&delta_path).unwrap();
         let verify_ms = median(
             (0..5)
                 .map(|_| {
                     let started = Instant::now();
-                    let verified = verify_object(
-                        &bytes,
-                        ObjectKind::Delta,
-                        u64::MAX,
-                        Some(&report.digest),
-                        &trusted,
-                    )
-                    .unwrap();
-                    let batch = DeltaBatch::parse(verified.body).unwrap();
+                    assert_eq!(deltacache::digest::sha256_hex(&bytes), report.digest);
+                    let batch = DeltaBatch::parse(&bytes).unwrap();
                     assert_eq!(
                         batch.records.len() as u64,
                         report.adds + report.updates + report.deletes
@@ -208,17 +228,14 @@ fn main() {
 
         // Apply through sync (clone, verify, write, index, fsync, commit), to the bundle with
         // a filter index and to the one without.
-        let pub_path = deltacache::delta::keys::public_path(&key_path);
+
         let apply = |bundle: &std::path::Path, name: &str| {
             let state_dir = dir.path().join(format!("{name}-{round}"));
             runtime
                 .block_on(sync_once(
                     bundle,
                     &state_dir,
-                    SyncOptions::new(
-                        format!("file://{}", dir.path().join("empty").display()),
-                        pub_path.clone(),
-                    ),
+                    SyncOptions::new(empty_store.clone(), root_path.clone()),
                     Duration::from_secs(600),
                 ))
                 .unwrap();
@@ -227,7 +244,7 @@ fn main() {
                 .block_on(sync_once(
                     bundle,
                     &state_dir,
-                    SyncOptions::new(store.clone(), pub_path.clone()),
+                    SyncOptions::new(store.clone(), root_path.clone()),
                     Duration::from_secs(600),
                 ))
                 .unwrap();

@@ -23,7 +23,9 @@ pub struct ConfigFile {
     pub drain_timeout_secs: Option<u64>,
     /// Delta store URL.
     pub store: Option<String>,
-    /// Trusted public keys file.
+    /// The trusted TUF root file.
+    pub trusted_root: Option<PathBuf>,
+    /// No longer read (refused with what to set instead): a trusted-keys file.
     pub trusted_keys: Option<PathBuf>,
     /// Poll interval, e.g. "60s".
     pub follow_interval: Option<HumanDuration>,

@@ -13,6 +13,8 @@
 //! - [`search`]: TF-IDF embedding, the local vector index, query-time filtering.
 //! - [`bundle`]: what `build-base` writes and an image bakes (manifest, model, index, db).
 //! - [`delta_store`]: where deltas are published (a local directory, S3).
+//! - [`tuf`]: The Update Framework, through `tough`: keys, roots, the publisher's writes, the
+//!   instance's verified reads.
 //! - [`delta`]: keys, the signed delta and head format, chain verification, publishing.
 //! - [`pinecone`]: the Pinecone client and keeping an index in step with bundles and deltas.
 //! - [`state`]: the state dir, the one owner of everything under it: versions, the pointer,
@@ -39,6 +41,8 @@ pub mod search;
 
 pub mod bundle;
 pub mod delta_store;
+
+pub mod tuf;
 
 pub mod delta;
 pub mod pinecone;

@@ -9,6 +9,7 @@ mod remote_args;
 mod serve;
 mod state_tools;
 mod sync;
+mod trust;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -28,11 +29,17 @@ enum Command {
     /// Build a bundle (LevelDB metadata db, TF-IDF model, vector index, manifest) from
     /// JSONL items.
     BuildBase(build_base::BuildBaseArgs),
-    /// Make a new Ed25519 signing key for publishing deltas.
+    /// Make a new Ed25519 signing key (root, targets or online).
     Keygen(keygen::KeygenArgs),
-    /// Publish the next signed delta (and head) to a delta store.
+    /// Make, rotate, sign and publish the TUF root: which keys may sign what.
+    #[command(subcommand)]
+    Root(trust::RootCommand),
+    /// Create, refresh and clean the TUF repository in a delta store.
+    #[command(subcommand)]
+    Repo(trust::RepoCommand),
+    /// Publish the next delta to a delta store (a new target of its TUF repository).
     PublishDelta(publish_delta::PublishDeltaArgs),
-    /// Verify a delta store's head and whole chain against trusted keys.
+    /// Verify a delta store's repository and whole chain from a trusted root.
     Verify(verify::VerifyArgs),
     /// Serve search and lookups over HTTP from a copy-on-write clone of a bundle.
     Serve(Box<serve::ServeArgs>),
@@ -48,6 +55,22 @@ enum Command {
     Compact(state_tools::CompactArgs),
     /// Build a bundle from a built-in sample catalogue and serve it on loopback.
     Demo(demo::DemoArgs),
+}
+
+/// The trusted root to use; a trusted-keys file given the earlier way is refused with what
+/// to pass instead.
+fn trusted_root(
+    trusted_root: Option<std::path::PathBuf>,
+    trusted_keys: Option<std::path::PathBuf>,
+) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(keys) = trusted_keys {
+        anyhow::bail!(
+            "--trusted-keys {} is no longer read: instances trust a TUF root; pass --trusted-root with the repository's root.json (README \"Trust\")",
+            keys.display()
+        );
+    }
+    trusted_root
+        .ok_or_else(|| anyhow::anyhow!("pass --trusted-root FILE: the repository's root.json"))
 }
 
 /// The async runtime every subcommand that needs one runs on.
@@ -66,6 +89,8 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::BuildBase(args) => build_base::run(args),
         Command::Keygen(args) => keygen::run(args),
+        Command::Root(command) => trust::root(command),
+        Command::Repo(command) => trust::repo(command),
         Command::PublishDelta(args) => publish_delta::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Serve(args) => serve::run(*args),

@@ -18,9 +18,22 @@ pub(super) struct PublishDeltaArgs {
     /// Delta store: file:///dir or s3://bucket/prefix.
     #[arg(long, env = "DELTACACHE_STORE", value_name = "URL")]
     store: String,
-    /// The publisher's secret key (from keygen).
+    /// A secret key that signs: the targets key and the online (snapshot and timestamp) key,
+    /// or one key the root lists for all three. Repeat for each; every key signs the roles
+    /// the newest root lists it for, and keys it does not authorise are refused before
+    /// anything is written.
+    #[arg(long = "key", value_name = "KEYFILE")]
+    keys: Vec<PathBuf>,
+    /// The targets key, when it is kept apart from the online key.
     #[arg(long, value_name = "KEYFILE")]
-    key: PathBuf,
+    targets_key: Option<PathBuf>,
+    /// The online key that signs snapshot and timestamp, when kept apart.
+    #[arg(long, value_name = "KEYFILE")]
+    timestamp_key: Option<PathBuf>,
+    /// The root the publisher trusts (the one instances bake) [default: the store's first
+    /// root].
+    #[arg(long, env = "DELTACACHE_TRUSTED_ROOT", value_name = "FILE")]
+    trusted_root: Option<PathBuf>,
     /// The bundle the chain starts from (its dataset, model and ids).
     #[arg(long, value_name = "DIR")]
     bundle: PathBuf,
@@ -32,16 +45,13 @@ pub(super) struct PublishDeltaArgs {
     /// holds one digest per id of OLD).
     #[arg(long, num_args = 2, value_names = ["OLD.jsonl", "NEW.jsonl"])]
     diff: Option<Vec<PathBuf>>,
-    /// How long the new head stays valid, e.g. 7d, 12h.
+    /// How long the new timestamp stays valid, e.g. 7d, 12h (at most 30 days): instances
+    /// refuse the repository once it expires, so publish or `repo refresh` within it.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration, value_name = "DURATION")]
     expires_in: Duration,
     /// Show what would change and publish nothing.
     #[arg(long)]
     dry_run: bool,
-    /// More public keys to accept on the current head and chain (the key's own public half is
-    /// always accepted), e.g. during key rotation.
-    #[arg(long, value_name = "FILE")]
-    trusted_keys: Option<PathBuf>,
     /// Also mirror the delta to a Pinecone index, after the head moved: delete the deleted
     /// ids, then upsert the put items' vectors (see the README, "Pinecone users").
     #[arg(long)]
@@ -69,10 +79,19 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
         )?),
         false => None,
     };
+    let keys: Vec<PathBuf> = args
+        .keys
+        .into_iter()
+        .chain(args.targets_key)
+        .chain(args.timestamp_key)
+        .collect();
+    if keys.is_empty() {
+        anyhow::bail!("no signing key: pass --key KEYFILE (or --targets-key and --timestamp-key)");
+    }
     let options = PublishOptions {
         store: args.store,
-        key: args.key,
-        trusted_keys: args.trusted_keys,
+        keys,
+        trusted_root: args.trusted_root,
         bundle: args.bundle,
         changes,
         expires_in: args.expires_in,

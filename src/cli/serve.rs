@@ -44,8 +44,11 @@ pub(super) struct ServeArgs {
     /// Without it, the bundle alone is served.
     #[arg(long, env = "DELTACACHE_STORE", value_name = "URL")]
     store: Option<String>,
-    /// Trusted public keys (one or more `.pub` lines); required with --store.
-    #[arg(long, env = "DELTACACHE_TRUSTED_KEYS", value_name = "FILE")]
+    /// The trusted TUF root (the root.json the image bakes); required with --store.
+    #[arg(long, env = "DELTACACHE_TRUSTED_ROOT", value_name = "FILE")]
+    trusted_root: Option<PathBuf>,
+    /// No longer read: instances trust a TUF root. Refused with what to pass instead.
+    #[arg(long, hide = true, value_name = "FILE")]
     trusted_keys: Option<PathBuf>,
     /// How often to poll the head for new deltas, e.g. 60s [default: 60s]. SIGHUP syncs now.
     #[arg(long, env = "DELTACACHE_FOLLOW_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -229,10 +232,20 @@ impl ServeArgs {
         let Some(store) = self.store.clone().or(file.store.clone()) else {
             return Ok(None);
         };
-        let trusted_keys = self.trusted_keys.clone().or(file.trusted_keys.clone()).context(
-            "--store needs --trusted-keys FILE (or DELTACACHE_TRUSTED_KEYS, or `trusted-keys` in the config file)",
+        if let Some(keys) = file.trusted_keys.clone() {
+            anyhow::bail!(
+                "`trusted-keys = {:?}` in the config file is no longer read: instances trust a TUF root; set `trusted-root` to the repository's root.json (README \"Trust\")",
+                keys.display().to_string()
+            );
+        }
+        let trusted_root = super::trusted_root(
+            self.trusted_root.clone().or(file.trusted_root.clone()),
+            self.trusted_keys.clone(),
+        )
+        .context(
+            "--store needs --trusted-root FILE (or DELTACACHE_TRUSTED_ROOT, or `trusted-root` in the config file)",
         )?;
-        let mut sync = SyncOptions::new(store, trusted_keys);
+        let mut sync = SyncOptions::new(store, trusted_root);
         sync.remote = self.remote.settings();
         if let Some(keep) = self.keep_versions.or(file.keep_versions) {
             sync.keep_versions = keep.max(1);

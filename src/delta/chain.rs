@@ -1,15 +1,20 @@
-//! Walking and checking a delta chain: the head, then each delta back to where a state
-//! (or a bundle) already is, in the fixed order size cap → signature → digest → parse →
-//! chain checks.
+//! The delta chain as verified TUF metadata names it: which deltas continue where a state (or
+//! a bundle) is, in which order, and whether a delta's bytes say what its metadata says.
+//!
+//! Every delta is a target named `000000000042.delta` whose custom metadata ([`DeltaMeta`])
+//! carries its seq, its parent's seq and digest, the dataset, the model fingerprint and the
+//! db schema it was built for. A chain continues a position when the targets after it are
+//! contiguous, each naming the previous one's sha256 as its parent, the first naming the
+//! position's digest. Only deltas named by verified metadata are ever applied: nothing is
+//! found by listing the store.
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::format::{
-    DeltaBatch, DeltaHeader, Head, MAX_HEAD_BYTES, ObjectKind, VerifyError, verify_object,
-};
-use super::keys::TrustedKeys;
+use super::format::{DeltaBatch, DeltaError, delta_body};
 use crate::bundle::Manifest;
-use crate::delta_store::{DeltaStore, FetchError, delta_name};
+use crate::tuf::client::{TargetInfo, TrustError};
 
 /// Where a chain continues from: a bundle, or a state that applied deltas up to `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,86 +60,110 @@ impl ChainPosition {
     }
 }
 
-/// A head whose signature, freshness and binding were checked.
-#[derive(Debug, Clone)]
-pub struct VerifiedHead {
-    /// The head's contents.
-    pub head: Head,
-    /// sha256 of the head object.
-    pub digest: String,
-    /// The store's tag for conditional replacement.
-    pub etag: String,
+/// What a delta target's custom metadata says about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaMeta {
+    /// Its seq.
+    pub seq: u64,
+    /// The seq it follows.
+    pub parent_seq: u64,
+    /// The sha256 of the delta it follows, or the chain digest of the base.
+    pub parent_digest: String,
+    /// The length of the delta it follows (0 after a base built from items).
+    pub parent_len: u64,
+    /// Dataset.
+    pub dataset: String,
+    /// Model fingerprint it was built for.
+    pub model_fingerprint: String,
+    /// Db schema version it was built for.
+    pub schema_version: u32,
+    /// When it was published (seconds since the epoch).
+    pub created_at: u64,
+    /// Its record count.
+    pub n_records: u64,
 }
 
-/// A delta whose signature, digest, parse and chain links were checked.
+impl DeltaMeta {
+    /// What a delta's header says, as the custom metadata of its target.
+    pub fn of_batch(batch: &DeltaBatch) -> Self {
+        let h = &batch.header;
+        DeltaMeta {
+            seq: h.seq,
+            parent_seq: h.parent_seq,
+            parent_digest: h.parent_digest.clone(),
+            parent_len: h.parent_len,
+            dataset: h.dataset.clone(),
+            model_fingerprint: h.model_fingerprint.clone(),
+            schema_version: h.schema_version,
+            created_at: h.created_at,
+            n_records: h.n_records,
+        }
+    }
+
+    /// As a target's custom map.
+    pub fn to_custom(&self) -> HashMap<String, serde_json::Value> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
+            _ => HashMap::new(),
+        }
+    }
+}
+
+/// The name of the target holding delta `seq`.
+pub fn delta_target_name(seq: u64) -> String {
+    format!("{seq:012}.delta")
+}
+
+/// A delta target as verified metadata names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeltaTarget {
+    /// Its target name.
+    pub name: String,
+    /// Its sha256, hex: the digest the next delta names as its parent.
+    pub digest: String,
+    /// Its length.
+    pub len: u64,
+    /// Its custom metadata.
+    pub meta: DeltaMeta,
+}
+
+/// A delta whose bytes were checked against its metadata and decoded.
 #[derive(Debug, Clone)]
 pub struct VerifiedDelta {
     /// Its seq.
     pub seq: u64,
-    /// sha256 of the delta object.
+    /// Its sha256, hex.
     pub digest: String,
-    /// Length of the delta object.
+    /// Its length.
     pub len: u64,
-    /// Who signed it.
-    pub key_id: String,
     /// Its header and records.
     pub batch: DeltaBatch,
 }
 
-/// Why a head or chain was refused. Each names the object and the reason.
+/// Why a chain (or one delta) was refused. Each names the object and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
-    /// The store could not be read.
+    /// The repository could not be read, or its metadata did not verify.
     #[error(transparent)]
-    Fetch(#[from] FetchError),
-    /// An object failed verification.
+    Trust(#[from] TrustError),
+    /// A delta's bytes or metadata were refused.
     #[error("{object}: {reason}")]
     Refused {
-        /// Object name.
+        /// The target.
         object: String,
         /// Why.
-        reason: VerifyError,
-    },
-    /// The head has expired: it may be frozen or replayed.
-    #[error(
-        "head: expired at {expires_at} (now {now}); the publisher must publish or re-sign the head"
-    )]
-    Expired {
-        /// Expiry time.
-        expires_at: u64,
-        /// Now.
-        now: u64,
-    },
-    /// The head is older than one already accepted.
-    #[error(
-        "head: seq {seq} issued at {issued_at} is older than the head already accepted (seq {seen_seq} issued at {seen_issued_at}): refusing a rollback"
-    )]
-    Rollback {
-        /// Offered seq.
-        seq: u64,
-        /// Offered issue time.
-        issued_at: u64,
-        /// Accepted seq.
-        seen_seq: u64,
-        /// Accepted issue time.
-        seen_issued_at: u64,
-    },
-    /// An object the chain names is missing.
-    #[error("{object}: missing from the delta store; the chain is broken")]
-    Missing {
-        /// Object name.
-        object: String,
+        reason: String,
     },
     /// Another dataset, model or schema than the state's.
-    #[error("{object}: built for {field} {found:?}, but this state has {expected:?}")]
+    #[error("{object}: built for {field} {found:?}, but this instance has {expected:?}")]
     Binding {
-        /// Object name.
+        /// The target.
         object: String,
         /// Which binding.
         field: &'static str,
-        /// What the state has.
+        /// What the instance has.
         expected: String,
-        /// What the object has.
+        /// What the target has.
         found: String,
     },
     /// Built for a db layout newer than this binary knows.
@@ -143,509 +172,191 @@ pub enum ChainError {
          upgrade deltacache on this instance (the delta was not applied; the last good version keeps serving)"
     )]
     NewerSchema {
-        /// Object name.
+        /// The target.
         object: String,
         /// The delta's schema version.
         found: u32,
         /// The newest this binary knows.
         supported: u32,
     },
-    /// A seq out of line.
+    /// The chain does not continue where this instance is.
     #[error("{object}: {message}")]
     Sequence {
-        /// Object name.
+        /// The target (or the repository).
         object: String,
         /// What is wrong.
         message: String,
     },
-    /// A parent digest that does not match.
+    /// The repository names no delta as new as this instance's data: it is behind (a
+    /// replayed or wrong store).
     #[error(
-        "{object}: parent digest {found} does not match {expected}, the digest of what it must follow"
+        "the repository's newest delta is seq {newest}, older than this instance's seq {seq}: a replayed repository, or the wrong delta store for this bundle"
     )]
-    ParentMismatch {
-        /// Object name.
-        object: String,
-        /// What the state or previous delta has.
-        expected: String,
-        /// What the delta names.
-        found: String,
+    Behind {
+        /// The newest delta named.
+        newest: u64,
+        /// The instance's seq.
+        seq: u64,
     },
 }
 
-/// Reads and verifies the head: cap, signature, parse, binding, freshness, watermark.
-/// `Ok(None)` when no head has been published yet.
-pub async fn fetch_head(
-    store: &DeltaStore,
-    trusted: &TrustedKeys,
-    position: &ChainPosition,
-    not_older_than: Option<(u64, u64)>,
-    now: u64,
-    allow_expired: bool,
-) -> Result<Option<VerifiedHead>, ChainError> {
-    let Some(fetched) = store.get_head(MAX_HEAD_BYTES).await? else {
-        return Ok(None);
-    };
-    let head = verify_head_bytes(
-        &fetched.bytes,
-        trusted,
-        position,
-        not_older_than,
-        now,
-        allow_expired,
-    )?;
-    Ok(Some(VerifiedHead {
-        head: head.0,
-        digest: head.1,
-        etag: fetched.etag,
-    }))
-}
-
-/// The checks of [`fetch_head`] on bytes already fetched. `not_older_than` is the (seq, issue
-/// time) of the highest head already accepted: an older one is a rollback.
-pub fn verify_head_bytes(
-    bytes: &[u8],
-    trusted: &TrustedKeys,
-    position: &ChainPosition,
-    not_older_than: Option<(u64, u64)>,
-    now: u64,
-    allow_expired: bool,
-) -> Result<(Head, String), ChainError> {
-    let refused = |reason| ChainError::Refused {
-        object: "head".into(),
-        reason,
-    };
-    let verified =
-        verify_object(bytes, ObjectKind::Head, MAX_HEAD_BYTES, None, trusted).map_err(refused)?;
-    let head = Head::parse(verified.body).map_err(refused)?;
-    check_binding("head", "dataset", &position.dataset, &head.dataset)?;
-    check_binding(
-        "head",
-        "model fingerprint",
-        &position.model_fingerprint,
-        &head.model_fingerprint,
-    )?;
-    if !allow_expired && head.expires_at <= now {
-        return Err(ChainError::Expired {
-            expires_at: head.expires_at,
-            now,
-        });
-    }
-    if let Some((seen_seq, seen_issued_at)) = not_older_than
-        && (head.seq, head.issued_at) < (seen_seq, seen_issued_at)
-    {
-        return Err(ChainError::Rollback {
-            seq: head.seq,
-            issued_at: head.issued_at,
-            seen_seq,
-            seen_issued_at,
-        });
-    }
-    Ok((head, verified.digest))
-}
-
-fn check_binding(
-    object: &str,
-    field: &'static str,
-    expected: &str,
-    found: &str,
-) -> Result<(), ChainError> {
-    if expected != found {
-        return Err(ChainError::Binding {
-            object: object.to_owned(),
-            field,
-            expected: expected.to_owned(),
-            found: found.to_owned(),
-        });
-    }
-    Ok(())
-}
-
-/// What one delta may cost: its size as stored, and its records decoded (memory).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeltaLimits {
-    /// The largest delta object accepted.
-    pub max_delta_bytes: u64,
-    /// The largest decoded record payload accepted (the memory one delta may take).
-    pub max_records_bytes: u64,
-}
-
-impl DeltaLimits {
-    /// Limits with `max_delta_bytes` and the largest record payload the format allows.
-    pub fn new(max_delta_bytes: u64) -> Self {
-        DeltaLimits {
-            max_delta_bytes,
-            max_records_bytes: super::format::MAX_RECORDS_BYTES,
+impl ChainError {
+    /// A short label, for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ChainError::Trust(error) => error.reason(),
+            ChainError::Behind { .. } => "rollback",
+            _ => "refused",
         }
     }
 }
 
-/// One delta of a chain, by what names it: placed at `seq`, with this digest and length.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainLink {
-    /// Its seq.
-    pub seq: u64,
-    /// sha256 of the delta object.
-    pub digest: String,
-    /// Length of the delta object.
-    pub len: u64,
-}
-
-/// Verifies one delta's bytes against what its successor (or the head) states.
-pub fn verify_delta_bytes(
-    bytes: &[u8],
-    seq: u64,
-    digest: &str,
-    stated_len: u64,
-    max_delta_bytes: u64,
-    trusted: &TrustedKeys,
-    position: &ChainPosition,
-) -> Result<VerifiedDelta, ChainError> {
-    let link = ChainLink {
-        seq,
-        digest: digest.to_owned(),
-        len: stated_len,
-    };
-    verify_delta_within(
-        bytes,
-        &link,
-        DeltaLimits::new(max_delta_bytes),
-        trusted,
-        position,
-    )
-}
-
-/// Verifies one delta's bytes against its link, decoding its records within `limits`.
-pub fn verify_delta_within(
-    bytes: &[u8],
-    link: &ChainLink,
-    limits: DeltaLimits,
-    trusted: &TrustedKeys,
-    position: &ChainPosition,
-) -> Result<VerifiedDelta, ChainError> {
-    let (verified, _) = verify_delta_header(bytes, link, limits, trusted, position)?;
-    let batch =
-        DeltaBatch::parse_within(verified.body, limits.max_records_bytes).map_err(|reason| {
-            ChainError::Refused {
-                object: delta_name(link.seq, &link.digest),
-                reason,
-            }
+/// The delta targets among `targets`, by seq (other targets, such as a fleet policy, are not
+/// deltas). A `.delta` target whose custom metadata does not parse is refused by name.
+pub fn delta_targets(targets: &[TargetInfo]) -> Result<Vec<DeltaTarget>, ChainError> {
+    let mut deltas = Vec::new();
+    for target in targets.iter().filter(|t| t.name.ends_with(".delta")) {
+        let custom = serde_json::Value::Object(target.custom.clone().into_iter().collect());
+        let meta: DeltaMeta = serde_json::from_value(custom).map_err(|e| ChainError::Refused {
+            object: target.name.clone(),
+            reason: format!("its custom metadata is not a delta's: {e}"),
         })?;
-    Ok(VerifiedDelta {
-        seq: link.seq,
-        digest: verified.digest,
-        len: bytes.len() as u64,
-        key_id: verified.key_id.to_string(),
-        batch,
-    })
+        if target.name != delta_target_name(meta.seq) {
+            return Err(ChainError::Refused {
+                object: target.name.clone(),
+                reason: format!("its metadata places it at seq {}", meta.seq),
+            });
+        }
+        deltas.push(DeltaTarget {
+            name: target.name.clone(),
+            digest: target.sha256.clone(),
+            len: target.length,
+            meta,
+        });
+    }
+    deltas.sort_by_key(|d| d.meta.seq);
+    Ok(deltas)
 }
 
-/// The checks of a delta that need only its header: cap, signature, digest, binding, seq.
-fn verify_delta_header<'a>(
-    bytes: &'a [u8],
-    link: &ChainLink,
-    limits: DeltaLimits,
-    trusted: &TrustedKeys,
+/// The deltas that continue `position`, in apply order, after checking the whole chain's
+/// metadata: the delta at the position's seq (if the repository has one) is the one the
+/// position holds; the ones after it are contiguous, each naming its predecessor; every one
+/// is of this dataset, model and a schema this binary knows. Nothing is downloaded.
+pub fn plan(
+    deltas: &[DeltaTarget],
     position: &ChainPosition,
-) -> Result<(super::format::VerifiedObject<'a>, DeltaHeader), ChainError> {
-    let (seq, digest) = (link.seq, link.digest.as_str());
-    let object = delta_name(seq, digest);
-    let refused = |reason| ChainError::Refused {
-        object: object.clone(),
-        reason,
+) -> Result<Vec<DeltaTarget>, ChainError> {
+    let newest = deltas.last().map_or(0, |d| d.meta.seq);
+    if newest < position.seq {
+        return Err(ChainError::Behind {
+            newest,
+            seq: position.seq,
+        });
+    }
+    if let Some(same) = deltas.iter().find(|d| d.meta.seq == position.seq)
+        && same.digest != position.digest
+    {
+        return Err(ChainError::Sequence {
+            object: same.name.clone(),
+            message: format!(
+                "this instance holds seq {} with digest {}, but the repository names {}: the chain forked",
+                position.seq, position.digest, same.digest
+            ),
+        });
+    }
+    let mut planned = Vec::new();
+    let (mut seq, mut digest, mut len) = (position.seq, position.digest.clone(), position.len);
+    for delta in deltas.iter().filter(|d| d.meta.seq > position.seq) {
+        check_meta(delta, position)?;
+        if delta.meta.seq != seq + 1 {
+            return Err(ChainError::Sequence {
+                object: delta.name.clone(),
+                message: format!(
+                    "seq gap: seq {} follows seq {seq}, so seqs {}..{} are missing",
+                    delta.meta.seq,
+                    seq + 1,
+                    delta.meta.seq
+                ),
+            });
+        }
+        if delta.meta.parent_seq != seq
+            || delta.meta.parent_digest != digest
+            || delta.meta.parent_len != len
+        {
+            return Err(ChainError::Sequence {
+                object: delta.name.clone(),
+                message: format!(
+                    "its parent is seq {} digest {}, but it must follow seq {seq} digest {digest}",
+                    delta.meta.parent_seq, delta.meta.parent_digest
+                ),
+            });
+        }
+        (seq, digest, len) = (delta.meta.seq, delta.digest.clone(), delta.len);
+        planned.push(delta.clone());
+    }
+    Ok(planned)
+}
+
+fn check_meta(delta: &DeltaTarget, position: &ChainPosition) -> Result<(), ChainError> {
+    let binding = |field: &'static str, expected: &str, found: &str| {
+        if expected == found {
+            Ok(())
+        } else {
+            Err(ChainError::Binding {
+                object: delta.name.clone(),
+                field,
+                expected: expected.to_owned(),
+                found: found.to_owned(),
+            })
+        }
     };
-    let cap = link.len.min(limits.max_delta_bytes);
-    let verified =
-        verify_object(bytes, ObjectKind::Delta, cap, Some(digest), trusted).map_err(refused)?;
-    let (header, _) = DeltaBatch::parse_header(verified.body).map_err(refused)?;
-    check_binding(&object, "dataset", &position.dataset, &header.dataset)?;
-    check_binding(
-        &object,
+    binding("dataset", &position.dataset, &delta.meta.dataset)?;
+    binding(
         "model fingerprint",
         &position.model_fingerprint,
-        &header.model_fingerprint,
+        &delta.meta.model_fingerprint,
     )?;
-    if header.schema_version > position.max_schema_version {
+    if delta.meta.schema_version > position.max_schema_version {
         return Err(ChainError::NewerSchema {
-            object,
-            found: header.schema_version,
+            object: delta.name.clone(),
+            found: delta.meta.schema_version,
             supported: position.max_schema_version,
         });
     }
-    if header.seq != seq {
-        return Err(ChainError::Sequence {
-            object,
-            message: format!(
-                "claims seq {} but the chain places it at seq {seq}",
-                header.seq
-            ),
-        });
-    }
-    if header.records_len > limits.max_records_bytes {
-        return Err(refused(VerifyError::OverBudget {
-            records_len: header.records_len,
-            budget: limits.max_records_bytes,
-        }));
-    }
-    Ok((verified, header))
+    Ok(())
 }
 
-/// The deltas after `position` up to the head, oldest first, found by walking back from the
-/// head by parent digests. Each delta is fetched and its header verified (signature, digest,
-/// binding, seq, parent link), then dropped: memory holds one delta at a time. Apply them
-/// with [`fetch_link`], which fetches each again and checks it against its digest.
-pub async fn plan_chain(
-    store: &DeltaStore,
-    trusted: &TrustedKeys,
-    head: &Head,
-    position: &ChainPosition,
-    limits: DeltaLimits,
-) -> Result<Vec<ChainLink>, ChainError> {
-    if head.seq <= position.seq {
-        check_same_position(head, position)?;
-        return Ok(Vec::new());
-    }
-    let mut links = Vec::new();
-    let mut link = ChainLink {
-        seq: head.seq,
-        digest: head.delta_digest.clone(),
-        len: head.delta_len,
-    };
-    loop {
-        let object = delta_name(link.seq, &link.digest);
-        let bytes = store
-            .get_delta(link.seq, &link.digest, link.len.min(limits.max_delta_bytes))
-            .await?
-            .ok_or_else(|| ChainError::Missing {
-                object: object.clone(),
-            })?;
-        let (_, header) = verify_delta_header(&bytes, &link, limits, trusted, position)?;
-        check_parent_seq(&object, header.parent_seq, link.seq)?;
-        let next = ChainLink {
-            seq: header.parent_seq,
-            digest: header.parent_digest.clone(),
-            len: header.parent_len,
-        };
-        links.push(link);
-        if header.parent_seq <= position.seq {
-            if header.parent_seq != position.seq || header.parent_digest != position.digest {
-                return Err(ChainError::ParentMismatch {
-                    object,
-                    expected: position.digest.clone(),
-                    found: header.parent_digest,
-                });
-            }
-            break;
-        }
-        link = next;
-    }
-    links.reverse();
-    Ok(links)
-}
-
-/// Fetches and fully verifies one planned delta.
-pub async fn fetch_link(
-    store: &DeltaStore,
-    trusted: &TrustedKeys,
-    link: &ChainLink,
-    position: &ChainPosition,
-    limits: DeltaLimits,
+/// Decodes a delta's bytes (already checked against its length and sha256 by the TUF
+/// client) within `max_records_bytes`, and checks that its header says what its metadata
+/// says.
+pub fn verify_delta(
+    bytes: &[u8],
+    target: &DeltaTarget,
+    max_records_bytes: u64,
 ) -> Result<VerifiedDelta, ChainError> {
-    let bytes = store
-        .get_delta(link.seq, &link.digest, link.len.min(limits.max_delta_bytes))
-        .await?
-        .ok_or_else(|| ChainError::Missing {
-            object: delta_name(link.seq, &link.digest),
-        })?;
-    verify_delta_within(&bytes, link, limits, trusted, position)
-}
-
-/// A head at (or before) the position must name what the position already has.
-fn check_same_position(head: &Head, position: &ChainPosition) -> Result<(), ChainError> {
-    if head.seq == position.seq && head.delta_digest != position.digest {
-        return Err(ChainError::ParentMismatch {
-            object: "head".into(),
-            expected: position.digest.clone(),
-            found: head.delta_digest.clone(),
-        });
-    }
-    Ok(())
-}
-
-/// Fetches and verifies every delta after `position` up to the head, walking back from the
-/// head by parent digests. Returned in apply order (oldest first). Every delta is held in
-/// memory; each is capped at the length its successor states and `max_delta_bytes`.
-pub async fn fetch_chain(
-    store: &DeltaStore,
-    trusted: &TrustedKeys,
-    head: &Head,
-    position: &ChainPosition,
-    max_delta_bytes: u64,
-) -> Result<Vec<VerifiedDelta>, ChainError> {
-    if head.seq <= position.seq {
-        check_same_position(head, position)?;
-        return Ok(Vec::new());
-    }
-    let chain = walk(store, trusted, head, position, max_delta_bytes, |header| {
-        header.parent_seq <= position.seq
-    })
-    .await?;
-    if let Some(first) = chain.first() {
-        let header = &first.batch.header;
-        if header.parent_seq != position.seq || header.parent_digest != position.digest {
-            return Err(ChainError::ParentMismatch {
-                object: delta_name(first.seq, &first.digest),
-                expected: position.digest.clone(),
-                found: header.parent_digest.clone(),
-            });
-        }
-    }
-    Ok(chain)
-}
-
-/// What `verify` found: the head and every delta back to the bundle (or to the base the
-/// chain starts from).
-#[derive(Debug, Clone)]
-pub struct ChainReport {
-    /// The verified head, if the store has one.
-    pub head: Option<VerifiedHead>,
-    /// Every delta, oldest first.
-    pub deltas: Vec<VerifiedDelta>,
-    /// Seq and digest of what the oldest delta follows.
-    pub base: (u64, String),
-}
-
-/// Verifies a whole chain: the head (including expiry) and every delta back to `position`
-/// when given (a bundle), or otherwise back to the first delta after a base.
-pub async fn verify_chain(
-    store: &DeltaStore,
-    trusted: &TrustedKeys,
-    position: Option<&ChainPosition>,
-    max_delta_bytes: u64,
-    now: u64,
-) -> Result<ChainReport, ChainError> {
-    let Some(fetched) = store.get_head(MAX_HEAD_BYTES).await? else {
-        return Ok(ChainReport {
-            head: None,
-            deltas: Vec::new(),
-            base: (position.map_or(0, |p| p.seq), String::new()),
-        });
+    let refused = |reason: DeltaError| ChainError::Refused {
+        object: target.name.clone(),
+        reason: reason.to_string(),
     };
-    // Without a bundle the head's own dataset and model are the binding every delta must share.
-    let unverified_binding;
-    let binding = match position {
-        Some(position) => position,
-        None => {
-            let verified = verify_object(
-                &fetched.bytes,
-                ObjectKind::Head,
-                MAX_HEAD_BYTES,
-                None,
-                trusted,
-            )
-            .map_err(|reason| ChainError::Refused {
-                object: "head".into(),
-                reason,
-            })?;
-            let head = Head::parse(verified.body).map_err(|reason| ChainError::Refused {
-                object: "head".into(),
-                reason,
-            })?;
-            unverified_binding =
-                ChainPosition::new(&head.dataset, 0, "", 0, &head.model_fingerprint);
-            &unverified_binding
-        }
-    };
-    let (head, digest) = verify_head_bytes(&fetched.bytes, trusted, binding, None, now, false)?;
-    let head = VerifiedHead {
-        head,
-        digest,
-        etag: fetched.etag,
-    };
-    let deltas = match position {
-        Some(position) => {
-            fetch_chain(store, trusted, &head.head, position, max_delta_bytes).await?
-        }
-        None => {
-            walk(
-                store,
-                trusted,
-                &head.head,
-                binding,
-                max_delta_bytes,
-                |header| header.parent_len == 0,
-            )
-            .await?
-        }
-    };
-    let base = match deltas.first() {
-        Some(first) => (
-            first.batch.header.parent_seq,
-            first.batch.header.parent_digest.clone(),
-        ),
-        None => (head.head.seq, head.head.delta_digest.clone()),
-    };
-    Ok(ChainReport {
-        head: Some(head),
-        deltas,
-        base,
-    })
-}
-
-/// Walks back from the head by parent digests, verifying each delta, until `stop` says the
-/// delta just read is the oldest wanted. Returns the deltas oldest first.
-async fn walk(
-    store: &DeltaStore,
-    trusted: &TrustedKeys,
-    head: &Head,
-    binding: &ChainPosition,
-    max_delta_bytes: u64,
-    stop: impl Fn(&super::format::DeltaHeader) -> bool,
-) -> Result<Vec<VerifiedDelta>, ChainError> {
-    let mut chain = Vec::new();
-    let (mut seq, mut digest, mut len) = (head.seq, head.delta_digest.clone(), head.delta_len);
-    loop {
-        let object = delta_name(seq, &digest);
-        let bytes = store
-            .get_delta(seq, &digest, len.min(max_delta_bytes))
-            .await?
-            .ok_or_else(|| ChainError::Missing {
-                object: object.clone(),
-            })?;
-        let delta =
-            verify_delta_bytes(&bytes, seq, &digest, len, max_delta_bytes, trusted, binding)?;
-        let header = &delta.batch.header;
-        check_parent_seq(&object, header.parent_seq, seq)?;
-        let done = stop(header);
-        let next = (
-            header.parent_seq,
-            header.parent_digest.clone(),
-            header.parent_len,
-        );
-        chain.push(delta);
-        if done {
-            break;
-        }
-        (seq, digest, len) = next;
-    }
-    chain.reverse();
-    Ok(chain)
-}
-
-fn check_parent_seq(object: &str, parent_seq: u64, seq: u64) -> Result<(), ChainError> {
-    if parent_seq >= seq {
-        return Err(ChainError::Sequence {
-            object: object.to_owned(),
-            message: format!("duplicate seq: it follows seq {parent_seq}, not an earlier one"),
-        });
-    }
-    if parent_seq + 1 != seq {
-        return Err(ChainError::Sequence {
-            object: object.to_owned(),
-            message: format!(
-                "seq gap: it follows seq {parent_seq}, so seqs {}..{seq} are missing",
-                parent_seq + 1
+    let body = delta_body(bytes).map_err(refused)?;
+    let batch = DeltaBatch::parse_within(body, max_records_bytes).map_err(refused)?;
+    let mut from_header = DeltaMeta::of_batch(&batch);
+    // Its publish time and record count are informational; the rest binds.
+    from_header.created_at = target.meta.created_at;
+    from_header.n_records = target.meta.n_records;
+    if from_header != target.meta {
+        return Err(ChainError::Refused {
+            object: target.name.clone(),
+            reason: format!(
+                "its header says {from_header:?} but its metadata says {:?}",
+                target.meta
             ),
         });
     }
-    Ok(())
+    Ok(VerifiedDelta {
+        seq: target.meta.seq,
+        digest: target.digest.clone(),
+        len: target.len,
+        batch,
+    })
 }

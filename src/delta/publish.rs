@@ -1,10 +1,6 @@
-//! `publish-delta`: changes in, the next signed delta and head out.
-//!
-//! Order of writes, so that a publisher killed at any point never leaves a head pointing at
-//! a missing or partial delta: (1) the delta object, created only if absent, under a name
-//! carrying its digest; (2) the head, replaced only if it is still the head that was read.
-//! Two publishers racing both write their own delta objects; exactly one head swap wins and
-//! the loser removes its unreferenced delta and publishes nothing.
+//! `publish-delta`: changes in, the next delta out, as a new target of the TUF repository
+//! (see `crate::tuf::repo` for the order of writes that keeps racing publishers and lost
+//! answers from breaking the repository).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -13,16 +9,21 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-use super::chain::{ChainPosition, VerifiedHead, fetch_chain, fetch_head};
-use super::format::{DEFAULT_MAX_DELTA_BYTES, DeltaBatch, DeltaHeader, DeltaRecord, Head};
-use super::keys::{PublisherKey, TrustedKeys};
+use super::chain::{
+    ChainPosition, DeltaMeta, DeltaTarget, delta_target_name, delta_targets, plan, verify_delta,
+};
+use super::format::{DeltaBatch, DeltaHeader, DeltaRecord, MAX_RECORDS_BYTES};
 use crate::bundle::items::{ItemFields, ItemReader, parse_item};
 use crate::bundle::{Bundle, INDEX_FILE};
 use crate::clock::now_secs;
-use crate::delta_store::{DeltaStore, HeadCondition, PutError, RemoteSettings};
+use crate::delta_store::{DeltaStore, RemoteSettings};
 use crate::digest::sha256_hex;
 use crate::progress::Progress;
 use crate::search::index::VectorIndex;
+use crate::tuf::client::TargetInfo;
+use crate::tuf::keys::FileKey;
+use crate::tuf::repo::{NewTarget, RepoState, target_object};
+use crate::tuf::{self, Expiries, Role};
 
 /// Where the changes come from.
 #[derive(Debug, Clone)]
@@ -43,16 +44,16 @@ pub enum ChangeSource {
 pub struct PublishOptions {
     /// The delta store URL.
     pub store: String,
-    /// The publisher's secret key file.
-    pub key: PathBuf,
-    /// Extra trusted keys for reading the current head (the key's own public half is always
-    /// trusted).
-    pub trusted_keys: Option<PathBuf>,
+    /// The secret key files that sign: each signs the roles (targets, snapshot, timestamp)
+    /// the newest root lists it for.
+    pub keys: Vec<PathBuf>,
+    /// The root the publisher trusts; `None` trusts the store's first root.
+    pub trusted_root: Option<PathBuf>,
     /// The bundle the chain starts from.
     pub bundle: PathBuf,
     /// The changes.
     pub changes: ChangeSource,
-    /// How long the new head stays valid.
+    /// How long the new timestamp stays valid (the freshness bound of every instance).
     pub expires_in: Duration,
     /// Report what would change and publish nothing.
     pub dry_run: bool,
@@ -89,17 +90,33 @@ pub struct PublishReport {
 
 /// Publishes the next delta.
 pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> {
-    let key = PublisherKey::load(&options.key)?;
-    let mut trusted = match &options.trusted_keys {
-        Some(path) => TrustedKeys::load(path)?,
-        None => TrustedKeys::default(),
-    };
-    trusted.add(key.verifying_key());
+    let mut keys = Vec::new();
+    let mut key_ids = Vec::new();
+    for path in &options.keys {
+        let (key, id) = FileKey::load(path)?;
+        keys.push(key);
+        key_ids.push(id);
+    }
     let bundle = Bundle::open(&options.bundle)?;
     let fields = bundle.manifest.item_fields();
     let store = DeltaStore::open(&options.store, &options.remote).await?;
-    let now = now_secs();
-    let tip = ChainTip::read(&store, &trusted, &bundle, now).await?;
+    let trusted_root = match &options.trusted_root {
+        Some(path) => Some(
+            std::fs::read(path).with_context(|| format!("read trusted root {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let state = RepoState::read(&store, trusted_root.as_deref()).await?;
+    if state.current.is_none() {
+        bail!(
+            "{} holds no published metadata: create the repository first with `deltacache repo init --store {}` (publish-delta never creates one)",
+            store.describe(),
+            options.store
+        );
+    }
+    // Before anything is written: the keys must be the ones the newest root authorises.
+    state.check_authorised(&key_ids, &[Role::Targets, Role::Snapshot, Role::Timestamp])?;
+    let tip = ChainTip::read(&store, &state, &bundle).await?;
 
     let mut report = PublishReport {
         seq: tip.next_seq(),
@@ -118,117 +135,149 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
         }
         bail!("nothing to publish: the changes leave the catalogue as it is");
     }
-    let batch = tip.next_batch(records, now);
-    let delta = batch.sign(&key)?;
+    let batch = tip.next_batch(records, now_secs());
+    let bytes = batch.encode()?;
     for record in &batch.records {
         match record {
             DeltaRecord::Put { item } => report.puts.push(item.get().to_owned()),
             DeltaRecord::Delete { id } => report.deleted_ids.push(id.clone()),
         }
     }
-    report.digest = sha256_hex(&delta);
-    report.bytes = delta.len() as u64;
+    report.digest = sha256_hex(&bytes);
+    report.bytes = bytes.len() as u64;
     if options.dry_run {
         return Ok(report);
     }
-    let new_head = Head {
-        dataset: tip.position.dataset.clone(),
-        seq: report.seq,
-        delta_digest: report.digest.clone(),
-        delta_len: report.bytes,
-        model_fingerprint: tip.position.model_fingerprint.clone(),
-        issued_at: now,
-        expires_at: now + options.expires_in.as_secs(),
+    let target = NewTarget {
+        name: delta_target_name(report.seq),
+        bytes,
+        custom: DeltaMeta::of_batch(&batch).to_custom(),
     };
-    upload(&store, &tip, &delta, &new_head.sign(&key)).await?;
+    let expiries = Expiries {
+        timestamp: options.expires_in,
+        ..Expiries::default()
+    };
+    tuf::repo::publish(&store, &state, &keys, vec![target], expiries).await?;
     Ok(report)
 }
 
-/// The end of the chain as it stands: the verified head (if any), where the next delta
-/// continues from, and the ids that exist after every delta since the bundle.
+/// `repo init`: creates the repository in `store` with `root` (version 1), signed with
+/// `keys`; with `adopt` (a trusted-keys file and the bundle the chain starts from), first
+/// verifies the store's chain of the earlier format and publishes each of its deltas, byte
+/// for byte, as a target, so instances that applied them keep their chain. Returns how many
+/// deltas were adopted.
+pub async fn init_repository(
+    store: &str,
+    remote: &RemoteSettings,
+    root: &[u8],
+    keys: &(Vec<Box<dyn tough::key_source::KeySource>>, Vec<String>),
+    adopt: Option<(&std::path::Path, &std::path::Path)>,
+) -> anyhow::Result<usize> {
+    let store = std::sync::Arc::new(DeltaStore::open(store, remote).await?);
+    let mut targets = Vec::new();
+    if let Some((trusted_keys, bundle)) = adopt {
+        let trusted = super::legacy::TrustedKeys::load(trusted_keys)?;
+        let bundle = Bundle::open(bundle)?;
+        let chain = super::legacy::read_chain(&store, &trusted).await?;
+        let position = ChainPosition::of_bundle(&bundle.manifest);
+        for delta in chain {
+            let meta = DeltaMeta::of_batch(&delta.batch);
+            if meta.dataset != position.dataset
+                || meta.model_fingerprint != position.model_fingerprint
+            {
+                bail!(
+                    "delta seq {} of {} is for dataset {:?} and model {}, but bundle {} is for {:?} and {}: adopt with the bundle the chain started from",
+                    meta.seq,
+                    store.describe(),
+                    meta.dataset,
+                    meta.model_fingerprint,
+                    bundle.dir.display(),
+                    position.dataset,
+                    position.model_fingerprint
+                );
+            }
+            targets.push(NewTarget {
+                name: delta_target_name(meta.seq),
+                bytes: delta.bytes,
+                custom: meta.to_custom(),
+            });
+        }
+    }
+    let n_adopted = targets.len();
+    tuf::repo::init(store, root, &keys.0, &keys.1, targets, Expiries::default()).await?;
+    Ok(n_adopted)
+}
+
+/// The end of the chain as verified metadata names it: where the next delta continues from,
+/// and the ids that exist after every delta since the bundle.
 struct ChainTip {
     /// Where the bundle starts the chain.
     position: ChainPosition,
-    /// The verified head, `None` before the first publish.
-    head: Option<VerifiedHead>,
-    /// Every id live at the head.
+    /// The newest delta, `None` when the chain is still at the bundle.
+    newest: Option<DeltaTarget>,
+    /// Every id live at the tip.
     live_ids: HashSet<String>,
 }
 
 impl ChainTip {
-    /// Reads and verifies the head and every delta since the bundle.
-    async fn read(
-        store: &DeltaStore,
-        trusted: &TrustedKeys,
-        bundle: &Bundle,
-        now: u64,
-    ) -> anyhow::Result<Self> {
+    /// Checks the chain's metadata from the bundle on, and reads every delta since the
+    /// bundle (each checked against its hash) to know which ids exist.
+    async fn read(store: &DeltaStore, state: &RepoState, bundle: &Bundle) -> anyhow::Result<Self> {
         let position = ChainPosition::of_bundle(&bundle.manifest);
         let fields = bundle.manifest.item_fields();
-        let head = fetch_head(store, trusted, &position, None, now, true)
-            .await
-            .with_context(|| format!("read the head of {}", store.describe()))?;
-        let mut live_ids = bundle_ids(bundle)?;
-        if let Some(head) = &head {
-            if head.head.seq < position.seq {
-                bail!(
-                    "the head of {} is at seq {} but bundle {} already includes seq {}: publish against the bundle the chain started from",
-                    store.describe(),
-                    head.head.seq,
-                    bundle.dir.display(),
-                    position.seq
-                );
-            }
-            let chain = fetch_chain(
-                store,
-                trusted,
-                &head.head,
-                &position,
-                DEFAULT_MAX_DELTA_BYTES,
+        let targets = state
+            .current
+            .as_ref()
+            .map(|current| listed_targets(&current.targets))
+            .unwrap_or_default();
+        let deltas = delta_targets(&targets)?;
+        let planned = plan(&deltas, &position).with_context(|| {
+            format!(
+                "the chain in {} does not continue bundle {} (seq {}): publish against the bundle the chain started from",
+                store.describe(),
+                bundle.dir.display(),
+                position.seq
             )
-            .await
-            .with_context(|| {
-                format!(
-                    "verify the chain of {} from bundle seq {}",
-                    store.describe(),
-                    position.seq
-                )
-            })?;
-            for delta in &chain {
-                for record in &delta.batch.records {
-                    match record {
-                        DeltaRecord::Put { item } => {
-                            let item = parse_item(item.get(), &fields)
-                                .with_context(|| format!("a put in delta seq {}", delta.seq))?;
-                            live_ids.insert(item.id);
-                        }
-                        DeltaRecord::Delete { id } => {
-                            live_ids.remove(id);
-                        }
+        })?;
+        let mut live_ids = bundle_ids(bundle)?;
+        for delta in &planned {
+            let bytes = read_target(store, delta).await?;
+            let verified = verify_delta(&bytes, delta, MAX_RECORDS_BYTES)?;
+            for record in &verified.batch.records {
+                match record {
+                    DeltaRecord::Put { item } => {
+                        let item = parse_item(item.get(), &fields)
+                            .with_context(|| format!("a put in {}", delta.name))?;
+                        live_ids.insert(item.id);
+                    }
+                    DeltaRecord::Delete { id } => {
+                        live_ids.remove(id);
                     }
                 }
             }
         }
         Ok(ChainTip {
+            newest: planned
+                .last()
+                .cloned()
+                .or_else(|| deltas.iter().find(|d| d.meta.seq == position.seq).cloned()),
             position,
-            head,
             live_ids,
         })
     }
 
     /// The seq the next delta takes.
     fn next_seq(&self) -> u64 {
-        self.head.as_ref().map_or(self.position.seq, |h| h.head.seq) + 1
+        self.newest
+            .as_ref()
+            .map_or(self.position.seq, |d| d.meta.seq)
+            + 1
     }
 
     /// The next delta's batch, continuing the tip.
     fn next_batch(&self, records: Vec<DeltaRecord>, now: u64) -> DeltaBatch {
-        let (parent_seq, parent_digest, parent_len) = match &self.head {
-            Some(head) => (
-                head.head.seq,
-                head.head.delta_digest.clone(),
-                head.head.delta_len,
-            ),
+        let (parent_seq, parent_digest, parent_len) = match &self.newest {
+            Some(newest) => (newest.meta.seq, newest.digest.clone(), newest.len),
             None => (
                 self.position.seq,
                 self.position.digest.clone(),
@@ -255,42 +304,32 @@ impl ChainTip {
     }
 }
 
-/// Writes the delta (create-only), then swaps the head if it is still the one `tip` read.
-async fn upload(
-    store: &DeltaStore,
-    tip: &ChainTip,
-    delta: &[u8],
-    signed_head: &[u8],
-) -> anyhow::Result<()> {
-    let seq = tip.next_seq();
-    let digest = sha256_hex(delta);
-    match store.put_delta(seq, &digest, delta).await {
-        Ok(()) => {}
-        Err(PutError::Conflict { name }) => bail!(
-            "{name} already exists: an identical delta was published concurrently; nothing more to do"
-        ),
-        Err(PutError::Other(error)) => return Err(error.context("upload the delta")),
+/// The targets signed metadata lists, as the client reads them.
+pub fn listed_targets(targets: &tough::schema::Signed<tough::schema::Targets>) -> Vec<TargetInfo> {
+    targets
+        .signed
+        .targets
+        .iter()
+        .map(|(name, target)| TargetInfo {
+            name: name.raw().to_owned(),
+            length: target.length,
+            sha256: hex::encode(&target.hashes.sha256),
+            custom: target.custom.clone(),
+        })
+        .collect()
+}
+
+/// Reads a delta target's bytes from the store, checking its length and sha256.
+pub async fn read_target(store: &DeltaStore, delta: &DeltaTarget) -> anyhow::Result<Vec<u8>> {
+    let object = target_object(&delta.digest, &delta.name);
+    let fetched = store
+        .get(&object, delta.len)
+        .await?
+        .with_context(|| format!("{object} is missing from {}", store.describe()))?;
+    if fetched.bytes.len() as u64 != delta.len || sha256_hex(&fetched.bytes) != delta.digest {
+        bail!("{object} does not match the length and sha256 its metadata states");
     }
-    let condition = match &tip.head {
-        Some(head) => HeadCondition::Matches(head.etag.clone()),
-        None => HeadCondition::Absent,
-    };
-    match store.put_head(signed_head, condition).await {
-        Ok(()) => Ok(()),
-        Err(PutError::Conflict { .. }) => {
-            if let Err(error) = store.remove_unreferenced_delta(seq, &digest).await {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "remove the unreferenced delta of a lost race"
-                );
-            }
-            bail!(
-                "another publisher moved the head of {} while this one published seq {seq}: nothing was published; re-run to publish on top of it",
-                store.describe()
-            )
-        }
-        Err(PutError::Other(error)) => Err(error.context("replace the head")),
-    }
+    Ok(fetched.bytes)
 }
 
 fn bundle_ids(bundle: &Bundle) -> anyhow::Result<HashSet<String>> {

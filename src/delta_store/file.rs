@@ -1,7 +1,7 @@
 //! A delta store in a local directory.
 //!
-//! Deltas are created exclusively (written to a temporary file, fsynced, then hard-linked to
-//! their name, which fails if the name exists). The head is replaced under a lock on
+//! Objects are created exclusively (written to a temporary file, fsynced, then hard-linked to
+//! their name, which fails if the name exists). An object is replaced under a lock on
 //! `.lock`: read, compare its digest with the expected tag, write a temporary file, fsync,
 //! rename, fsync the directory.
 
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::{FetchError, Fetched, HeadCondition, PutError};
+use super::{Condition, FetchError, Fetched, PutError};
 use crate::durable;
 use crate::lock_file::LockFile;
 
@@ -125,38 +125,40 @@ impl FileStore {
         .map_err(|e| PutError::Other(e.into()))?
     }
 
-    pub(super) async fn put_head(
+    pub(super) async fn replace(
         &self,
+        name: &str,
         bytes: &[u8],
-        condition: HeadCondition,
+        condition: Condition,
     ) -> Result<(), PutError> {
         let root = self.root.clone();
+        let path = self.root.join(name);
+        let name = name.to_owned();
         let bytes = bytes.to_vec();
         tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&root)
-                .with_context(|| format!("create delta store {}", root.display()))?;
+            let dir = path.parent().context("object path has a parent")?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("create delta store {}", dir.display()))?;
+            // One replacement at a time per store: read, compare, write, under the lock.
             let lock = LockFile::acquire(&root.join(".lock"))?;
-            let head = root.join(super::HEAD_NAME);
-            let current = match std::fs::read(&head) {
+            let current = match std::fs::read(&path) {
                 Ok(current) => Some(crate::digest::sha256_hex(&current)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => {
                     return Err(anyhow::Error::from(e)
-                        .context(format!("read {}", head.display()))
+                        .context(format!("read {}", path.display()))
                         .into());
                 }
             };
             let holds = match (&condition, &current) {
-                (HeadCondition::Absent, None) => true,
-                (HeadCondition::Matches(expected), Some(current)) => expected == current,
+                (Condition::Absent, None) => true,
+                (Condition::Matches(expected), Some(current)) => expected == current,
                 _ => false,
             };
             if !holds {
-                return Err(PutError::Conflict {
-                    name: super::HEAD_NAME.into(),
-                });
+                return Err(PutError::Conflict { name });
             }
-            durable::write_atomically(&head, &bytes)?;
+            write_readable(&path, &bytes)?;
             drop(lock);
             Ok(())
         })
@@ -165,6 +167,7 @@ impl FileStore {
     }
 
     pub(super) async fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        // Object names sit in at most one folder (`metadata/`, `targets/`).
         let (dir, file_prefix) = prefix.rsplit_once('/').unwrap_or(("", prefix));
         let dir_path = self.root.join(dir);
         let mut names = Vec::new();
@@ -187,4 +190,12 @@ impl FileStore {
         let path = self.root.join(name);
         std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))
     }
+}
+
+/// Replaces `path` atomically and durably, readable by the daemons that follow the store.
+fn write_readable(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    durable::write_atomically(path, bytes)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("make {} readable", path.display()))
 }

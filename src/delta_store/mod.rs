@@ -1,13 +1,7 @@
-//! Delta stores: where deltas and the head are published. One interface, two backends:
-//! a local directory (`file:///dir`) and S3 or any S3-compatible server (`s3://bucket/prefix`).
-//!
-//! Layout under the store's root or prefix:
-//! ```text
-//! head                                   the signed head (replaced by compare-and-swap)
-//! deltas/000000000042-<sha256>.delta     immutable deltas, created once, never overwritten
-//! ```
-//! A delta's name carries its seq and digest, so two publishers racing for the same seq
-//! write different objects; the head's compare-and-swap decides which one is in the chain.
+//! Delta stores: where the TUF repository of deltas is published (see `crate::tuf` for
+//! its layout). One interface, two backends: a local directory (`file:///dir`) and S3 or any
+//! S3-compatible server (`s3://bucket/prefix`). Objects are read whole, created only if
+//! absent, or replaced only if unchanged since they were read (compare-and-swap).
 //!
 //! Every read has a size cap that holds even without a Content-Length; every remote call has
 //! a timeout and bounded retries with backoff (the SDK's standard retry strategy).
@@ -71,12 +65,12 @@ pub enum PutError {
     Other(#[from] anyhow::Error),
 }
 
-/// The condition for replacing the head.
+/// The condition for replacing an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeadCondition {
-    /// Only if there is no head yet.
+pub enum Condition {
+    /// Only if there is no such object yet.
     Absent,
-    /// Only if the head still has this tag.
+    /// Only if the object still has this tag (the [`Fetched::etag`] it was read with).
     Matches(String),
 }
 
@@ -124,14 +118,6 @@ pub enum DeltaStore {
     S3(S3Store),
 }
 
-/// The name of a delta object.
-pub fn delta_name(seq: u64, digest: &str) -> String {
-    format!("deltas/{seq:012}-{digest}.delta")
-}
-
-/// The name of the head object.
-pub const HEAD_NAME: &str = "head";
-
 impl DeltaStore {
     /// Opens a store from its URL: `file:///dir` or `s3://bucket/prefix`.
     pub async fn open(url: &str, settings: &RemoteSettings) -> anyhow::Result<Self> {
@@ -168,70 +154,49 @@ impl DeltaStore {
         }
     }
 
-    /// Reads the head, if there is one.
-    pub async fn get_head(&self, cap: u64) -> Result<Option<Fetched>, FetchError> {
+    /// Reads an object whole (at most `cap` bytes), if it exists.
+    pub async fn get(&self, name: &str, cap: u64) -> Result<Option<Fetched>, FetchError> {
         match self {
-            DeltaStore::File(store) => store.get(HEAD_NAME, cap).await,
-            DeltaStore::S3(store) => store.get(HEAD_NAME, cap).await,
+            DeltaStore::File(store) => store.get(name, cap).await,
+            DeltaStore::S3(store) => store.get(name, cap).await,
         }
     }
 
-    /// Replaces the head if `condition` holds.
-    pub async fn put_head(&self, bytes: &[u8], condition: HeadCondition) -> Result<(), PutError> {
+    /// Creates an object; fails with [`PutError::Conflict`] if it exists.
+    pub async fn create(&self, name: &str, bytes: &[u8]) -> Result<(), PutError> {
         match self {
-            DeltaStore::File(store) => store.put_head(bytes, condition).await,
-            DeltaStore::S3(store) => store.put_head(bytes, condition).await,
+            DeltaStore::File(store) => store.create(name, bytes).await,
+            DeltaStore::S3(store) => store.create(name, bytes).await,
         }
     }
 
-    /// Reads a delta, if it exists.
-    pub async fn get_delta(
+    /// Creates or replaces an object if `condition` holds; fails with
+    /// [`PutError::Conflict`] otherwise.
+    pub async fn replace(
         &self,
-        seq: u64,
-        digest: &str,
-        cap: u64,
-    ) -> Result<Option<Vec<u8>>, FetchError> {
-        let name = delta_name(seq, digest);
-        let fetched = match self {
-            DeltaStore::File(store) => store.get(&name, cap).await?,
-            DeltaStore::S3(store) => store.get(&name, cap).await?,
-        };
-        Ok(fetched.map(|f| f.bytes))
-    }
-
-    /// Creates a delta object; fails with [`PutError::Conflict`] if it exists.
-    pub async fn put_delta(&self, seq: u64, digest: &str, bytes: &[u8]) -> Result<(), PutError> {
-        let name = delta_name(seq, digest);
+        name: &str,
+        bytes: &[u8],
+        condition: Condition,
+    ) -> Result<(), PutError> {
         match self {
-            DeltaStore::File(store) => store.create(&name, bytes).await,
-            DeltaStore::S3(store) => store.create(&name, bytes).await,
+            DeltaStore::File(store) => store.replace(name, bytes, condition).await,
+            DeltaStore::S3(store) => store.replace(name, bytes, condition).await,
         }
     }
 
-    /// The digests of every delta object stored for `seq` (normally one; more after an
-    /// interrupted race).
-    pub async fn list_deltas(&self, seq: u64) -> anyhow::Result<Vec<String>> {
-        let prefix = format!("deltas/{seq:012}-");
-        let names = match self {
-            DeltaStore::File(store) => store.list(&prefix).await?,
-            DeltaStore::S3(store) => store.list(&prefix).await?,
-        };
-        Ok(names
-            .into_iter()
-            .filter_map(|name| {
-                name.strip_prefix(&prefix)
-                    .and_then(|rest| rest.strip_suffix(".delta"))
-                    .map(str::to_owned)
-            })
-            .collect())
+    /// The names of the objects under `prefix` (a folder such as `metadata/`), sorted.
+    pub async fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        match self {
+            DeltaStore::File(store) => store.list(prefix).await,
+            DeltaStore::S3(store) => store.list(prefix).await,
+        }
     }
 
-    /// Removes a delta object that lost a publishing race (best effort; it is unreferenced).
-    pub async fn remove_unreferenced_delta(&self, seq: u64, digest: &str) -> anyhow::Result<()> {
-        let name = delta_name(seq, digest);
+    /// Removes an object (only `repo gc` does, and only what no live metadata names).
+    pub async fn remove(&self, name: &str) -> anyhow::Result<()> {
         match self {
-            DeltaStore::File(store) => store.remove(&name).await,
-            DeltaStore::S3(store) => store.remove(&name).await,
+            DeltaStore::File(store) => store.remove(name).await,
+            DeltaStore::S3(store) => store.remove(name).await,
         }
     }
 }

@@ -3,8 +3,7 @@
 //! Credentials and region come from the default provider chain (environment, profile,
 //! instance profile via IMDSv2). An endpoint override (`AWS_ENDPOINT_URL`, or the setting)
 //! points it at an S3-compatible server and turns on path-style addressing by default.
-//! Deltas are created with `If-None-Match: *`; the head is replaced with `If-Match: <ETag>`
-//! (or `If-None-Match: *` when there is none yet).
+//! Objects are created with `If-None-Match: *` and replaced with `If-Match: <ETag>`.
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
@@ -14,7 +13,7 @@ use aws_sdk_s3::config::Region;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
-use super::{FetchError, Fetched, HeadCondition, PutError, RemoteSettings};
+use super::{Condition, FetchError, Fetched, PutError, RemoteSettings};
 
 /// A bucket and prefix holding a delta chain.
 #[derive(Debug, Clone)]
@@ -184,12 +183,13 @@ impl S3Store {
         map_put(result, key)
     }
 
-    pub(super) async fn put_head(
+    pub(super) async fn replace(
         &self,
+        name: &str,
         bytes: &[u8],
-        condition: HeadCondition,
+        condition: Condition,
     ) -> Result<(), PutError> {
-        let key = self.key(super::HEAD_NAME);
+        let key = self.key(name);
         let request = self
             .client
             .put_object()
@@ -197,8 +197,8 @@ impl S3Store {
             .key(&key)
             .body(ByteStream::from(bytes.to_vec()));
         let request = match condition {
-            HeadCondition::Absent => request.if_none_match("*"),
-            HeadCondition::Matches(etag) => request.if_match(etag),
+            Condition::Absent => request.if_none_match("*"),
+            Condition::Matches(etag) => request.if_match(etag),
         };
         map_put(request.send().await, key)
     }

@@ -121,6 +121,11 @@ impl Applying {
             .map_or(self.current.info.seq, |(seq, _, _)| *seq)
     }
 
+    /// How many deltas were applied so far.
+    pub fn n_deltas(&self) -> usize {
+        self.n_deltas
+    }
+
     /// Writes one delta (verified, continuing what was applied so far) as one batch that
     /// also records the chain position it reaches.
     pub fn apply(&mut self, delta: &VerifiedDelta) -> anyhow::Result<()> {

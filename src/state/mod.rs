@@ -5,7 +5,10 @@
 //!   lock                 flock held by the one process that owns the state dir
 //!   current              the name of the current version (replaced atomically)
 //!   pinned               the version `rollback` pinned, if any
-//!   trust.json           the highest head accepted (the trust watermark)
+//!   trust.json           the newest delta verified metadata named (for status)
+//!   trust/ID/            the TUF metadata trusted, per delta store and dataset (ID hashes
+//!                        both; binding.json names them): what refuses a replayed or
+//!                        rolled-back repository across restarts
 //!   versions/NAME/       one complete version: db/, index.bin, version.json
 //!   staging/NAME/        versions being made; removed on start
 //!   readers/             per-process clones the read handles open; removed on start
@@ -34,7 +37,7 @@ use crate::durable;
 use crate::lock_file::LockFile;
 
 pub use local::LocalState;
-pub use make::Staging;
+pub use make::{Scratch, Staging};
 
 /// Name of the description file inside a version directory.
 pub const VERSION_FILE: &str = "version.json";
@@ -109,14 +112,34 @@ impl StoreVersion {
     }
 }
 
-/// The highest head a state dir has accepted, remembered across restarts in `trust.json`:
-/// a head older than this is a rollback and is refused.
+/// The newest delta verified metadata named when this state dir last synced, remembered in
+/// `trust.json` for status (the TUF metadata in `trust/` is what refuses rollbacks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct TrustWatermark {
-    /// The head's seq.
+    /// The newest delta's seq.
     pub seq: u64,
-    /// The head's issue time.
+    /// When it was published.
     pub issued_at: u64,
+}
+
+/// Which repository trusted metadata belongs to: a state dir pointed at another delta store
+/// (or serving another dataset) starts from its baked root again rather than refusing
+/// everything against metadata of a different repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustBinding {
+    /// The delta store URL.
+    pub store: String,
+    /// The dataset.
+    pub dataset: String,
+}
+
+impl TrustBinding {
+    /// The folder name under `trust/`: a digest of the store and dataset.
+    fn folder(&self) -> String {
+        let digest =
+            crate::digest::sha256_hex(format!("{}\0{}", self.store, self.dataset).as_bytes());
+        digest[..16].to_owned()
+    }
 }
 
 impl TrustWatermark {
@@ -344,6 +367,51 @@ impl StateDir {
         };
         if higher {
             durable::write_atomically(&self.root.join("trust.json"), &serde_json::to_vec(&seen)?)?;
+        }
+        Ok(())
+    }
+
+    /// A scratch copy of the TUF metadata trusted for `binding` (empty the first time), for
+    /// a client to load the repository with. Nothing in the state dir changes until
+    /// [`StateDir::keep_trusted`] keeps the copy, after the sync it served succeeded.
+    pub fn stage_trusted(&self, binding: &TrustBinding) -> anyhow::Result<Scratch> {
+        let scratch = self.scratch("trust")?;
+        let kept = self.root.join("trust").join(binding.folder());
+        if kept.is_dir() {
+            for entry in
+                std::fs::read_dir(&kept).with_context(|| format!("list {}", kept.display()))?
+            {
+                let entry = entry?;
+                if entry.file_type()?.is_file() {
+                    std::fs::copy(entry.path(), scratch.path().join(entry.file_name()))
+                        .with_context(|| format!("copy {}", entry.path().display()))?;
+                }
+            }
+        }
+        Ok(scratch)
+    }
+
+    /// Keeps the TUF metadata in `staged` as what is trusted for `binding` (each file
+    /// replaced atomically and durably).
+    pub fn keep_trusted(&self, binding: &TrustBinding, staged: &Scratch) -> anyhow::Result<()> {
+        let kept = self.root.join("trust").join(binding.folder());
+        std::fs::create_dir_all(&kept).with_context(|| format!("create {}", kept.display()))?;
+        for entry in std::fs::read_dir(staged.path())
+            .with_context(|| format!("list {}", staged.path().display()))?
+        {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                let bytes = std::fs::read(entry.path())
+                    .with_context(|| format!("read {}", entry.path().display()))?;
+                let target = kept.join(entry.file_name());
+                if std::fs::read(&target).ok().as_deref() != Some(bytes.as_slice()) {
+                    durable::write_atomically(&target, &bytes)?;
+                }
+            }
+        }
+        let binding_file = kept.join("binding.json");
+        if !binding_file.exists() {
+            durable::write_atomically(&binding_file, &serde_json::to_vec_pretty(binding)?)?;
         }
         Ok(())
     }

@@ -336,7 +336,10 @@ impl Follower {
     pub async fn run(self: Arc<Self>, interval: Duration) {
         let (wake_tx, mut wake_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
         let _watcher = match self.syncer.as_ref().map(Syncer::store) {
-            Some(DeltaStore::File(store)) => watch_directory(store.root(), wake_tx.clone()),
+            Some(DeltaStore::File(store)) => watch_directory(
+                &store.root().join(crate::tuf::METADATA_DIR),
+                wake_tx.clone(),
+            ),
             _ => None,
         };
         #[cfg(unix)]
@@ -398,8 +401,8 @@ fn watch_directory(
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Only a new or replaced head matters. Reads are events too (inotify reports opens
-        // and closes): reacting to them would make every sync's own read of the head
+        // Only a new or replaced timestamp matters. Reads are events too (inotify reports
+        // opens and closes): reacting to them would make every sync's own read of it
         // trigger the next sync.
         let Ok(event) = event else { return };
         let changes_head = matches!(
@@ -409,7 +412,7 @@ fn watch_directory(
                 | notify::EventKind::Remove(_)
         ) && event.paths.iter().any(|path| {
             path.file_name()
-                .is_some_and(|name| name == crate::delta_store::HEAD_NAME)
+                .is_some_and(|name| name == "timestamp.json")
         });
         if changes_head {
             let _ = wake.send("store changed");

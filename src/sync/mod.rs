@@ -1,11 +1,14 @@
-//! Sync: bring a state dir to the newest signed state in a delta store.
+//! Sync: bring a state dir to the newest verified state of a delta store.
 //!
-//! fetch head (cap, signature, binding, expiry, not older than the watermark) → walk back
-//! from the head by parent digests, verifying each delta's header and keeping only its name
-//! → record the watermark → fetch, verify and apply each delta in turn to a new copy-on-write
-//! version, holding one delta in memory at a time → commit. A delta that fails in the middle
-//! of the chain: the deltas before it are found by listing the delta store (accepting only a
-//! single valid candidate per seq), applied, and the failure is reported.
+//! load the TUF repository from the trusted root (tough: root chain, timestamp, snapshot,
+//! targets, against the trusted metadata the state dir kept) → the delta targets that
+//! continue the current version, checked as a chain from their metadata alone → fetch,
+//! check (length and sha256 by tough, header against metadata), decode and apply each in
+//! turn to a new copy-on-write version, holding one delta in memory at a time → commit →
+//! keep the newly trusted metadata. A refusal before the commit leaves the state dir as it
+//! was: tough works on a scratch copy of the trusted metadata, kept only after success. A
+//! delta refused in the middle of a chain: the ones before it are committed, and the
+//! refusal is reported.
 //!
 //! Every attempt can be cancelled ([`Cancel`]); a cancelled attempt stops at the next delta
 //! and never commits. [`with_deadline`] raises the flag when an attempt overruns and waits
@@ -22,25 +25,20 @@ use anyhow::Context;
 
 use crate::bundle::Bundle;
 use crate::bundle::items::ItemFields;
-use crate::clock::now_secs;
-use crate::delta::chain::{
-    ChainError, ChainLink, ChainPosition, DeltaLimits, VerifiedHead, fetch_head, fetch_link,
-    plan_chain,
-};
-use crate::delta::format::DEFAULT_MAX_DELTA_BYTES;
-use crate::delta::keys::TrustedKeys;
+use crate::delta::chain::{ChainError, DeltaTarget, delta_targets, plan, verify_delta};
 use crate::delta_store::{DeltaStore, RemoteSettings};
 use crate::search::tfidf::TfidfModel;
-use crate::state::apply::{Applied, ApplyInputs};
-use crate::state::{Cancel, Cancelled, StateDir, StoreVersion, TrustWatermark};
+use crate::state::apply::{Applied, ApplyInputs, Applying};
+use crate::state::{Cancel, Cancelled, StateDir, StoreVersion, TrustBinding, TrustWatermark};
+use crate::tuf::client::{self, ClientLimits, TrustedRepo};
 
 /// Where and how to sync from.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
     /// Delta store URL.
     pub store: String,
-    /// Trusted public keys file.
-    pub trusted_keys: PathBuf,
+    /// The trusted root file (TUF `root.json`, baked into the image).
+    pub trusted_root: PathBuf,
     /// Remote timeouts and retries.
     pub remote: RemoteSettings,
     /// Largest delta accepted.
@@ -54,13 +52,15 @@ pub struct SyncOptions {
 
 /// The default [`SyncOptions::memory_budget_bytes`]: 1 GiB.
 pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 1 << 30;
+/// The default [`SyncOptions::max_delta_bytes`]: 512 MiB.
+pub const DEFAULT_MAX_DELTA_BYTES: u64 = 512 << 20;
 
 impl SyncOptions {
-    /// Options with defaults for everything but the delta store and keys.
-    pub fn new(store: String, trusted_keys: PathBuf) -> Self {
+    /// Options with defaults for everything but the delta store and the trusted root.
+    pub fn new(store: String, trusted_root: PathBuf) -> Self {
         SyncOptions {
             store,
-            trusted_keys,
+            trusted_root,
             remote: RemoteSettings::default(),
             max_delta_bytes: DEFAULT_MAX_DELTA_BYTES,
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
@@ -68,23 +68,38 @@ impl SyncOptions {
         }
     }
 
-    /// What one delta may cost.
-    pub fn limits(&self) -> DeltaLimits {
-        DeltaLimits {
-            max_delta_bytes: self.max_delta_bytes,
-            max_records_bytes: self.memory_budget_bytes,
+    /// What loading the repository may read.
+    pub fn client_limits(&self) -> ClientLimits {
+        ClientLimits {
+            max_target_bytes: self.max_delta_bytes,
+            ..ClientLimits::default()
         }
     }
+}
+
+/// Reads a trusted root file, refusing a trusted-keys file (the earlier way of trusting
+/// publishers) with what to bake instead.
+pub fn read_trusted_root(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("read trusted root {}", path.display()))?;
+    if bytes.starts_with(b"deltacache-ed25519") || bytes.starts_with(b"#") {
+        anyhow::bail!(
+            "{} is a trusted-keys file; instances now trust a TUF root: bake the repository's root.json (made by `deltacache root init`, README \"Trust\") and pass it as --trusted-root",
+            path.display()
+        );
+    }
+    crate::tuf::root::parse_root(&bytes, &format!("trusted root {}", path.display()))?;
+    Ok(bytes)
 }
 
 /// What one sync did.
 #[derive(Debug, Clone)]
 pub enum SyncOutcome {
-    /// The store has no head yet.
+    /// The repository names no delta yet.
     NoHead,
-    /// Already at the head.
+    /// Already at the newest delta.
     UpToDate {
-        /// The head's seq.
+        /// The newest delta's seq.
         head_seq: u64,
     },
     /// A pinned version is current; following is paused.
@@ -100,7 +115,7 @@ pub enum SyncOutcome {
         n_deltas: usize,
         /// How many records.
         n_records: u64,
-        /// The head's seq.
+        /// The newest delta's seq.
         head_seq: u64,
         /// Set when only a prefix of the chain could be applied: why the rest was refused.
         refused_rest: Option<String>,
@@ -114,9 +129,11 @@ pub enum SyncOutcome {
 /// Everything needed to sync one state dir; shared by `sync` and the daemon's follower.
 pub struct Syncer {
     /// The delta store.
-    store: DeltaStore,
-    /// Keys deltas must be signed with.
-    trusted: TrustedKeys,
+    store: Arc<DeltaStore>,
+    /// The trusted root's bytes.
+    trusted_root: Vec<u8>,
+    /// Which repository the state dir's trusted metadata belongs to.
+    binding: TrustBinding,
     /// The bundle's model (deltas are embedded with it).
     pub model: Arc<TfidfModel>,
     /// The bundle's id and text fields.
@@ -128,17 +145,21 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    /// Loads the trusted keys and opens the delta store.
+    /// Reads the trusted root and opens the delta store.
     pub async fn open(
         options: SyncOptions,
         bundle: &Bundle,
         model: Arc<TfidfModel>,
     ) -> anyhow::Result<Self> {
-        let trusted = TrustedKeys::load(&options.trusted_keys)?;
-        let store = DeltaStore::open(&options.store, &options.remote).await?;
+        let trusted_root = read_trusted_root(&options.trusted_root)?;
+        let store = Arc::new(DeltaStore::open(&options.store, &options.remote).await?);
         Ok(Syncer {
+            binding: TrustBinding {
+                store: store.describe(),
+                dataset: bundle.manifest.dataset.clone(),
+            },
             store,
-            trusted,
+            trusted_root,
             model,
             fields: bundle.manifest.item_fields(),
             filter_fields: bundle.manifest.filter_fields.clone(),
@@ -151,8 +172,8 @@ impl Syncer {
         &self.store
     }
 
-    /// Brings `state` from `current` to the head; stops, committing nothing, once `cancel` is
-    /// raised.
+    /// Brings `state` from `current` to the newest delta; stops, committing nothing, once
+    /// `cancel` is raised.
     pub async fn sync(
         &self,
         state: &Arc<StateDir>,
@@ -162,49 +183,34 @@ impl Syncer {
         if let Some(pinned) = state.pinned()? {
             return Ok(SyncOutcome::Pinned { version: pinned });
         }
+        let started = Instant::now();
         let position = current.chain_position();
-        let not_older_than = state.watermark()?.map(|w| w.as_pair());
-        let head = cancel
-            .run(fetch_head(
-                &self.store,
-                &self.trusted,
-                &position,
-                not_older_than,
-                now_secs(),
-                false,
+        let (binding, state_for_copy) = (self.binding.clone(), state.clone());
+        let trusted = blocking(move || state_for_copy.stage_trusted(&binding)).await?;
+        let repo = cancel
+            .run(client::load(
+                self.store.clone(),
+                &self.trusted_root,
+                trusted.path(),
+                self.options.client_limits(),
             ))
-            .await??;
-        let Some(head) = head else {
+            .await?
+            .map_err(ChainError::Trust)?;
+        let deltas = delta_targets(&repo.targets())?;
+        let Some(newest) = deltas.last().cloned() else {
+            self.keep_trusted(state, trusted, None).await?;
             return Ok(SyncOutcome::NoHead);
         };
-        metrics::gauge!("deltacache_head_seq").set(head.head.seq as f64);
-        // The watermark is recorded only once the chain up to the head verified, so a refused
-        // head or delta leaves the state dir exactly as it was.
+        metrics::gauge!("deltacache_head_seq").set(newest.meta.seq as f64);
+        let planned = plan(&deltas, &position)?;
         let watermark = TrustWatermark {
-            seq: head.head.seq,
-            issued_at: head.head.issued_at,
+            seq: newest.meta.seq,
+            issued_at: newest.meta.created_at,
         };
-        let started = Instant::now();
-        let (links, refused_rest) = match cancel.run(self.plan(&head, &position)).await? {
-            Ok(links) => {
-                state.record_watermark(watermark)?;
-                (links, None)
-            }
-            Err(ChainError::Fetch(error)) => return Err(ChainError::Fetch(error).into()),
-            Err(error) => {
-                let prefix = cancel
-                    .run(self.valid_prefix(&position, head.head.seq))
-                    .await?;
-                if prefix.is_empty() {
-                    return Err(error.into());
-                }
-                tracing::warn!(error = %error, n_deltas = prefix.len(), "applying the valid prefix of a broken chain");
-                (prefix, Some(error.to_string()))
-            }
-        };
-        if links.is_empty() {
+        if planned.is_empty() {
+            self.keep_trusted(state, trusted, Some(watermark)).await?;
             return Ok(SyncOutcome::UpToDate {
-                head_seq: head.head.seq,
+                head_seq: newest.meta.seq,
             });
         }
         let plan_seconds = started.elapsed().as_secs_f64();
@@ -212,14 +218,17 @@ impl Syncer {
             model: self.model.clone(),
             fields: self.fields.clone(),
             filter_fields: self.filter_fields.clone(),
-            head_issued_at: head.head.issued_at,
+            head_issued_at: planned.last().map_or(0, |d| d.meta.created_at),
         };
-        let mut applied = self
-            .apply(state, current, inputs, &position, &links, cancel)
+        let (mut applied, refused_rest) = self
+            .apply(state, current, inputs, &repo, &planned, cancel)
             .await?;
-        applied.stage_seconds.insert(0, ("plan", plan_seconds));
+        self.keep_trusted(state, trusted, Some(watermark)).await?;
+        applied
+            .stage_seconds
+            .insert(0, ("verify metadata", plan_seconds));
         Ok(SyncOutcome::Applied {
-            head_seq: head.head.seq,
+            head_seq: newest.meta.seq,
             version: Box::new(applied.version),
             n_deltas: applied.n_deltas,
             n_records: applied.n_records,
@@ -229,68 +238,68 @@ impl Syncer {
         })
     }
 
-    /// The deltas from `position` to `head`, oldest first, each verified (header only).
-    async fn plan(
+    /// Keeps the metadata tough trusted in this sync (and the watermark), once the sync has
+    /// succeeded.
+    async fn keep_trusted(
         &self,
-        head: &VerifiedHead,
-        position: &ChainPosition,
-    ) -> Result<Vec<ChainLink>, ChainError> {
-        plan_chain(
-            &self.store,
-            &self.trusted,
-            &head.head,
-            position,
-            self.options.limits(),
-        )
+        state: &Arc<StateDir>,
+        trusted: crate::state::Scratch,
+        watermark: Option<TrustWatermark>,
+    ) -> anyhow::Result<()> {
+        let (state, binding) = (state.clone(), self.binding.clone());
+        blocking(move || {
+            state.keep_trusted(&binding, &trusted)?;
+            if let Some(watermark) = watermark {
+                state.record_watermark(watermark)?;
+            }
+            Ok(())
+        })
         .await
     }
 
-    /// Fetches, verifies and applies each planned delta in turn (one in memory at a time),
-    /// then commits, unless `cancel` is raised first. Blocking steps run on blocking threads;
-    /// on failure the half-made version is removed there too.
+    /// Fetches, checks and applies each planned delta in turn (one in memory at a time),
+    /// then commits, unless `cancel` is raised first. A delta refused after others were
+    /// applied ends the chain there: the ones before it are committed and the refusal is
+    /// returned beside them. Blocking steps run on blocking threads; on failure the
+    /// half-made version is removed there too.
     async fn apply(
         &self,
         state: &Arc<StateDir>,
         current: &StoreVersion,
         inputs: ApplyInputs,
-        position: &ChainPosition,
-        links: &[ChainLink],
+        repo: &TrustedRepo,
+        planned: &[DeltaTarget],
         cancel: &Cancel,
-    ) -> anyhow::Result<Applied> {
+    ) -> anyhow::Result<(Applied, Option<String>)> {
         let started = Instant::now();
-        let last_seq = links.last().map_or(current.info.seq, |l| l.seq);
+        let last_seq = planned.last().map_or(current.info.seq, |d| d.meta.seq);
         let (state, current) = (state.clone(), current.clone());
         let mut applying = blocking(move || state.begin_apply(&current, last_seq, inputs)).await?;
         let mut fetched_bytes = 0u64;
-        for link in links {
-            let fetched = async {
-                let delta = cancel
-                    .run(fetch_link(
-                        &self.store,
-                        &self.trusted,
-                        link,
-                        position,
-                        self.options.limits(),
-                    ))
-                    .await??;
-                cancel.check()?;
-                anyhow::Ok(delta)
-            }
-            .await;
-            let delta = match fetched {
-                Ok(delta) => delta,
+        let mut refused_rest = None;
+        for delta in planned {
+            let fetched = self.fetch(repo, delta, cancel).await;
+            let verified = match fetched {
+                Ok(verified) => verified,
                 Err(error) => {
-                    // Removing the half-made version is blocking work.
-                    let _ = blocking(move || {
-                        drop(applying);
-                        Ok(())
-                    })
-                    .await;
+                    let refusal = error.downcast_ref::<ChainError>().is_some_and(|e| {
+                        !matches!(e, ChainError::Trust(client::TrustError::Unreachable(_)))
+                    });
+                    if refusal && applying.n_deltas() > 0 {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            seq = applying.seq(),
+                            "committing the valid prefix of a chain with a refused delta"
+                        );
+                        refused_rest = Some(format!("{error:#}"));
+                        break;
+                    }
+                    discard(applying).await;
                     return Err(error);
                 }
             };
-            fetched_bytes += delta.len;
-            applying = blocking(move || applying.apply(&delta).map(|()| applying)).await?;
+            fetched_bytes += verified.len;
+            applying = blocking(move || applying.apply(&verified).map(|()| applying)).await?;
         }
         metrics::counter!("deltacache_fetched_bytes_total").increment(fetched_bytes);
         let cancel = cancel.clone();
@@ -299,57 +308,35 @@ impl Syncer {
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("deltacache_deltas_applied_total").increment(applied.n_deltas as u64);
         metrics::counter!("deltacache_records_applied_total").increment(applied.n_records);
-        Ok(applied)
+        Ok((applied, refused_rest))
     }
 
-    /// Walks forward from `position` by listing each next seq, accepting a delta only when it
-    /// is the single candidate that verifies and continues the chain; stops at the first seq
-    /// without one. Never reaches `head_seq` itself (the head names that delta).
-    async fn valid_prefix(&self, position: &ChainPosition, head_seq: u64) -> Vec<ChainLink> {
-        let mut prefix: Vec<ChainLink> = Vec::new();
-        let (mut digest, mut seq) = (position.digest.clone(), position.seq);
-        while seq + 1 < head_seq {
-            let next = seq + 1;
-            let Ok(candidates) = self.store.list_deltas(next).await else {
-                break;
-            };
-            let mut valid = Vec::new();
-            for candidate in candidates {
-                let link = ChainLink {
-                    seq: next,
-                    digest: candidate,
-                    len: self.options.max_delta_bytes,
-                };
-                let Ok(delta) = fetch_link(
-                    &self.store,
-                    &self.trusted,
-                    &link,
-                    position,
-                    self.options.limits(),
-                )
-                .await
-                else {
-                    continue;
-                };
-                if delta.batch.header.parent_seq == seq
-                    && delta.batch.header.parent_digest == digest
-                {
-                    valid.push(ChainLink {
-                        seq: next,
-                        digest: delta.digest,
-                        len: delta.len,
-                    });
-                }
-            }
-            if valid.len() != 1 {
-                break;
-            }
-            let link = valid.remove(0);
-            (digest, seq) = (link.digest.clone(), next);
-            prefix.push(link);
-        }
-        prefix
+    /// Reads one delta (tough checks its length and sha256) and decodes it within the
+    /// memory budget; stops at once when `cancel` is raised.
+    async fn fetch(
+        &self,
+        repo: &TrustedRepo,
+        delta: &DeltaTarget,
+        cancel: &Cancel,
+    ) -> anyhow::Result<crate::delta::chain::VerifiedDelta> {
+        let bytes = cancel
+            .run(repo.read_target(&delta.name))
+            .await?
+            .map_err(ChainError::Trust)?;
+        cancel.check()?;
+        let delta = delta.clone();
+        let budget = self.options.memory_budget_bytes;
+        blocking(move || Ok(verify_delta(&bytes, &delta, budget)?)).await
     }
+}
+
+/// Removes a half-made version on a blocking thread (removal is blocking work).
+async fn discard(applying: Applying) {
+    let _ = blocking(move || {
+        drop(applying);
+        Ok(())
+    })
+    .await;
 }
 
 /// Runs blocking work on a blocking thread.
@@ -367,12 +354,12 @@ pub fn failure_reason(error: &anyhow::Error) -> &'static str {
         return "deadline";
     }
     match error.downcast_ref::<ChainError>() {
-        Some(ChainError::Fetch(error)) if error.is_permanent() => "refused",
-        Some(ChainError::Fetch(_)) => "unreachable",
-        Some(ChainError::Expired { .. }) => "expired",
-        Some(ChainError::Rollback { .. }) => "rollback",
-        Some(_) => "refused",
-        None => "other",
+        Some(error) => error.reason(),
+        None => match error.downcast_ref::<crate::delta_store::FetchError>() {
+            Some(fetch) if fetch.is_permanent() => "refused",
+            Some(_) => "unreachable",
+            None => "other",
+        },
     }
 }
 

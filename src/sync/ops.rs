@@ -129,6 +129,91 @@ pub fn rollback(state_dir: &Path, to_seq: Option<u64>) -> anyhow::Result<String>
     ))
 }
 
+/// What `verify` found.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// The newest trusted root version.
+    pub root_version: u64,
+    /// The targets version.
+    pub targets_version: u64,
+    /// The timestamp version.
+    pub timestamp_version: u64,
+    /// When the timestamp expires (RFC 3339).
+    pub timestamp_expires: String,
+    /// Every delta checked, oldest first.
+    pub deltas: Vec<VerifiedSummary>,
+    /// The seq and digest the oldest delta follows.
+    pub base: (u64, String),
+}
+
+/// One delta `verify` checked.
+#[derive(Debug, Clone)]
+pub struct VerifiedSummary {
+    /// Its seq.
+    pub seq: u64,
+    /// Its sha256.
+    pub digest: String,
+    /// Its length.
+    pub len: u64,
+    /// Its record count.
+    pub n_records: u64,
+}
+
+/// Verifies a delta store's repository from a trusted root (a scratch datastore: nothing
+/// is remembered) and every delta of its chain: from `bundle`'s position when given, else
+/// from the first delta's parent. Fails on the first fault, naming the object.
+pub async fn verify_repository(
+    store_url: &str,
+    remote: &crate::delta_store::RemoteSettings,
+    trusted_root: &Path,
+    bundle: Option<&Path>,
+    max_delta_bytes: u64,
+) -> anyhow::Result<VerifyReport> {
+    use crate::delta::chain::{ChainPosition, delta_targets, plan, verify_delta};
+    let root = super::read_trusted_root(trusted_root)?;
+    let store = Arc::new(crate::delta_store::DeltaStore::open(store_url, remote).await?);
+    let datastore = tempfile::tempdir().context("create a scratch directory")?;
+    let limits = crate::tuf::client::ClientLimits {
+        max_target_bytes: max_delta_bytes,
+        ..Default::default()
+    };
+    let repo = crate::tuf::client::load(store, &root, datastore.path(), limits).await?;
+    let deltas = delta_targets(&repo.targets())?;
+    let position = match (bundle, deltas.first()) {
+        (Some(dir), _) => ChainPosition::of_bundle(&Bundle::open(dir)?.manifest),
+        (None, Some(first)) => ChainPosition::new(
+            &first.meta.dataset,
+            first.meta.parent_seq,
+            &first.meta.parent_digest,
+            first.meta.parent_len,
+            &first.meta.model_fingerprint,
+        ),
+        (None, None) => ChainPosition::new("", 0, "", 0, ""),
+    };
+    let planned = plan(&deltas, &position)?;
+    let mut report = VerifyReport {
+        root_version: repo.root_version(),
+        targets_version: repo.targets_version(),
+        timestamp_version: repo.timestamp_version(),
+        timestamp_expires: jiff::Timestamp::from_second(repo.timestamp_expires())
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        deltas: Vec::new(),
+        base: (position.seq, position.digest.clone()),
+    };
+    for delta in &planned {
+        let bytes = repo.read_target(&delta.name).await?;
+        let verified = verify_delta(&bytes, delta, crate::delta::format::MAX_RECORDS_BYTES)?;
+        report.deltas.push(VerifiedSummary {
+            seq: verified.seq,
+            digest: verified.digest,
+            len: verified.len,
+            n_records: verified.batch.header.n_records,
+        });
+    }
+    Ok(report)
+}
+
 /// A new bundle at the head: sync a scratch state dir from `bundle`, export it, build.
 pub async fn compact(
     bundle_dir: &Path,

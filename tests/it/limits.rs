@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use deltacache::delta::keys::{PublisherKey, public_path};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -530,29 +529,31 @@ async fn an_item_named_batch_is_fetched_with_get_and_bad_path_ids_answer_in_json
 async fn status_names_paths_store_and_errors_only_with_status_detail() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = build_bundle(dir.path(), &sample_items());
-    // A delta store whose head is signed by a key the daemon does not trust: the boot-time
-    // sync fails, leaving an error to report, and the bundle is served stale.
-    let publisher = dir.path().join("publisher.key");
-    PublisherKey::generate().unwrap().save(&publisher).unwrap();
-    let stranger = dir.path().join("stranger.key");
-    PublisherKey::generate().unwrap().save(&stranger).unwrap();
+    // A delta store whose repository has another root than the one the daemon trusts: the
+    // boot-time sync fails, leaving an error to report, and the bundle is served stale.
+    let publisher_dir = dir.path().join("publisher");
+    let stranger_dir = dir.path().join("stranger");
+    std::fs::create_dir_all(&publisher_dir).unwrap();
+    std::fs::create_dir_all(&stranger_dir).unwrap();
+    let publisher = super::support::Trust::new(&publisher_dir);
+    let stranger = super::support::Trust::new(&stranger_dir);
     let store = format!("file://{}", dir.path().join("store").display());
+    publisher.init_store(&store, &Default::default()).await;
     publish_changes(
         &dir.path().join("changes.jsonl"),
         &store,
-        &publisher,
+        &publisher.key,
         &bundle,
         Default::default(),
         &[serde_json::json!({"op": "delete", "id": "kit-1"})],
     )
     .await;
-    let trusted = public_path(&stranger);
     let dir_text = dir.path().to_str().unwrap().to_owned();
     let args = [
         "--store",
         store.as_str(),
-        "--trusted-keys",
-        trusted.to_str().unwrap(),
+        "--trusted-root",
+        stranger.root.to_str().unwrap(),
     ];
     let client = reqwest::Client::new();
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use deltacache::db::leveldb::{dump, open_db};
 use deltacache::db::migrate::{MigrationContext, SCHEMA_VERSION, migrate_to};
-use deltacache::delta::keys::PublisherKey;
 use deltacache::sync::SyncOptions;
 use deltacache::sync::ops::sync_once;
 
@@ -302,6 +301,7 @@ struct Legacy {
     dir: tempfile::TempDir,
     bundle: PathBuf,
     key: PathBuf,
+    root: PathBuf,
     store: String,
 }
 
@@ -310,22 +310,20 @@ impl Legacy {
         let dir = tempfile::tempdir().unwrap();
         let bundle = dir.path().join("bundle");
         copy_tree(&fixtures().join("bundle-v1"), &bundle);
-        let key = dir.path().join("publisher.key");
-        PublisherKey::generate().unwrap().save(&key).unwrap();
+        let trust = super::support::Trust::new(dir.path());
         let store = format!("file://{}", dir.path().join("store").display());
+        super::support::block_on(trust.init_store(&store, &Default::default()));
         Legacy {
             dir,
             bundle,
-            key,
+            key: trust.key,
+            root: trust.root,
             store,
         }
     }
 
     fn options(&self) -> SyncOptions {
-        SyncOptions::new(
-            self.store.clone(),
-            deltacache::delta::keys::public_path(&self.key),
-        )
+        SyncOptions::new(self.store.clone(), self.root.clone())
     }
 
     async fn publish(&self, changes: &[serde_json::Value]) {
@@ -342,12 +340,7 @@ impl Legacy {
 
     /// `deltacache sync` into `state`; run it with `output` (stderr is captured).
     fn sync_command(&self, state: &Path) -> std::process::Command {
-        sync_command(
-            &self.bundle,
-            state,
-            &self.store,
-            &deltacache::delta::keys::public_path(&self.key),
-        )
+        sync_command(&self.bundle, state, &self.store, &self.root)
     }
 }
 
@@ -564,7 +557,7 @@ async fn newer_bundles_versions_and_deltas_are_refused_naming_both_versions() {
     assert!(
         stderr.contains(&format!("db schema version {newer}"))
             && stderr.contains(&format!("this binary's {SCHEMA_VERSION}"))
-            && stderr.contains("deltas/000000000002-"),
+            && stderr.contains("000000000002.delta"),
         "{stderr}"
     );
     let mut after = digests(&state);
@@ -592,55 +585,44 @@ async fn newer_bundles_versions_and_deltas_are_refused_naming_both_versions() {
     );
 }
 
-/// Signs and publishes a delta after the current head whose header claims `schema`.
+/// Publishes a delta after the newest one whose header and metadata claim `schema`.
 async fn publish_newer_schema_delta(legacy: &Legacy, schema: u32) {
-    use deltacache::delta::format::{
-        DeltaBatch, DeltaHeader, DeltaRecord, Head, ObjectKind, verify_object,
-    };
-    use deltacache::delta::keys::TrustedKeys;
-    use deltacache::delta_store::{DeltaStore, HeadCondition};
-    use deltacache::digest::sha256_hex;
-    let key = PublisherKey::load(&legacy.key).unwrap();
-    let trusted = TrustedKeys::load(&deltacache::delta::keys::public_path(&legacy.key)).unwrap();
+    use deltacache::delta::chain::{DeltaMeta, delta_target_name, delta_targets};
+    use deltacache::delta::format::{DeltaBatch, DeltaHeader, DeltaRecord};
+    use deltacache::delta_store::DeltaStore;
+    use deltacache::tuf::repo::{NewTarget, RepoState, publish};
     let store = DeltaStore::open(&legacy.store, &Default::default())
         .await
         .unwrap();
-    let fetched = store.get_head(1 << 16).await.unwrap().unwrap();
-    let verified =
-        verify_object(&fetched.bytes, ObjectKind::Head, 1 << 16, None, &trusted).unwrap();
-    let head = Head::parse(verified.body).unwrap();
+    let state = RepoState::read(&store, None).await.unwrap();
+    let targets =
+        deltacache::delta::publish::listed_targets(&state.current.as_ref().unwrap().targets);
+    let newest = delta_targets(&targets).unwrap().pop().unwrap();
     let item =
         serde_json::value::RawValue::from_string("{\"id\":\"n\",\"text\":\"newer\"}".to_owned())
             .unwrap();
     let batch = DeltaBatch {
         header: DeltaHeader {
-            dataset: head.dataset.clone(),
-            seq: head.seq + 1,
-            parent_seq: head.seq,
-            parent_digest: head.delta_digest.clone(),
-            parent_len: head.delta_len,
-            created_at: head.issued_at,
-            model_fingerprint: head.model_fingerprint.clone(),
+            dataset: newest.meta.dataset.clone(),
+            seq: newest.meta.seq + 1,
+            parent_seq: newest.meta.seq,
+            parent_digest: newest.digest.clone(),
+            parent_len: newest.len,
+            created_at: newest.meta.created_at,
+            model_fingerprint: newest.meta.model_fingerprint.clone(),
             schema_version: schema,
             n_records: 1,
             records_len: 0,
         },
         records: vec![DeltaRecord::Put { item }],
     };
-    let delta = batch.sign(&key).unwrap();
-    let digest = sha256_hex(&delta);
-    store
-        .put_delta(head.seq + 1, &digest, &delta)
-        .await
-        .unwrap();
-    let next = Head {
-        seq: head.seq + 1,
-        delta_digest: digest,
-        delta_len: delta.len() as u64,
-        ..head
+    let (key, _) = deltacache::tuf::keys::FileKey::load(&legacy.key).unwrap();
+    let target = NewTarget {
+        name: delta_target_name(newest.meta.seq + 1),
+        bytes: batch.encode().unwrap(),
+        custom: DeltaMeta::of_batch(&batch).to_custom(),
     };
-    store
-        .put_head(&next.sign(&key), HeadCondition::Matches(fetched.etag))
+    publish(&store, &state, &[key], vec![target], Default::default())
         .await
         .unwrap();
 }
@@ -734,13 +716,13 @@ async fn filtered_search_equals_brute_force_filter_then_rank() {
         let id = format!("new-{i:02}");
         changes.push(serde_json::json!({"op": "put", "item": random_item(&mut rng, &id)}));
     }
-    let key = dir.path().join("publisher.key");
-    PublisherKey::generate().unwrap().save(&key).unwrap();
+    let trust = super::support::Trust::new(dir.path());
     let store = format!("file://{}", dir.path().join("store").display());
+    trust.init_store(&store, &Default::default()).await;
     publish_changes(
         &dir.path().join("changes.jsonl"),
         &store,
-        &key,
+        &trust.key,
         &bundle,
         Default::default(),
         &changes,
@@ -750,7 +732,7 @@ async fn filtered_search_equals_brute_force_filter_then_rank() {
     sync_once(
         &bundle,
         &state,
-        SyncOptions::new(store, deltacache::delta::keys::public_path(&key)),
+        SyncOptions::new(store, trust.root.clone()),
         Duration::from_secs(60),
     )
     .await

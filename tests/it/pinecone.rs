@@ -706,14 +706,8 @@ async fn a_dimension_mismatch_is_refused_naming_both_numbers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delta_is_mirrored_after_it_is_published() {
     let (dir, bundle, fake, url) = sample_setup().await;
-    let key = dir.path().join("publisher.key");
-    let output = run_bin(
-        ["keygen", "--out", key.to_str().unwrap()]
-            .map(String::from)
-            .to_vec(),
-    )
-    .await;
-    assert!(output.status.success());
+    let trust = super::support::Trust::new(dir.path());
+    let key = trust.key.clone();
     let changes = dir.path().join("changes.jsonl");
     std::fs::write(
         &changes,
@@ -724,7 +718,7 @@ async fn a_delta_is_mirrored_after_it_is_published() {
     )
     .unwrap();
     let store = format!("file://{}", dir.path().join("store").display());
-    std::fs::create_dir_all(dir.path().join("store")).unwrap();
+    trust.init_store(&store, &Default::default()).await;
     let before = fake.vectors.lock().get("db-1").cloned().unwrap();
     let output = run_bin(
         [

@@ -1,12 +1,7 @@
-//! `keygen`, `publish-delta` and `verify` through the real binary, against a file store and
-//! the S3-compatible server.
+//! `keygen`, `root init`, `repo init`, `publish-delta` and `verify` through the real binary,
+//! against a file store and the S3-compatible server.
 
 use std::process::{Command, Output};
-
-use deltacache::bundle::Bundle;
-use deltacache::delta::chain::{fetch_chain, fetch_head};
-use deltacache::delta::keys::TrustedKeys;
-use deltacache::delta_store::DeltaStore;
 
 use super::s3::S3Server;
 use super::support::{binary, build_bundle, sample_items};
@@ -15,6 +10,7 @@ struct Publisher {
     dir: tempfile::TempDir,
     bundle: std::path::PathBuf,
     key: std::path::PathBuf,
+    root: std::path::PathBuf,
     env: Vec<(&'static str, String)>,
 }
 
@@ -33,12 +29,38 @@ impl Publisher {
             String::from_utf8_lossy(&output.stderr)
         );
         assert!(String::from_utf8_lossy(&output.stdout).starts_with("key id "));
+        let public = format!("{}.pub", key.display());
+        let root = dir.path().join("root.json");
+        let output = Command::new(binary())
+            .args(["root", "init", "--out", root.to_str().unwrap()])
+            .args(["--root-key", &public, "--targets-key", &public])
+            .args(["--sign-with", key.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("complete"),
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         Publisher {
             dir,
             bundle,
             key,
+            root,
             env,
         }
+    }
+
+    /// `repo init` on `store`.
+    fn init(&self, store: &str) -> Output {
+        Command::new(binary())
+            .args(["repo", "init", "--store", store])
+            .args(["--root", self.root.to_str().unwrap()])
+            .args(["--key", self.key.to_str().unwrap()])
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
     }
 
     fn changes(&self, name: &str, lines: &[serde_json::Value]) -> std::path::PathBuf {
@@ -75,8 +97,8 @@ impl Publisher {
                 "verify",
                 "--store",
                 store,
-                "--trusted-keys",
-                &format!("{}.pub", self.key.display()),
+                "--trusted-root",
+                self.root.to_str().unwrap(),
             ])
             .args(["--bundle", self.bundle.to_str().unwrap()])
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -102,6 +124,23 @@ fn publish_dry_run_verify_and_bad_input() {
     let publisher = Publisher::new(Vec::new());
     let store_dir = publisher.dir.path().join("store");
     let store = format!("file://{}", store_dir.display());
+    // publish-delta never creates a repository: a mistyped store URL is refused.
+    let changes_first = publisher.changes("first.jsonl", &[put("x", "kafka")]);
+    let refused = publisher.publish(&store, &["--changes", changes_first.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("repo init"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!store_dir.exists(), "nothing was written");
+    let init = publisher.init(&store);
+    assert!(init.status.success(), "{}", stderr(&init));
+    assert!(
+        !publisher.init(&store).status.success(),
+        "never over an existing repository"
+    );
+    let targets = store_dir.join("targets");
     let changes = publisher.changes(
         "changes.jsonl",
         &[
@@ -118,7 +157,7 @@ fn publish_dry_run_verify_and_bad_input() {
     );
     assert!(dry.status.success(), "{}", stderr(&dry));
     assert!(stdout(&dry).contains("would publish seq 1: 1 adds, 1 updates, 1 deletes, 0 unchanged, 1 unknown deletes dropped"), "{}", stdout(&dry));
-    assert!(!store_dir.exists(), "a dry run publishes nothing");
+    assert!(!targets.exists(), "a dry run publishes nothing");
 
     let real = publisher.publish(&store, &["--changes", changes.to_str().unwrap()]);
     assert!(real.status.success(), "{}", stderr(&real));
@@ -171,7 +210,7 @@ fn publish_dry_run_verify_and_bad_input() {
         "refused input publishes nothing"
     );
 
-    // A bundle of another dataset cannot publish onto this chain.
+    // A bundle of another model cannot publish onto this chain.
     let other_dir = tempfile::tempdir().unwrap();
     let other_items = vec![serde_json::json!({"id": "z", "text": "zebra crossing"})];
     let other = build_bundle(other_dir.path(), &other_items);
@@ -190,9 +229,39 @@ fn publish_dry_run_verify_and_bad_input() {
         .unwrap();
     assert!(!output.status.success());
     assert!(
-        stderr(&output).contains("head: built for model fingerprint"),
+        stderr(&output).contains("built for model fingerprint"),
         "{}",
         stderr(&output)
+    );
+
+    // A key the root does not authorise is refused by id before anything is written.
+    let stranger = publisher.dir.path().join("stranger.key");
+    Command::new(binary())
+        .args(["keygen", "--out", stranger.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let before = std::fs::read_dir(store_dir.join("metadata"))
+        .unwrap()
+        .count();
+    let output = Command::new(binary())
+        .args(["publish-delta", "--store", &store])
+        .args(["--key", stranger.to_str().unwrap()])
+        .args(["--bundle", publisher.bundle.to_str().unwrap()])
+        .args(["--changes", changes.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("authorises key")
+            && stderr(&output).contains("nothing was written"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        std::fs::read_dir(store_dir.join("metadata"))
+            .unwrap()
+            .count(),
+        before
     );
 }
 
@@ -200,6 +269,7 @@ fn publish_dry_run_verify_and_bad_input() {
 fn diff_of_two_snapshots_publishes_puts_and_deletes() {
     let publisher = Publisher::new(Vec::new());
     let store = format!("file://{}", publisher.dir.path().join("store").display());
+    assert!(publisher.init(&store).status.success());
     let old = publisher.dir.path().join("old.jsonl");
     let new = publisher.dir.path().join("new.jsonl");
     let items = sample_items();
@@ -223,7 +293,9 @@ fn diff_of_two_snapshots_publishes_puts_and_deletes() {
 
 /// Two publishers race, round after round: every round at least one wins, a loser says so
 /// and publishes nothing, and the chain stays linear with no seq lost or repeated.
-async fn check_race(store_url: &str, publisher: &Publisher, store: DeltaStore, rounds: usize) {
+async fn check_race(store_url: &str, publisher: &Publisher, rounds: usize) {
+    let init = publisher.init(store_url);
+    assert!(init.status.success(), "{}", stderr(&init));
     let mut wins = 0;
     let mut losses = 0;
     for round in 0..rounds {
@@ -257,38 +329,35 @@ async fn check_race(store_url: &str, publisher: &Publisher, store: DeltaStore, r
         for output in outputs.iter().filter(|o| !o.status.success()) {
             let message = stderr(output);
             assert!(
-                message.contains("another publisher moved the head")
-                    || message.contains("was changed by another writer"),
+                message.contains("another publisher changed"),
                 "round {round}: unclear loss: {message}"
             );
             losses += 1;
         }
         wins += round_wins;
     }
-    let bundle = Bundle::open(&publisher.bundle).unwrap();
-    let trusted = TrustedKeys::load(&publisher.dir.path().join("publisher.key.pub")).unwrap();
-    let now = deltacache::clock::now_secs();
-    let head = fetch_head(
-        &store,
-        &trusted,
-        &deltacache::delta::chain::ChainPosition::of_bundle(&bundle.manifest),
-        None,
-        now,
-        false,
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let chain = fetch_chain(
-        &store,
-        &trusted,
-        &head.head,
-        &deltacache::delta::chain::ChainPosition::of_bundle(&bundle.manifest),
+    let settings = match &publisher.env.is_empty() {
+        true => Default::default(),
+        false => deltacache::delta_store::RemoteSettings {
+            endpoint_url: publisher
+                .env
+                .iter()
+                .find(|(k, _)| *k == "AWS_ENDPOINT_URL")
+                .map(|(_, v)| v.clone()),
+            static_credentials: Some((super::s3::ACCESS_KEY.into(), super::s3::SECRET_KEY.into())),
+            ..Default::default()
+        },
+    };
+    let report = deltacache::sync::ops::verify_repository(
+        store_url,
+        &settings,
+        &publisher.root,
+        Some(&publisher.bundle),
         1 << 20,
     )
     .await
     .unwrap();
-    let seqs: Vec<u64> = chain.iter().map(|d| d.seq).collect();
+    let seqs: Vec<u64> = report.deltas.iter().map(|d| d.seq).collect();
     assert_eq!(
         seqs,
         (1..=wins as u64).collect::<Vec<_>>(),
@@ -302,14 +371,12 @@ async fn racing_publishers_keep_a_linear_chain_on_a_file_store() {
     let publisher = Publisher::new(Vec::new());
     let dir = publisher.dir.path().join("store");
     let url = format!("file://{}", dir.display());
-    let store = DeltaStore::open(&url, &Default::default()).await.unwrap();
-    check_race(&url, &publisher, store, 12).await;
+    check_race(&url, &publisher, 12).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn racing_publishers_keep_a_linear_chain_on_s3() {
     let server = S3Server::start();
     let publisher = Publisher::new(server.env());
-    let store = server.store("race").await;
-    check_race("s3://deltas/race", &publisher, store, 12).await;
+    check_race("s3://deltas/race", &publisher, 12).await;
 }

@@ -205,6 +205,76 @@ pub async fn post_search(
     (status, response.json().await.unwrap())
 }
 
+/// A root of trust and its keys, for a test repository: one key that the root lists for
+/// every role (threshold 1), `key`, and the root file instances trust, `root`.
+pub struct Trust {
+    /// The secret key (targets, snapshot, timestamp and root).
+    pub key: PathBuf,
+    /// root.json, version 1, signed by `key`.
+    pub root: PathBuf,
+}
+
+impl Trust {
+    /// Makes a key and a root in `dir`.
+    pub fn new(dir: &Path) -> Trust {
+        let key = dir.join("publisher.key");
+        deltacache::tuf::keys::generate(&key).unwrap();
+        let public = deltacache::tuf::keys::public_path(&key);
+        let keys = deltacache::tuf::ceremony::RootKeys {
+            root: (vec![public.clone()], 1),
+            targets: (vec![public.clone()], 1),
+            online: (vec![public], 1),
+        };
+        let (bytes, status) = block_on(deltacache::tuf::ceremony::init_root(
+            &keys,
+            std::time::Duration::from_secs(3600 * 24 * 365),
+            std::slice::from_ref(&key),
+        ))
+        .unwrap();
+        assert!(status.complete(), "{status}");
+        let root = dir.join("root.json");
+        std::fs::write(&root, bytes).unwrap();
+        Trust { key, root }
+    }
+
+    /// Creates the repository in `store`.
+    pub async fn init_store(&self, store: &str, remote: &deltacache::delta_store::RemoteSettings) {
+        let (signer, id) = deltacache::tuf::keys::FileKey::load(&self.key).unwrap();
+        deltacache::delta::publish::init_repository(
+            store,
+            remote,
+            &std::fs::read(&self.root).unwrap(),
+            &(vec![signer], vec![id]),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Runs a future to completion on a runtime of its own (for set-up outside async tests).
+pub fn block_on<T: Send>(future: impl std::future::Future<Output = T> + Send) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(future)
+                })
+                .join()
+                .unwrap()
+        }),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future),
+    }
+}
+
 /// Writes `changes` as JSONL to `changes_file` and publishes them as the next delta of
 /// `store`, signed with `key`, through the library.
 pub async fn publish_changes(
@@ -222,8 +292,8 @@ pub async fn publish_changes(
     .unwrap();
     deltacache::delta::publish::publish(&deltacache::delta::publish::PublishOptions {
         store: store.to_owned(),
-        key: key.to_path_buf(),
-        trusted_keys: None,
+        keys: vec![key.to_path_buf()],
+        trusted_root: None,
         bundle: bundle.to_path_buf(),
         changes: deltacache::delta::publish::ChangeSource::Changes(changes_file.to_path_buf()),
         expires_in: std::time::Duration::from_secs(3600),
@@ -234,10 +304,8 @@ pub async fn publish_changes(
     .unwrap();
 }
 
-/// `deltacache sync` of `bundle` into `state` from `store`, as a child process to run
-/// (stdout discarded; stderr as the caller sets it: inherited by `status`, captured by
 /// `output`).
-pub fn sync_command(bundle: &Path, state: &Path, store: &str, trusted_keys: &Path) -> Command {
+pub fn sync_command(bundle: &Path, state: &Path, store: &str, trusted_root: &Path) -> Command {
     let mut command = Command::new(binary());
     command
         .args([
@@ -248,8 +316,8 @@ pub fn sync_command(bundle: &Path, state: &Path, store: &str, trusted_keys: &Pat
             state.to_str().unwrap(),
             "--store",
             store,
-            "--trusted-keys",
-            trusted_keys.to_str().unwrap(),
+            "--trusted-root",
+            trusted_root.to_str().unwrap(),
         ])
         .stdout(Stdio::null());
     command

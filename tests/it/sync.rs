@@ -6,19 +6,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use deltacache::delta::keys::PublisherKey;
 use deltacache::delta_store::RemoteSettings;
 use deltacache::sync::SyncOptions;
 use deltacache::sync::ops::{export, sync_once};
 
 use super::s3::S3Server;
-use super::support::{Daemon, binary, build_bundle, sample_items};
+use super::support::{Daemon, Trust, binary, block_on, build_bundle, sample_items};
 
 /// A bundle, a key, a store URL, and the model of the catalogue: id → item JSON.
 struct World {
     dir: tempfile::TempDir,
     bundle: PathBuf,
     key: PathBuf,
+    root: PathBuf,
     store: String,
     remote: RemoteSettings,
     model: BTreeMap<String, serde_json::Value>,
@@ -29,8 +29,7 @@ impl World {
     fn new(items: Vec<serde_json::Value>, s3: Option<&S3Server>, prefix: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let bundle = build_bundle(dir.path(), &items);
-        let key = dir.path().join("publisher.key");
-        PublisherKey::generate().unwrap().save(&key).unwrap();
+        let trust = Trust::new(dir.path());
         let (store, remote) = match s3 {
             Some(server) => (
                 format!("s3://{}/{prefix}", super::s3::BUCKET),
@@ -45,10 +44,12 @@ impl World {
             .iter()
             .map(|i| (i["id"].as_str().unwrap().to_owned(), i.clone()))
             .collect();
+        block_on(trust.init_store(&store, &remote));
         World {
             dir,
             bundle,
-            key,
+            key: trust.key,
+            root: trust.root,
             store,
             remote,
             model,
@@ -56,12 +57,12 @@ impl World {
         }
     }
 
-    fn trusted_keys(&self) -> PathBuf {
-        deltacache::delta::keys::public_path(&self.key)
+    fn trusted_root(&self) -> PathBuf {
+        self.root.clone()
     }
 
     fn sync_options(&self) -> SyncOptions {
-        let mut options = SyncOptions::new(self.store.clone(), self.trusted_keys());
+        let mut options = SyncOptions::new(self.store.clone(), self.trusted_root());
         options.remote = self.remote.clone();
         options
     }
@@ -219,9 +220,10 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_deltas_leave_the_state_dir_byte_identical() {
-    use deltacache::delta::format::{DeltaBatch, DeltaHeader, Head};
-    use deltacache::delta_store::{DeltaStore, HeadCondition};
-    use deltacache::digest::sha256_hex;
+    use deltacache::delta::chain::{DeltaMeta, delta_target_name};
+    use deltacache::delta::format::{DeltaBatch, DeltaHeader, DeltaRecord};
+    use deltacache::delta_store::DeltaStore;
+    use deltacache::tuf::repo::{NewTarget, RepoState, publish};
     let mut world = World::new(sample_items(), None, "");
     let state_dir = world.dir.path().join("state");
     world.publish(&[put("a", "kafka crema")]).await;
@@ -236,97 +238,80 @@ async fn refused_deltas_leave_the_state_dir_byte_identical() {
     let store = DeltaStore::open(&world.store, &Default::default())
         .await
         .unwrap();
-    let good_key = PublisherKey::load(&world.key).unwrap();
-    let stranger = PublisherKey::from_seed([42; 32]);
+    let (key, _) = deltacache::tuf::keys::FileKey::load(&world.key).unwrap();
+    let keys = vec![key];
     let bundle = deltacache::bundle::Bundle::open(&world.bundle).unwrap();
-    let head = store.get_head(1 << 16).await.unwrap().unwrap();
-    let old_head: Head = {
-        let trusted = deltacache::delta::keys::TrustedKeys::load(&world.trusted_keys()).unwrap();
-        let v = deltacache::delta::format::verify_object(
-            &head.bytes,
-            deltacache::delta::format::ObjectKind::Head,
-            1 << 16,
-            None,
-            &trusted,
-        )
+    let state = RepoState::read(&store, None).await.unwrap();
+    let targets =
+        deltacache::delta::publish::listed_targets(&state.current.as_ref().unwrap().targets);
+    let tip = deltacache::delta::chain::delta_targets(&targets)
+        .unwrap()
+        .pop()
         .unwrap();
-        Head::parse(v.body).unwrap()
-    };
-    let now = deltacache::clock::now_secs();
-    /// A refusal: its name, the signing key, and edits to the delta header and the head.
+    /// A refusal: its name, and edits to the delta header and to its metadata.
     type Case = (
         &'static str,
-        PublisherKey,
+        &'static str,
         Box<dyn Fn(&mut DeltaHeader)>,
-        Box<dyn Fn(&mut Head)>,
+        Box<dyn Fn(&mut DeltaMeta)>,
     );
     let cases: Vec<Case> = vec![
         (
-            "untrusted key",
-            PublisherKey::from_seed([42; 32]),
-            Box::new(|_| {}),
-            Box::new(|_| {}),
-        ),
-        (
             "parent mismatch",
-            PublisherKey::load(&world.key).unwrap(),
+            "its parent is seq 1 digest 000",
             Box::new(|h| h.parent_digest = "0".repeat(64)),
-            Box::new(|_| {}),
+            Box::new(|m| m.parent_digest = "0".repeat(64)),
         ),
         (
             "other model",
-            PublisherKey::load(&world.key).unwrap(),
+            "built for model fingerprint",
             Box::new(|h| h.model_fingerprint = "x".into()),
+            Box::new(|m| m.model_fingerprint = "x".into()),
+        ),
+        (
+            "header and metadata disagree",
+            "its header says",
+            Box::new(|h| h.dataset = "another".into()),
             Box::new(|_| {}),
         ),
         (
-            "expired head",
-            PublisherKey::load(&world.key).unwrap(),
-            Box::new(|_| {}),
-            Box::new(move |h| h.expires_at = now - 1),
+            "newer db schema",
+            "newer than this binary's",
+            Box::new(|h| h.schema_version = 99),
+            Box::new(|m| m.schema_version = 99),
         ),
     ];
-    let _ = (&good_key, &stranger);
-    for (name, key, edit_delta, edit_head) in cases {
+    for (name, expected, edit_header, edit_meta) in cases {
         let before = snapshot(&state_dir);
-        let mut header = DeltaHeader {
+        let header = DeltaHeader {
             dataset: bundle.manifest.dataset.clone(),
-            seq: old_head.seq + 1,
-            parent_seq: old_head.seq,
-            parent_digest: old_head.delta_digest.clone(),
-            parent_len: old_head.delta_len,
-            created_at: now,
+            seq: tip.meta.seq + 1,
+            parent_seq: tip.meta.seq,
+            parent_digest: tip.digest.clone(),
+            parent_len: tip.len,
+            created_at: deltacache::clock::now_secs(),
             model_fingerprint: bundle.manifest.model_fingerprint.clone(),
-            schema_version: 1,
+            schema_version: 2,
             n_records: 0,
             records_len: 0,
         };
-        edit_delta(&mut header);
         let raw =
             serde_json::value::RawValue::from_string(r#"{"id":"evil","text":"kafka"}"#.into())
                 .unwrap();
-        let delta = DeltaBatch {
+        let mut batch = DeltaBatch {
             header,
-            records: vec![deltacache::delta::format::DeltaRecord::Put { item: raw }],
-        }
-        .sign(&key)
-        .unwrap();
-        store
-            .put_delta(old_head.seq + 1, &sha256_hex(&delta), &delta)
-            .await
-            .unwrap();
-        let mut new_head = Head {
-            seq: old_head.seq + 1,
-            delta_digest: sha256_hex(&delta),
-            delta_len: delta.len() as u64,
-            issued_at: now,
-            expires_at: now + 3600,
-            ..old_head.clone()
+            records: vec![DeltaRecord::Put { item: raw }],
         };
-        edit_head(&mut new_head);
-        let current = store.get_head(1 << 16).await.unwrap().unwrap();
-        store
-            .put_head(&new_head.sign(&key), HeadCondition::Matches(current.etag))
+        let mut meta = DeltaMeta::of_batch(&batch);
+        edit_meta(&mut meta);
+        edit_header(&mut batch.header);
+        let state = RepoState::read(&store, None).await.unwrap();
+        let target = NewTarget {
+            name: delta_target_name(tip.meta.seq + 1),
+            bytes: batch.encode().unwrap(),
+            custom: meta.to_custom(),
+        };
+        publish(&store, &state, &keys, vec![target], Default::default())
             .await
             .unwrap();
         let error = sync_once(
@@ -337,27 +322,47 @@ async fn refused_deltas_leave_the_state_dir_byte_identical() {
         )
         .await
         .unwrap_err();
-        assert!(!format!("{error:#}").is_empty(), "{name}");
+        assert!(format!("{error:#}").contains(expected), "{name}: {error:#}");
         assert_eq!(
             snapshot(&state_dir),
             before,
             "{name}: the state dir changed"
         );
-        // Put the good head back for the next case.
-        let bad = store.get_head(1 << 16).await.unwrap().unwrap();
-        store
-            .put_head(&head.bytes, HeadCondition::Matches(bad.etag))
-            .await
-            .unwrap();
-        store
-            .remove_unreferenced_delta(old_head.seq + 1, &sha256_hex(&delta))
-            .await
-            .unwrap();
+        // Publish the good targets again (without the bad delta) for the next case.
+        let state = RepoState::read(&store, None).await.unwrap();
+        restore_targets(&store, &state, &keys, &targets).await;
     }
     world
         .model
         .insert("a".into(), put("a", "kafka crema")["item"].clone());
     assert_eq!(exported(&state_dir), world.model);
+}
+
+/// Publishes targets metadata listing exactly `targets` again (a repair in a test: the
+/// repository names what it named before a bad delta was published).
+async fn restore_targets(
+    store: &deltacache::delta_store::DeltaStore,
+    state: &deltacache::tuf::repo::RepoState,
+    keys: &[Box<dyn tough::key_source::KeySource>],
+    targets: &[deltacache::tuf::client::TargetInfo],
+) {
+    let mut state_without = deltacache::tuf::repo::RepoState {
+        store: state.store.clone(),
+        roots: state.roots.clone(),
+        root_bytes: state.root_bytes.clone(),
+        current: state.current.clone(),
+        highest: state.highest,
+    };
+    if let Some(current) = &mut state_without.current {
+        current
+            .targets
+            .signed
+            .targets
+            .retain(|name, _| targets.iter().any(|t| t.name == name.raw()));
+    }
+    deltacache::tuf::repo::publish(store, &state_without, keys, Vec::new(), Default::default())
+        .await
+        .unwrap();
 }
 
 /// Runs `deltacache sync` as a child process.
@@ -366,7 +371,7 @@ fn sync_command(world: &World, state_dir: &Path) -> std::process::Command {
         &world.bundle,
         state_dir,
         &world.store,
-        &world.trusted_keys(),
+        &world.trusted_root(),
     );
     command.stderr(std::process::Stdio::null());
     command
@@ -412,14 +417,19 @@ async fn killed_sync_leaves_the_old_or_the_new_version_and_converges() {
                 *inconsistent += 1;
             }
         };
+    // A repository with no delta yet: a sync from it brings a state dir to the bundle.
+    let empty = World {
+        store: format!("file://{}", world.dir.path().join("empty").display()),
+        ..clone_world(&world)
+    };
+    Trust {
+        key: world.key.clone(),
+        root: world.root.clone(),
+    }
+    .init_store(&empty.store, &Default::default())
+    .await;
     for (round, failpoint) in failpoints.iter().enumerate() {
         let state_dir = world.dir.path().join(format!("state-fp-{round}"));
-        // First bring the state dir to the bundle (seq 0) with an empty-chain sync: point at
-        // a store with no head yet.
-        let empty = World {
-            store: format!("file://{}", world.dir.path().join("empty").display()),
-            ..clone_world(&world)
-        };
         assert!(sync_command(&empty, &state_dir).status().unwrap().success());
         let status = sync_command(&world, &state_dir)
             .env("DELTACACHE_FAILPOINT", failpoint)
@@ -471,6 +481,7 @@ fn clone_world(world: &World) -> World {
         dir: tempfile::tempdir().unwrap(),
         bundle: world.bundle.clone(),
         key: world.key.clone(),
+        root: world.root.clone(),
         store: world.store.clone(),
         remote: world.remote.clone(),
         model: world.model.clone(),
@@ -488,8 +499,8 @@ fn serve_args(world: &World, state_dir: &Path, extra: &[&str]) -> Vec<String> {
         state_dir.to_str().unwrap(),
         "--store",
         &world.store,
-        "--trusted-keys",
-        world.trusted_keys().to_str().unwrap(),
+        "--trusted-root",
+        world.trusted_root().to_str().unwrap(),
         "--listen",
         "127.0.0.1:0",
     ]
@@ -770,7 +781,7 @@ async fn status_export_rollback_and_compact_through_the_binary() {
     let state = world.dir.path().join("state");
     let (bundle, keys) = (
         world.bundle.to_str().unwrap().to_owned(),
-        world.trusted_keys().to_str().unwrap().to_owned(),
+        world.trusted_root().to_str().unwrap().to_owned(),
     );
     let sync_args = |store: &str| {
         vec![
@@ -781,7 +792,7 @@ async fn status_export_rollback_and_compact_through_the_binary() {
             state.to_str().unwrap().into(),
             "--store".into(),
             store.into(),
-            "--trusted-keys".into(),
+            "--trusted-root".into(),
             keys.clone(),
         ]
     };
@@ -864,7 +875,7 @@ async fn status_export_rollback_and_compact_through_the_binary() {
             &bundle,
             "--store",
             &world.store,
-            "--trusted-keys",
+            "--trusted-root",
             &keys,
             "--out",
             compacted.to_str().unwrap()
@@ -881,7 +892,7 @@ async fn status_export_rollback_and_compact_through_the_binary() {
         fresh_state.to_str().unwrap(),
         "--store",
         &world.store,
-        "--trusted-keys",
+        "--trusted-root",
         &keys,
     ]);
     assert!(

@@ -25,6 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["search"],
     &["bundle"],
     &["delta_store"],
+    &["tuf"],
     &["delta"],
     &["pinecone"],
     &["state"],
