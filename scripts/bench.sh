@@ -29,6 +29,13 @@ Everything is written under OUT_DIR; the summary goes to OUT_DIR/results.md (Mar
 tables) and OUT_DIR/results.tsv (one figure a line), and is printed at the end.
 wrk runs on the same machine as the server, so both share its cores.
 
+With --compare-binary PATH, step 3 serves each bundle (built by this tree's binary) with
+both binaries at once, each on its own state dir and port, and every run of /search and
+/items measures this tree's binary, then the other one, back to back (A B A B ...), so both
+see the same background load. The summary adds a table of each figure's median for both
+binaries and their ratio (this tree's ÷ the other's). The other binary must read this
+tree's bundle format and db schema; it only serves (stages and builds are this tree's).
+
 Options:
   --out DIR        output directory [default: target/bench]
   --duration SECS  seconds per wrk run [default: 10]
@@ -44,6 +51,9 @@ Options:
                    c32 run of /search and of /items on the 10k corpus, and split its CPU
                    time into buckets with scripts/perf_buckets.py (needs perf)
   --quick          check the harness: 10,000 items only, 1 run of 2 s, no 1m build
+  --compare-binary PATH  also measure this deltacache binary, interleaved (see above)
+  --compare-label NAME   name of the --compare-binary figures [default: old]
+  --label NAME     name of this tree's binary's figures beside them [default: new]
   -h, --help       show this help
 
 Needs: python3, curl, wrk, redis-server, redis-cli, redis-benchmark, cargo, and
@@ -63,6 +73,9 @@ SKIP_STAGES=0
 BUILD=1
 QUICK=0
 PROFILE=0
+COMPARE_BIN=""
+COMPARE_LABEL=old
+MAIN_LABEL=new
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT_DIR=${2:?--out needs a directory}; shift 2 ;;
@@ -76,6 +89,9 @@ while [[ $# -gt 0 ]]; do
         --no-build) BUILD=0; shift ;;
         --quick) QUICK=1; shift ;;
         --profile) PROFILE=1; shift ;;
+        --compare-binary) COMPARE_BIN=${2:?--compare-binary needs a path}; shift 2 ;;
+        --compare-label) COMPARE_LABEL=${2:?--compare-label needs a name}; shift 2 ;;
+        --label) MAIN_LABEL=${2:?--label needs a name}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -87,6 +103,14 @@ fi
 for value in "$DURATION" "$RUNS" "$SEED" "$REDIS_REQUESTS"; do
     [[ $value =~ ^[0-9]+$ && $value -gt 0 ]] || { echo "bench.sh: expected a positive whole number, got '$value'" >&2; exit 2; }
 done
+for value in "$COMPARE_LABEL" "$MAIN_LABEL"; do
+    [[ $value =~ ^[A-Za-z0-9._-]+$ ]] || { echo "bench.sh: a label is letters, digits, '.', '_' or '-', got '$value'" >&2; exit 2; }
+done
+[[ $COMPARE_LABEL != "$MAIN_LABEL" ]] || { echo "bench.sh: --label and --compare-label must differ" >&2; exit 2; }
+if [[ -n $COMPARE_BIN ]]; then
+    [[ -x $COMPARE_BIN ]] || { echo "bench.sh: --compare-binary $COMPARE_BIN is not an executable file" >&2; exit 2; }
+    COMPARE_BIN=$(cd "$(dirname "$COMPARE_BIN")" && pwd)/$(basename "$COMPARE_BIN")
+fi
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -125,6 +149,7 @@ RESULTS_MD=$OUT_DIR/results.md
 
 # --- processes we start, stopped on exit -----------------------------------------------
 SERVER_PID=""
+COMPARE_PID=""
 REDIS_PID=""
 stop_pid() {
     local pid=$1
@@ -142,6 +167,7 @@ stop_pid() {
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
     stop_pid "$SERVER_PID"; SERVER_PID=""
+    stop_pid "$COMPARE_PID"; COMPARE_PID=""
     stop_pid "$REDIS_PID"; REDIS_PID=""
 }
 trap cleanup EXIT
@@ -238,6 +264,15 @@ fi
 # A private copy, so a concurrent `cargo build` cannot swap the binary in the middle of a run.
 cp "$BIN" "$OUT_DIR/deltacache"
 BIN=$OUT_DIR/deltacache
+if [[ -n $COMPARE_BIN ]]; then
+    cp "$COMPARE_BIN" "$OUT_DIR/deltacache-$COMPARE_LABEL"
+    record meta all - compare_binary "$COMPARE_BIN"
+    record meta all - compare_sha256 "$(sha256sum "$COMPARE_BIN" | cut -c1-16)"
+    record meta all - main_sha256 "$(sha256sum "$BIN" | cut -c1-16)"
+    record meta all - compare_label "$COMPARE_LABEL"
+    record meta all - main_label "$MAIN_LABEL"
+    COMPARE_BIN=$OUT_DIR/deltacache-$COMPARE_LABEL
+fi
 
 record meta all - date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 record meta all - nproc "$(nproc)"
@@ -283,13 +318,15 @@ build_bundle() {
 }
 
 # --- server --------------------------------------------------------------------------------
+# start_server LABEL BUNDLE [BINARY]: serves BUNDLE with BINARY (default: this tree's) on a
+# fresh state dir and a free port; sets SERVER_PID and SERVER_URL.
 start_server() {
-    local label=$1 bundle=$2
+    local label=$1 bundle=$2 binary=${3:-$BIN}
     local state=$OUT_DIR/state-$label port
     rm -rf "$state"
     port=$(free_port)
     log "serving $label on 127.0.0.1:$port"
-    RUST_LOG=warn "$BIN" serve --bundle "$bundle" --state-dir "$state" --listen "127.0.0.1:$port" \
+    RUST_LOG=warn "$binary" serve --bundle "$bundle" --state-dir "$state" --listen "127.0.0.1:$port" \
         >"$OUT_DIR/serve-$label.out" 2>"$OUT_DIR/serve-$label.err" &
     SERVER_PID=$!
     SERVER_URL=http://127.0.0.1:$port
@@ -312,8 +349,8 @@ start_server() {
     curl -sf "$SERVER_URL/items/item-000001" >/dev/null || die "GET /items/item-000001 failed"
 }
 
-server_rss_mb() {
-    awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status"
+server_rss_mb() { # server_rss_mb [PID]
+    awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/${1:-$SERVER_PID}/status"
 }
 
 # record_median BENCH LABEL CONF LINE...: records the median run (by req/s) of the
@@ -329,15 +366,24 @@ record_median() {
     record "$bench" "$label" "$conf" runs_rps "$(for l in "$@"; do field rps "$l"; done | paste -sd, -)"
 }
 
-# wrk_once LABEL NAME THREADS CONNS SCRIPT ARGS...: one wrk run against the server; prints its
-# WRK_RESULT line with the CPU use appended.
+# wrk_once [--compare] LABEL NAME THREADS CONNS SCRIPT ARGS...: one wrk run against the
+# server (with --compare, against the --compare-binary one); prints its WRK_RESULT line with
+# the CPU use appended.
 wrk_once() {
+    local pid=$SERVER_PID url=$SERVER_URL who=""
+    if [[ $1 == --compare ]]; then
+        pid=$COMPARE_PID url=$COMPARE_URL who="$COMPARE_LABEL "
+        shift
+    elif [[ -n $COMPARE_BIN ]]; then
+        who="$MAIN_LABEL "
+    fi
     local label=$1 name=$2 threads=$3 conns=$4 script=$5
     shift 5
     local out result cpu run_out=$OUT_DIR/wrk-run.out
+    [[ -z $who ]] || label=$label-${who% }
     wait_idle
-    cpu=$(cpu_run "$SERVER_PID" "$run_out" \
-        wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout 5s -s "$script" "$SERVER_URL" -- "$@") \
+    cpu=$(cpu_run "$pid" "$run_out" \
+        wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout 5s -s "$script" "$url" -- "$@") \
         || { cat "$run_out" >&2; die "wrk failed"; }
     out=$(cat "$run_out")
     echo "$out" >>"$OUT_DIR/wrk-$label-$name-c$conns.log"
@@ -349,18 +395,37 @@ wrk_once() {
         errors=$((errors + $(field "$key" "$result")))
     done
     ((errors == 0)) || log "  WARNING: $errors errors: $result"
-    log "  $name c$conns: $(field rps "$result") req/s, p50 $(field p50_us "$result") us, p99 $(field p99_us "$result") us; cores: $cpu"
+    log "  $who$name c$conns: $(field rps "$result") req/s, p50 $(field p50_us "$result") us, p99 $(field p99_us "$result") us; cores: $cpu"
     echo "$result"
 }
 
-# run_wrk LABEL NAME THREADS CONNS SCRIPT ARGS...: RUNS runs, records the median run.
+# record_runs BENCH LABEL CONF LINE...: records every run's p50, p99 and server cores (for
+# the comparison table, which takes the median of each figure on its own).
+record_runs() {
+    local bench=$1 label=$2 conf=$3
+    shift 3
+    local metric
+    for metric in p50_us p99_us server_cores; do
+        record "$bench" "$label" "$conf" "runs_$metric" "$(for l in "$@"; do field "$metric" "$l"; done | paste -sd, -)"
+    done
+}
+
+# run_wrk LABEL NAME THREADS CONNS SCRIPT ARGS...: RUNS runs, records the median run. With
+# --compare-binary, each run is followed by one against that binary's server, recorded as
+# bench NAME-compare.
 run_wrk() {
     local label=$1 name=$2 conns=$4
-    local lines=() i
+    local lines=() others=() i
     for ((i = 1; i <= RUNS; i++)); do
         lines+=("$(wrk_once "$@")")
+        [[ -z $COMPARE_BIN ]] || others+=("$(wrk_once --compare "$@")")
     done
     record_median "$name" "$label" "c$conns" "${lines[@]}"
+    if [[ -n $COMPARE_BIN ]]; then
+        record_runs "$name" "$label" "c$conns" "${lines[@]}"
+        record_median "$name-compare" "$label" "c$conns" "${others[@]}"
+        record_runs "$name-compare" "$label" "c$conns" "${others[@]}"
+    fi
 }
 
 # profile_wrk LABEL NAME SCRIPT ARGS...: one c32 run under perf record, split into buckets.
@@ -445,12 +510,15 @@ redis_once() {
 
 # items_vs_redis LABEL N CONNS THREADS REDIS_REQUESTS: RUNS pairs of (wrk GET /items/{id},
 # redis-benchmark GET) back to back, so both see the same background load; records the
-# median run of each and the median of the pairs' req/s ratios.
+# median run of each and the median of the pairs' req/s ratios. With --compare-binary, a
+# wrk run against that binary's server comes between the two (recorded as items-compare).
 items_vs_redis() {
     local label=$1 n=$2 conns=$3 threads=$4 requests=$5
-    local ours=() theirs=() ratios=() i a b
+    local ours=() others=() theirs=() ratios=() i a b
     for ((i = 1; i <= RUNS; i++)); do
         a=$(wrk_once "$label" items "$threads" "$conns" scripts/wrk_items.lua "$n" "$SEED")
+        [[ -z $COMPARE_BIN ]] \
+            || others+=("$(wrk_once --compare "$label" items "$threads" "$conns" scripts/wrk_items.lua "$n" "$SEED")")
         b=$(redis_once "$label" "$n" "$conns" "$threads" "$requests")
         ours+=("$a")
         theirs+=("$b")
@@ -458,6 +526,11 @@ items_vs_redis() {
             "$(field rps "$a")" "$(field rps "$b")")")
     done
     record_median items "$label" "c$conns" "${ours[@]}"
+    if [[ -n $COMPARE_BIN ]]; then
+        record_runs items "$label" "c$conns" "${ours[@]}"
+        record_median items-compare "$label" "c$conns" "${others[@]}"
+        record_runs items-compare "$label" "c$conns" "${others[@]}"
+    fi
     record_median redis_get "$label" "c$conns" "${theirs[@]}"
     record items_vs_redis "$label" "c$conns" ratio_median \
         "$(printf '%s\n' "${ratios[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p")"
@@ -473,6 +546,13 @@ bench_corpus() {
     gen_corpus "$n" "$ITEMS" "$QUERIES"
     build_bundle "$label" "$ITEMS" "$BUNDLE"
 
+    if [[ -n $COMPARE_BIN ]]; then
+        # The same bundle, served by the other binary on its own state dir and port.
+        start_server "$label-$COMPARE_LABEL" "$BUNDLE" "$COMPARE_BIN"
+        COMPARE_PID=$SERVER_PID COMPARE_URL=$SERVER_URL
+        SERVER_PID=""
+        record serve-compare "$label" - rss_mb_ready "$(server_rss_mb "$COMPARE_PID")"
+    fi
     start_server "$label" "$BUNDLE"
     record serve "$label" - rss_mb_ready "$(server_rss_mb)"
     log "POST /search, $label"
@@ -485,6 +565,11 @@ bench_corpus() {
     stop_pid "$REDIS_PID"
     REDIS_PID=""
     record serve "$label" - rss_mb_after "$(server_rss_mb)"
+    if [[ -n $COMPARE_BIN ]]; then
+        record serve-compare "$label" - rss_mb_after "$(server_rss_mb "$COMPARE_PID")"
+        stop_pid "$COMPARE_PID"
+        COMPARE_PID=""
+    fi
     if [[ $PROFILE -eq 1 && $label == 10k ]]; then
         profile_wrk "$label" search scripts/wrk_search.lua "$QUERIES" 10
         profile_wrk "$label" items scripts/wrk_items.lua "$n" "$SEED"
@@ -538,7 +623,7 @@ record meta all - total_s "$(elapsed "$START" "$(now)")"
 
 # --- summary -------------------------------------------------------------------------------
 python3 - "$RESULTS_TSV" "$OUT_DIR" >"$RESULTS_MD" <<'EOF'
-import collections, pathlib, sys
+import collections, pathlib, statistics, sys
 
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
 out_dir = pathlib.Path(sys.argv[2])
@@ -570,7 +655,13 @@ print(f"- machine: {meta.get('nproc')} CPUs, {meta.get('cpu')}")
 print(f"- wrk {meta.get('wrk')}, redis {meta.get('redis')}; {meta.get('runs')} runs of "
       f"{meta.get('duration_s')} s per configuration, median run (by req/s) shown")
 print(f"- load average (1 min) at start {meta.get('loadavg_start')}, at end {meta.get('loadavg_end')}")
-print(f"- total time: {meta.get('total_s')} s\n")
+print(f"- total time: {meta.get('total_s')} s")
+new, old = meta.get("main_label"), meta.get("compare_label")
+if old:
+    print(f"- compared: {new} = this tree's binary (sha256 {meta.get('main_sha256')}...), "
+          f"{old} = {meta.get('compare_binary')} (sha256 {meta.get('compare_sha256')}...), "
+          "runs interleaved")
+print()
 
 corpora = [c for c in ("10k", "200k") if ("build", c, "-") in v]
 
@@ -582,9 +673,12 @@ print("Server CPU per request = server cores / req/s: what a request costs the s
 print("background load barely changes.\n")
 print("| corpus | endpoint | concurrency | req/s | p50 ms | p99 ms | req/s of each run | cores server / client / other | server CPU µs/req |")
 print("|---|---|---:|---:|---:|---:|---|---|---:|")
+endpoints = [("search", "POST /search top_k=10"), ("items", "GET /items/{id}")]
+if old:
+    endpoints = [(bench + suffix, f"{name} [{label}]") for bench, name in endpoints
+                 for suffix, label in (("", new), ("-compare", old))]
 for c in corpora:
-    for bench, name in (("search", "POST /search top_k=10"), ("items", "GET /items/{id}"),
-                        ("redis_get", "redis GET (redis-benchmark)")):
+    for bench, name in endpoints + [("redis_get", "redis GET (redis-benchmark)")]:
         for conf in ("c1", "c32"):
             if (bench, c, conf) not in v:
                 continue
@@ -594,6 +688,44 @@ for c in corpora:
                   f"| {get(bench, c, conf, 'server_cores')} / {get(bench, c, conf, 'client_cores')} / {get(bench, c, conf, 'other_cores')} "
                   f"| {cpu_per_req(get(bench, c, conf, 'server_cores'), rps)} |")
 print()
+
+def runs(bench, c, conf, metric):
+    return [float(x) for x in get(bench, c, conf, f"runs_{metric}", "").split(",") if x]
+
+def ratio(a, b):
+    return "-" if a is None or not b else f"{a / b:.3f}"
+
+if old:
+    print(f"## {new} vs {old}\n")
+    print(f"The same bundle served by both binaries, each run of {new} followed by one of {old}.")
+    print("Each figure is the median over its binary's runs, taken figure by figure (so p50 is")
+    print(f"not the p50 of the median-req/s run); ratio = {new} / {old}. Pair ratios: req/s of")
+    print(f"each run of {new} over the {old} run right after it (the spread the runs show).\n")
+    print(f"| corpus | endpoint | conc. | req/s {new} | req/s {old} | ratio | p50 ms {new} | p50 ms {old} | ratio "
+          f"| p99 ms {new} | p99 ms {old} | ratio | server µs/req {new} | {old} | ratio | req/s pair ratios |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for c in corpora:
+        for bench, name in (("search", "POST /search"), ("items", "GET /items/{id}")):
+            for conf in ("c1", "c32"):
+                if (bench + "-compare", c, conf) not in v:
+                    continue
+                cells = []
+                for metric in ("rps", "p50_us", "p99_us", "cpu_us"):
+                    pair = []
+                    for b in (bench, bench + "-compare"):
+                        if metric == "cpu_us":
+                            xs = [cores / rps * 1e6 for cores, rps in
+                                  zip(runs(b, c, conf, "server_cores"), runs(b, c, conf, "rps"))]
+                        else:
+                            xs = runs(b, c, conf, metric)
+                        pair.append(statistics.median(xs) if xs else None)
+                    fmt = {"rps": lambda x: f"{x:,.0f}", "cpu_us": lambda x: f"{x:.0f}"}.get(
+                        metric, lambda x: f"{x / 1000:.3f}")
+                    cells += ["-" if x is None else fmt(x) for x in pair] + [ratio(*pair)]
+                pairs = ", ".join(ratio(a, b) for a, b in
+                                  zip(runs(bench, c, conf, "rps"), runs(bench + "-compare", c, conf, "rps")))
+                print(f"| {c} | {name} | {conf[1:]} | " + " | ".join(cells) + f" | {pairs} |")
+    print()
 
 print("## Goals\n")
 print("| corpus | goal | measured | met |")
@@ -615,14 +747,17 @@ for c in corpora:
 print()
 
 print("## Builds and memory\n")
-print("| corpus | build-base s | bundle MB | peak RSS MB (build) | serve RSS MB ready / after load |")
-print("|---|---:|---:|---:|---|")
+rss_old = f" | serve RSS MB ready / after load, {old}" if old else ""
+print(f"| corpus | build-base s | bundle MB | peak RSS MB (build) | serve RSS MB ready / after load{rss_old} |")
+print("|---|---:|---:|---:|---|" + ("---|" if old else ""))
 for c in ("10k", "200k", "1m"):
     if ("build", c, "-") not in v:
         continue
+    rss_old = (f" | {get('serve-compare', c, '-', 'rss_mb_ready')} / "
+               f"{get('serve-compare', c, '-', 'rss_mb_after')}") if old else ""
     print(f"| {c} | {get('build', c, '-', 'seconds')} | {get('build', c, '-', 'bundle_mb')} "
           f"| {get('build', c, '-', 'peak_rss_mb')} "
-          f"| {get('serve', c, '-', 'rss_mb_ready')} / {get('serve', c, '-', 'rss_mb_after')} |")
+          f"| {get('serve', c, '-', 'rss_mb_ready')} / {get('serve', c, '-', 'rss_mb_after')}{rss_old} |")
 if ("build", "1m", "-") in v:
     b = v[("build", "1m", "-")]
     print(f"\n1m build: user {b.get('user_s')} s, system {b.get('system_s')} s; stages: {b.get('stages')}")
