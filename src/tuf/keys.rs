@@ -192,3 +192,55 @@ pub fn write_key_files(path: &Path, der: &[u8]) -> anyhow::Result<String> {
     std::fs::write(public_path(path), serde_json::to_vec_pretty(&key)?)?;
     key_id(&key)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_have_safe_modes_are_never_overwritten_and_a_public_key_is_not_a_secret() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("publisher.key");
+        let (key, id) = generate(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            key_id(&read_public(&public_path(&path)).unwrap()).unwrap(),
+            id
+        );
+        assert_eq!(key_id(&read_public(&path).unwrap()).unwrap(), id);
+        assert_eq!(key_id(&key).unwrap(), id);
+        assert!(generate(&path).is_err(), "never overwritten");
+        let error = format!("{:#}", read_secret(&public_path(&path)).unwrap_err());
+        assert!(error.contains("is a public key"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let error = format!("{:#}", read_secret(&path).unwrap_err());
+        assert!(error.contains("chmod 600"), "{error}");
+    }
+
+    #[test]
+    fn a_pem_key_from_openssl_is_read_like_der() {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pem.key");
+        let signing = SigningKey::from_bytes(&[3; 32]);
+        let pem = signing
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        file.write_all(pem.as_bytes()).unwrap();
+        let der = pkcs8_der_from_seed([3; 32]).unwrap();
+        assert_eq!(
+            key_id(&read_public(&path).unwrap()).unwrap(),
+            key_id(&public_key_of_secret(&der).unwrap()).unwrap()
+        );
+    }
+}

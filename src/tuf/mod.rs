@@ -86,12 +86,22 @@ impl Role {
             !validity.is_zero() && validity <= self.max_expiry(),
             "{} metadata expiry {} is out of range: give between 1s and {}",
             self.name(),
-            humantime::format_duration(validity),
-            humantime::format_duration(self.max_expiry())
+            short_duration(validity),
+            short_duration(self.max_expiry())
         );
         let now = jiff::Timestamp::now().as_second();
         jiff::Timestamp::from_second(now + validity.as_secs() as i64)
             .map_err(|e| anyhow::anyhow!("{} expiry: {e}", self.name()))
+    }
+}
+
+/// A duration as an operator writes it: `30d`, `12h`, `90s`.
+fn short_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        s if s > 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s > 0 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s => format!("{s}s"),
     }
 }
 

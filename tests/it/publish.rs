@@ -159,6 +159,23 @@ fn publish_dry_run_verify_and_bad_input() {
     assert!(stdout(&dry).contains("would publish seq 1: 1 adds, 1 updates, 1 deletes, 0 unchanged, 1 unknown deletes dropped"), "{}", stdout(&dry));
     assert!(!targets.exists(), "a dry run publishes nothing");
 
+    let too_long = publisher.publish(
+        &store,
+        &[
+            "--changes",
+            changes.to_str().unwrap(),
+            "--expires-in",
+            "1000d",
+        ],
+    );
+    assert!(!too_long.status.success());
+    assert!(
+        stderr(&too_long)
+            .contains("timestamp metadata expiry 1000d is out of range: give between 1s and 30d"),
+        "{}",
+        stderr(&too_long)
+    );
+    assert!(!targets.exists(), "a refused expiry publishes nothing");
     let real = publisher.publish(&store, &["--changes", changes.to_str().unwrap()]);
     assert!(real.status.success(), "{}", stderr(&real));
     assert!(stdout(&real).contains("published seq 1"));

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deltacache::delta_store::RemoteSettings;
-use deltacache::sync::SyncOptions;
 use deltacache::sync::ops::{export, sync_once};
+use deltacache::sync::{SyncOptions, SyncOutcome};
 
 use super::s3::S3Server;
 use super::support::{Daemon, Trust, binary, block_on, build_bundle, sample_items};
@@ -1362,4 +1362,106 @@ async fn a_store_that_stops_answering_fails_each_attempt_and_is_retried() {
         "each attempt is its own request: {} GETs; {out}",
         server.gets() - gets
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_older_than_the_bundle_or_missing_is_refused_and_a_moved_one_is_followed() {
+    let mut world = World::new(sample_items(), None, "");
+    world.publish(&[put("one", "kafka")]).await;
+    world.publish(&[put("two", "crema")]).await;
+    // A bundle compacted at seq 2 and a second repository (same root) that only reached
+    // seq 1: a fresh state dir must refuse it rather than record it as up to date.
+    let compacted = world.dir.path().join("compacted");
+    deltacache::sync::ops::compact(&world.bundle, world.sync_options(), &compacted, false)
+        .await
+        .unwrap();
+    let behind = World {
+        store: format!("file://{}", world.dir.path().join("behind").display()),
+        n_published: 0,
+        ..clone_world(&world)
+    };
+    let trust = Trust {
+        key: world.key.clone(),
+        root: world.root.clone(),
+    };
+    trust.init_store(&behind.store, &Default::default()).await;
+    let mut behind = behind;
+    behind.publish(&[put("one", "kafka")]).await;
+    let state_dir = world.dir.path().join("state-behind");
+    let error = sync_once(
+        &compacted,
+        &state_dir,
+        behind.sync_options(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("newest delta is seq 1, older than this instance's seq 2"),
+        "{error:#}"
+    );
+    // A URL holding no repository is a failure, not an up-to-date instance.
+    let nowhere = World {
+        store: format!("file://{}", world.dir.path().join("mistyped").display()),
+        ..clone_world(&world)
+    };
+    let error = sync_once(
+        &world.bundle,
+        &world.dir.path().join("state-nowhere"),
+        nowhere.sync_options(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("holds no TUF repository"),
+        "{error:#}"
+    );
+    // A state dir that followed one URL follows the same repository moved to another: its
+    // trusted metadata is kept per URL, so the move starts from the baked root again.
+    let state_dir = world.dir.path().join("state-moved");
+    sync_once(
+        &world.bundle,
+        &state_dir,
+        world.sync_options(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let moved_dir = world.dir.path().join("moved");
+    copy_dir(&world.dir.path().join("store"), &moved_dir);
+    let mut moved = World {
+        store: format!("file://{}", moved_dir.display()),
+        ..clone_world(&world)
+    };
+    let outcome = sync_once(
+        &world.bundle,
+        &state_dir,
+        moved.sync_options(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(outcome, SyncOutcome::UpToDate { head_seq: 2 }),
+        "{outcome:?}"
+    );
+    moved.publish(&[put("three", "espresso")]).await;
+    sync_once(
+        &world.bundle,
+        &state_dir,
+        moved.sync_options(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(exported(&state_dir), moved.model);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for rel in deltacache::bundle::list_files(from).unwrap() {
+        let target = to.join(&rel);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(from.join(&rel), &target).unwrap();
+    }
 }
