@@ -1061,6 +1061,24 @@ fn committed_versions(state_dir: &Path) -> Vec<String> {
     names
 }
 
+/// Swaps two paths atomically (`renameat2` with `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::ffi::CString::new(a.as_os_str().as_bytes()).unwrap();
+    let b = std::ffi::CString::new(b.as_os_str().as_bytes()).unwrap();
+    // SAFETY: renameat2 on two NUL-terminated paths we own.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
 fn is_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir).unwrap().next().is_none()
 }
@@ -1111,9 +1129,10 @@ async fn a_version_committed_but_not_opened_is_reported_then_opened_and_never_ap
     }
     assert_eq!(committed_versions(&state_dir), versions, "no second copy");
     assert!(is_empty_dir(&state_dir.join("staging")));
-    // Once readers can be opened again, the committed version is swapped in.
-    std::fs::remove_file(&readers).unwrap();
-    std::fs::rename(state_dir.join("readers.away"), &readers).unwrap();
+    // Once readers can be opened again, the committed version is swapped in. The directory
+    // comes back in one step (the follower retries on its own meanwhile).
+    exchange(&readers, &state_dir.join("readers.away"));
+    std::fs::remove_file(state_dir.join("readers.away")).unwrap();
     sighup(&daemon);
     let status = wait_for_status(&daemon, &client, "the swap", |s| s["seq"] == 2).await;
     assert_eq!(status["sync"]["stale"], false, "{status}");
