@@ -201,6 +201,7 @@ fn main() {
                 changes: ChangeSource::Changes(changes_path),
                 expires_in: Duration::from_secs(3600),
                 dry_run: false,
+                force: false,
                 remote: Default::default(),
             }))
             .unwrap();

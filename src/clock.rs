@@ -11,6 +11,14 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the Unix epoch (0 if the system clock is before it).
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Nanoseconds since the Unix epoch (0 if the system clock is before it): for names that
 /// must differ between calls, never for durations.
 pub fn now_nanos() -> u128 {

@@ -39,6 +39,10 @@ pub struct ConfigFile {
     pub sync_deadline: Option<HumanDuration>,
     /// The most memory one delta's decoded records may take, in bytes.
     pub apply_memory_budget: Option<u64>,
+    /// This instance's wave seed, 0..2048.
+    pub instance_seed: Option<u32>,
+    /// A JSON file of canary queries every new version must answer.
+    pub canaries: Option<PathBuf>,
     /// Whether `/status` shows paths, the delta store URL and error text.
     pub status_detail: Option<bool>,
     /// A second address serving only the probes, e.g. "127.0.0.1:9090".

@@ -141,6 +141,7 @@ pub async fn prepare(dir: &Path, say: impl Fn(String)) -> anyhow::Result<DemoFil
             changes: ChangeSource::Changes(changes),
             expires_in: Duration::from_secs(7 * 24 * 3600),
             dry_run: false,
+            force: false,
             remote: Default::default(),
         })
         .await?;

@@ -2,6 +2,7 @@
 
 mod build_base;
 mod demo;
+mod fleet;
 mod keygen;
 mod pinecone_args;
 mod publish_delta;
@@ -39,6 +40,9 @@ enum Command {
     Repo(trust::RepoCommand),
     /// Publish the next delta to a delta store (a new target of its TUF repository).
     PublishDelta(publish_delta::PublishDeltaArgs),
+    /// Pin, halt, roll out in waves and gate the whole fleet: the signed fleet policy.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// Verify a delta store's repository and whole chain from a trusted root.
     Verify(verify::VerifyArgs),
     /// Serve search and lookups over HTTP from a copy-on-write clone of a bundle.
@@ -92,6 +96,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Root(command) => trust::root(command),
         Command::Repo(command) => trust::repo(command),
         Command::PublishDelta(args) => publish_delta::run(args),
+        Command::Fleet(command) => fleet::run(command),
         Command::Verify(args) => verify::run(args),
         Command::Serve(args) => serve::run(*args),
         Command::Sync(args) => sync::run(args),

@@ -52,6 +52,11 @@ pub(super) struct PublishDeltaArgs {
     /// Show what would change and publish nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Publish even when the delta fails the fleet policy's count checks (it removes more
+    /// than max_removed_percent of the items, or leaves fewer than min_items); instances'
+    /// health gates still check it.
+    #[arg(long)]
+    force: bool,
     /// Also mirror the delta to a Pinecone index, after the head moved: delete the deleted
     /// ids, then upsert the put items' vectors (see the README, "Pinecone users").
     #[arg(long)]
@@ -96,6 +101,7 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
         changes,
         expires_in: args.expires_in,
         dry_run: args.dry_run,
+        force: args.force,
         remote: args.remote.settings(),
     };
     let runtime = super::runtime()?;
@@ -106,6 +112,21 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
         }
         None => (runtime.block_on(publish(&options))?, None),
     };
+    print_report(&report);
+    if let Some((client, mirrored)) = mirrored {
+        println!(
+            "pinecone {}: {} ids deleted, {} vectors upserted in {} requests",
+            client.describe(),
+            report.deleted_ids.len(),
+            mirrored.n_sent,
+            mirrored.n_requests
+        );
+    }
+    Ok(())
+}
+
+/// What a publish did, for the operator: counts, the count checks, out-of-vocabulary words.
+fn print_report(report: &crate::delta::publish::PublishReport) {
     let counts = format!(
         "{} adds, {} updates, {} deletes, {} unchanged, {} unknown deletes dropped, {} bytes",
         report.adds,
@@ -120,14 +141,37 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
     } else {
         println!("published seq {} ({}): {counts}", report.seq, report.digest);
     }
-    if let Some((client, mirrored)) = mirrored {
+    println!(
+        "items: {} before, {} after",
+        report.items_before, report.items_after
+    );
+    if let Some(check) = &report.count_check {
         println!(
-            "pinecone {}: {} ids deleted, {} vectors upserted in {} requests",
-            client.describe(),
-            report.deleted_ids.len(),
-            mirrored.n_sent,
-            mirrored.n_requests
+            "warning: fails the fleet policy's count checks ({check}){}",
+            if report.dry_run {
+                "; publishing it needs --force"
+            } else {
+                "; published with --force"
+            }
         );
     }
-    Ok(())
+    if report.oov_items > 0 {
+        let shown: Vec<&str> = report
+            .oov_terms
+            .iter()
+            .take(10)
+            .map(String::as_str)
+            .collect();
+        println!(
+            "out of vocabulary: {} of the added or changed items carry {} words the model does not know ({}{}): search cannot find them by those words until the model is rolled over (`deltacache compact --refit --publish`, README \"Model rollover\")",
+            report.oov_items,
+            report.oov_terms.len(),
+            shown.join(", "),
+            if report.oov_terms.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    }
 }

@@ -76,6 +76,14 @@ pub(super) struct ServeArgs {
     /// one at a time, so this bounds what a sync holds [default: 1073741824].
     #[arg(long, env = "DELTACACHE_APPLY_MEMORY_BUDGET", value_name = "BYTES")]
     apply_memory_budget: Option<u64>,
+    /// This instance's wave seed, 0..2048: which rollout wave it is in [default: derived
+    /// from /etc/machine-id].
+    #[arg(long, env = "DELTACACHE_INSTANCE_SEED", value_name = "N")]
+    instance_seed: Option<u32>,
+    /// A JSON list of canary queries every new version must answer before it is served
+    /// (besides the fleet policy's); README "Fleet control" [default: none].
+    #[arg(long, env = "DELTACACHE_CANARIES", value_name = "FILE")]
+    canaries: Option<PathBuf>,
     /// Show file paths, the delta store URL and error text in /status (keep off when the
     /// port faces untrusted clients; the control socket always shows them) [default: false].
     #[arg(long, env = "DELTACACHE_STATUS_DETAIL", value_name = "BOOL")]
@@ -253,6 +261,8 @@ impl ServeArgs {
         if let Some(budget) = self.apply_memory_budget.or(file.apply_memory_budget) {
             sync.memory_budget_bytes = budget;
         }
+        sync.instance_seed = self.instance_seed.or(file.instance_seed);
+        sync.canaries = self.canaries.clone().or(file.canaries.clone());
         Ok(Some(FollowOptions {
             sync,
             follow_interval: self

@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::remote_args::RemoteArgs;
+use crate::sync::SyncOptions;
 use crate::sync::ops::sync_once;
-use crate::sync::{SyncOptions, SyncOutcome};
 
 #[derive(Debug, Args)]
 pub(super) struct SyncArgs {
@@ -36,6 +36,13 @@ pub(super) struct SyncArgs {
     /// one at a time).
     #[arg(long, default_value_t = crate::sync::DEFAULT_MEMORY_BUDGET_BYTES, value_name = "BYTES")]
     apply_memory_budget: u64,
+    /// This instance's wave seed, 0..2048 [default: derived from /etc/machine-id].
+    #[arg(long, env = "DELTACACHE_INSTANCE_SEED", value_name = "N")]
+    instance_seed: Option<u32>,
+    /// A JSON list of canary queries every new version must answer before it is committed
+    /// (besides the fleet policy's); README "Fleet control".
+    #[arg(long, env = "DELTACACHE_CANARIES", value_name = "FILE")]
+    canaries: Option<PathBuf>,
     /// Give up after this long.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     deadline: Duration,
@@ -50,6 +57,8 @@ pub(super) fn run(args: SyncArgs) -> anyhow::Result<()> {
     );
     options.remote = args.remote.settings();
     options.memory_budget_bytes = args.apply_memory_budget;
+    options.instance_seed = args.instance_seed;
+    options.canaries = args.canaries;
     let runtime = super::runtime()?;
     let outcome = runtime.block_on(sync_once(
         &args.bundle,
@@ -57,32 +66,6 @@ pub(super) fn run(args: SyncArgs) -> anyhow::Result<()> {
         options,
         args.deadline,
     ))?;
-    match outcome {
-        SyncOutcome::NoHead => {
-            println!("no head in the delta store yet: serving the bundle as it is")
-        }
-        SyncOutcome::UpToDate { head_seq } => println!("up to date at seq {head_seq}"),
-        SyncOutcome::Pinned { version } => {
-            println!("version {version} is pinned (rollback); not following")
-        }
-        SyncOutcome::Applied {
-            version,
-            n_deltas,
-            n_records,
-            stage_seconds,
-            ..
-        } => {
-            let stages: Vec<String> = stage_seconds
-                .iter()
-                .map(|(n, s)| format!("{n} {s:.3}s"))
-                .collect();
-            println!(
-                "applied {n_deltas} deltas ({n_records} records): now at seq {} in version {} ({})",
-                version.info.seq,
-                version.info.name,
-                stages.join(", ")
-            );
-        }
-    }
+    println!("{}", outcome.describe());
     Ok(())
 }

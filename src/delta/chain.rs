@@ -81,9 +81,22 @@ pub struct DeltaMeta {
     pub created_at: u64,
     /// Its record count.
     pub n_records: u64,
+    /// When it was published, in milliseconds since the epoch (0 in metadata written before
+    /// this field): what freshness is measured from.
+    #[serde(default)]
+    pub published_at_ms: u64,
 }
 
 impl DeltaMeta {
+    /// When it was published, in milliseconds since the epoch.
+    pub fn published_ms(&self) -> u64 {
+        if self.published_at_ms > 0 {
+            self.published_at_ms
+        } else {
+            self.created_at * 1000
+        }
+    }
+
     /// What a delta's header says, as the custom metadata of its target.
     pub fn of_batch(batch: &DeltaBatch) -> Self {
         let h = &batch.header;
@@ -97,6 +110,7 @@ impl DeltaMeta {
             schema_version: h.schema_version,
             created_at: h.created_at,
             n_records: h.n_records,
+            published_at_ms: h.created_at * 1000,
         }
     }
 
@@ -344,6 +358,7 @@ pub fn verify_delta(
     // Its publish time and record count are informational; the rest binds.
     from_header.created_at = target.meta.created_at;
     from_header.n_records = target.meta.n_records;
+    from_header.published_at_ms = target.meta.published_at_ms;
     if from_header != target.meta {
         return Err(ChainError::Refused {
             object: target.name.clone(),

@@ -57,6 +57,8 @@ pub struct PublishOptions {
     pub expires_in: Duration,
     /// Report what would change and publish nothing.
     pub dry_run: bool,
+    /// Publish even when the delta fails the fleet policy's count checks.
+    pub force: bool,
     /// Remote timeouts and retries.
     pub remote: RemoteSettings,
 }
@@ -86,6 +88,16 @@ pub struct PublishReport {
     pub puts: Vec<String>,
     /// The ids deleted by the delta, for mirroring to Pinecone.
     pub deleted_ids: Vec<String>,
+    /// Items at the chain's tip before the delta.
+    pub items_before: u64,
+    /// Items after it.
+    pub items_after: u64,
+    /// Why the delta fails the fleet policy's count checks (published anyway with `force`).
+    pub count_check: Option<String>,
+    /// Added or changed items with words outside the model's vocabulary.
+    pub oov_items: u64,
+    /// Those words, distinct, sorted.
+    pub oov_terms: Vec<String>,
 }
 
 /// Publishes the next delta.
@@ -137,21 +149,29 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
     }
     let batch = tip.next_batch(records, now_secs());
     let bytes = batch.encode()?;
-    for record in &batch.records {
-        match record {
-            DeltaRecord::Put { item } => report.puts.push(item.get().to_owned()),
-            DeltaRecord::Delete { id } => report.deleted_ids.push(id.clone()),
-        }
+    check_report(&mut report, &batch, &bundle, &tip, &store, &state).await?;
+    if let Some(message) = &report.count_check
+        && !options.force
+        && !options.dry_run
+    {
+        bail!(
+            "seq {} fails the fleet policy's count checks: {message}; every instance's health gate would refuse it. Nothing was published: check the changes, or pass --force to publish anyway (instances still gate it), or change the gate with `deltacache fleet set`",
+            report.seq
+        );
     }
     report.digest = sha256_hex(&bytes);
     report.bytes = bytes.len() as u64;
     if options.dry_run {
         return Ok(report);
     }
+    let meta = DeltaMeta {
+        published_at_ms: crate::clock::now_millis(),
+        ..DeltaMeta::of_batch(&batch)
+    };
     let target = NewTarget {
         name: delta_target_name(report.seq),
         bytes,
-        custom: DeltaMeta::of_batch(&batch).to_custom(),
+        custom: meta.to_custom(),
     };
     let expiries = Expiries {
         timestamp: options.expires_in,
@@ -159,6 +179,47 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
     };
     tuf::repo::publish(&store, &state, &keys, vec![target], expiries).await?;
     Ok(report)
+}
+
+/// Fills in what the report says beyond counts: the puts and deletes (for mirroring), the
+/// items before and after and whether that passes the fleet policy's count checks, and the
+/// added or changed items with words outside the model's vocabulary.
+async fn check_report(
+    report: &mut PublishReport,
+    batch: &DeltaBatch,
+    bundle: &Bundle,
+    tip: &ChainTip,
+    store: &DeltaStore,
+    state: &RepoState,
+) -> anyhow::Result<()> {
+    let model = bundle.load_model()?;
+    let mut oov_terms = std::collections::BTreeSet::new();
+    for record in &batch.records {
+        match record {
+            DeltaRecord::Put { item } => {
+                let unknown = model
+                    .unknown_terms(&parse_item(item.get(), &bundle.manifest.item_fields())?.text);
+                if !unknown.is_empty() {
+                    report.oov_items += 1;
+                    oov_terms.extend(unknown);
+                }
+                report.puts.push(item.get().to_owned());
+            }
+            DeltaRecord::Delete { id } => report.deleted_ids.push(id.clone()),
+        }
+    }
+    report.oov_terms = oov_terms.into_iter().collect();
+    report.items_before = tip.live_ids.len() as u64;
+    report.items_after = report.items_before + report.adds - report.deletes;
+    let (policy, _) = super::fleet::read_published(store, state).await?;
+    if let Err((_, message)) = policy
+        .unwrap_or_default()
+        .gate
+        .check_counts(report.items_before, report.items_after)
+    {
+        report.count_check = Some(message);
+    }
+    Ok(())
 }
 
 /// `repo init`: creates the repository in `store` with `root` (version 1), signed with
@@ -321,12 +382,23 @@ pub fn listed_targets(targets: &tough::schema::Signed<tough::schema::Targets>) -
 
 /// Reads a delta target's bytes from the store, checking its length and sha256.
 pub async fn read_target(store: &DeltaStore, delta: &DeltaTarget) -> anyhow::Result<Vec<u8>> {
-    let object = target_object(&delta.digest, &delta.name);
+    read_listed(store, &delta.name, &delta.digest, delta.len).await
+}
+
+/// Reads the target `name` that signed metadata lists with `digest` and `len`, checking
+/// both.
+pub async fn read_listed(
+    store: &DeltaStore,
+    name: &str,
+    digest: &str,
+    len: u64,
+) -> anyhow::Result<Vec<u8>> {
+    let object = target_object(digest, name);
     let fetched = store
-        .get(&object, delta.len)
+        .get(&object, len)
         .await?
         .with_context(|| format!("{object} is missing from {}", store.describe()))?;
-    if fetched.bytes.len() as u64 != delta.len || sha256_hex(&fetched.bytes) != delta.digest {
+    if fetched.bytes.len() as u64 != len || sha256_hex(&fetched.bytes) != digest {
         bail!("{object} does not match the length and sha256 its metadata states");
     }
     Ok(fetched.bytes)

@@ -275,6 +275,13 @@ pub fn status_body(state: &AppState, detail: bool) -> serde_json::Value {
         "stale": sync.stale,
         "staleness_seconds": sync.staleness_seconds(),
         "versions_kept": sync.versions_kept,
+        "publish_to_serve_seconds": sync.publish_to_serve_seconds,
+        "fleet": fleet_json(&sync),
+        "gate_refused": sync.gate_refusal.as_ref().map(|r| serde_json::json!({
+            "seq": r.seq,
+            "reason": r.reason,
+            "at": r.at,
+        })),
     });
     let mut body = match &served {
         Some(catalog) => serde_json::json!({
@@ -302,9 +309,31 @@ pub fn status_body(state: &AppState, detail: bool) -> serde_json::Value {
         sync_json["store"] = sync.store.clone().into();
         sync_json["deltas_applied"] = sync.deltas_applied.into();
         sync_json["last_error"] = sync.last_error.clone().into();
+        if let Some(refusal) = &sync.gate_refusal {
+            sync_json["gate_refused"]["message"] = refusal.message.clone().into();
+        }
+        sync_json["fleet"]["policy"] = serde_json::to_value(&sync.fleet.policy).unwrap_or_default();
     }
     body["sync"] = sync_json;
     body
+}
+
+/// The fleet policy this instance follows, as `/status` shows it (the canaries' queries only
+/// with detail).
+fn fleet_json(sync: &crate::sync::follow::SyncStatus) -> serde_json::Value {
+    let fleet = &sync.fleet;
+    let policy = fleet.policy.as_ref();
+    serde_json::json!({
+        "policy_set": policy.is_some(),
+        "pin": policy.and_then(|p| p.pin),
+        "halt": policy.is_some_and(|p| p.halt),
+        "waves": policy.map_or(0, |p| p.waves.len()),
+        "instance_seed": fleet.instance_seed,
+        "wave": fleet.wave,
+        "wave_delay_seconds": fleet.wave_delay_seconds,
+        "held_seq": fleet.held.map(|h| h.seq),
+        "held_until_ms": fleet.held.map(|h| h.release_at_ms),
+    })
 }
 
 pub(super) async fn too_many_connections() -> ApiError {

@@ -337,6 +337,36 @@ impl TfidfModel {
             .collect()
     }
 
+    /// How many of a text's terms (stop words aside) the model knows, and how many it does
+    /// not: words it has no dimension for cannot be found by.
+    pub fn coverage(&self, text: &str) -> TermCoverage {
+        let lowered = python_lower(text);
+        let mut coverage = TermCoverage::default();
+        for token in python_word_tokens(&lowered) {
+            if self.stop_words.contains(token) {
+                continue;
+            }
+            if self.term_idx.contains_key(token) {
+                coverage.known += 1;
+            } else {
+                coverage.unknown += 1;
+            }
+        }
+        coverage
+    }
+
+    /// The distinct terms of a text (stop words aside) outside the model's vocabulary.
+    pub fn unknown_terms(&self, text: &str) -> Vec<String> {
+        let lowered = python_lower(text);
+        let mut unknown: Vec<String> = python_word_tokens(&lowered)
+            .filter(|t| !self.stop_words.contains(*t) && !self.term_idx.contains_key(*t))
+            .map(str::to_owned)
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        unknown
+    }
+
     /// Like [`TfidfModel::embed`] with full precision, as scikit-learn computes it.
     pub fn embed_f64(&self, text: &str) -> Vec<(u32, f64)> {
         let lowered = python_lower(text);
@@ -369,6 +399,15 @@ impl TfidfModel {
         }
         counts
     }
+}
+
+/// A text's terms, by whether the model knows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TermCoverage {
+    /// Terms in the model's vocabulary.
+    pub known: u64,
+    /// Terms outside it.
+    pub unknown: u64,
 }
 
 /// Refuses every setting that changes the maths in a way this crate does not implement.

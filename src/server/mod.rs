@@ -232,7 +232,9 @@ async fn boot(
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(
                 "syncing from the delta store",
             )]);
-            Some(Syncer::open(follow.sync.clone(), &local.bundle, local.model.clone()).await?)
+            let mut sync = follow.sync.clone();
+            sync.reader_shards = options.reader_shards;
+            Some(Syncer::open(sync, &local.bundle, local.model.clone()).await?)
         }
         None => None,
     };

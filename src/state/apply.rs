@@ -4,8 +4,9 @@
 //! mutable files copied) and migrates the copy if its layout is older; [`Applying::apply`]
 //! writes one delta as one LevelDB write batch that also records the new chain position and
 //! keeps the filter index current, and patches the vector index the same way; only the
-//! delta being applied is held in memory. [`Applying::commit`] closes the database, saves
-//! the index and commits. Nothing here touches the current version, so a failure or a
+//! delta being applied is held in memory. [`Applying::finish`] closes the database and
+//! saves the index, leaving a complete version in staging to be checked (the health gate)
+//! before [`Finished::commit`] commits it. Nothing here touches the current version, so a failure or a
 //! cancellation at any step leaves it serving and the state dir as it was.
 //!
 //! Every step is blocking: run it on a blocking thread.
@@ -53,8 +54,9 @@ pub struct Applied {
     pub n_records: u64,
     /// Wall time per stage, in order.
     pub stage_seconds: Vec<(&'static str, f64)>,
-    /// The new version's index, as written (so serving need not read it back).
-    pub index: VectorIndex,
+    /// The new version's index, as written (so serving need not read it back), unless it
+    /// was taken before the commit.
+    pub index: Option<VectorIndex>,
 }
 
 /// A new version being made from the current one, delta by delta.
@@ -167,7 +169,13 @@ impl Applying {
 
     /// Closes the database, saves the index and commits the version, unless `cancel` was
     /// raised first. Fails when no delta was applied.
-    pub fn commit(mut self, cancel: &Cancel) -> anyhow::Result<Applied> {
+    pub fn commit(self, cancel: &Cancel) -> anyhow::Result<Applied> {
+        self.finish()?.commit(cancel)
+    }
+
+    /// Closes the database and saves the index: the version is complete in staging, to be
+    /// checked ([`Finished::view`]) and then committed. Fails when no delta was applied.
+    pub fn finish(mut self) -> anyhow::Result<Finished> {
         let (seq, digest, len) = self.last.clone().context("no deltas to apply")?;
         self.db
             .close()
@@ -180,29 +188,24 @@ impl Applying {
             .apply_started
             .map_or(0.0, |t| t.elapsed().as_secs_f64());
         self.stage_seconds.push(("apply", applied_seconds));
-        let started = Instant::now();
-        let version = self.staging.commit(
-            VersionInfo {
-                name: String::new(),
-                seq,
-                n_items: self.index.n_items() as u64,
-                created_at: now_secs(),
-                chain_digest: digest,
-                chain_len: len,
-                head_issued_at: Some(self.inputs.head_issued_at),
-                schema_version: SCHEMA_VERSION,
-                ..self.current.info.clone()
-            },
-            cancel,
-        )?;
-        self.stage_seconds
-            .push(("commit", started.elapsed().as_secs_f64()));
-        Ok(Applied {
-            version,
+        let info = VersionInfo {
+            name: String::new(),
+            seq,
+            n_items: self.index.n_items() as u64,
+            created_at: now_secs(),
+            chain_digest: digest,
+            chain_len: len,
+            head_issued_at: Some(self.inputs.head_issued_at),
+            schema_version: SCHEMA_VERSION,
+            ..self.current.info.clone()
+        };
+        Ok(Finished {
+            info: self.staging.view(info).info,
+            staging: self.staging,
+            index: Some(self.index),
             n_deltas: self.n_deltas,
             n_records: self.n_records,
             stage_seconds: self.stage_seconds,
-            index: self.index,
         })
     }
 
@@ -243,6 +246,60 @@ impl Applying {
         for key in keys(new) {
             batch.put(&key, b"");
         }
+    }
+}
+
+/// A version whose deltas are all applied, complete in staging: its database closed, its
+/// index saved. Removed on drop unless committed (blocking: drop it on a blocking thread).
+pub struct Finished {
+    /// The version's directory.
+    staging: Staging,
+    /// What `version.json` will say.
+    info: VersionInfo,
+    /// The version's index, as written, unless taken.
+    index: Option<VectorIndex>,
+    /// Deltas applied.
+    n_deltas: usize,
+    /// Records applied.
+    n_records: u64,
+    /// Wall time per stage so far.
+    stage_seconds: Vec<(&'static str, f64)>,
+}
+
+impl Finished {
+    /// The version as it will be committed, seen in staging: open it to check it.
+    pub fn view(&self) -> StoreVersion {
+        self.staging.view(self.info.clone())
+    }
+
+    /// The version's index (once; the caller keeps it, for a catalog).
+    pub fn take_index(&mut self) -> Option<VectorIndex> {
+        self.index.take()
+    }
+
+    /// The sha256 of the last delta applied.
+    pub fn last_digest(&self) -> &str {
+        &self.info.chain_digest
+    }
+
+    /// Adds a stage's wall time to what [`Applied::stage_seconds`] reports.
+    pub fn record_stage(&mut self, stage: &'static str, seconds: f64) {
+        self.stage_seconds.push((stage, seconds));
+    }
+
+    /// Commits the version (it becomes current), unless `cancel` was raised first.
+    pub fn commit(mut self, cancel: &Cancel) -> anyhow::Result<Applied> {
+        let started = Instant::now();
+        let version = self.staging.commit(self.info, cancel)?;
+        self.stage_seconds
+            .push(("commit", started.elapsed().as_secs_f64()));
+        Ok(Applied {
+            version,
+            n_deltas: self.n_deltas,
+            n_records: self.n_records,
+            stage_seconds: self.stage_seconds,
+            index: self.index,
+        })
     }
 }
 

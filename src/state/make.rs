@@ -104,10 +104,27 @@ impl Staging {
     /// Writes `info` (its name set to this version's), fsyncs the whole version, renames it
     /// into `versions/` and points `current` at it. Committed when this returns `Ok`; a
     /// `cancel` raised before it starts abandons the version instead.
-    pub fn commit(
+    pub fn commit(self, info: VersionInfo, cancel: &Cancel) -> anyhow::Result<StoreVersion> {
+        self.commit_as(info, cancel, true)
+    }
+
+    /// What the version will be, seen where it is made (its name set), for checks before
+    /// the commit: its database and index are complete once closed and saved.
+    pub fn view(&self, mut info: VersionInfo) -> StoreVersion {
+        info.name = self.name.clone();
+        StoreVersion {
+            dir: self.dir.clone(),
+            info,
+        }
+    }
+
+    /// [`Staging::commit`]; with `make_current` false, `current` is left as it is (a version
+    /// kept beside the current one).
+    fn commit_as(
         mut self,
         mut info: VersionInfo,
         cancel: &Cancel,
+        make_current: bool,
     ) -> anyhow::Result<StoreVersion> {
         cancel.check()?;
         info.name = self.name.clone();
@@ -120,7 +137,10 @@ impl Staging {
         durable::rename_durably(&self.dir, &target)?;
         self.committed = true;
         crate::failpoint::hit("after-rename");
-        self.state.set_current(&self.name)?;
+        if make_current {
+            self.state.set_current(&self.name)?;
+            crate::failpoint::hit("after-commit");
+        }
         self.state.load_version(&self.name)
     }
 }
@@ -167,8 +187,36 @@ impl StateDir {
         self.clone_bundle(bundle)
     }
 
-    /// Makes and commits a version cloned from the bundle.
+    /// A committed version holding exactly the bundle (its seq and chain digest, this
+    /// binary's layout): a kept one, or a new clone committed beside the current version,
+    /// which stays current. What a chain is replayed on to go back before every kept
+    /// version.
+    pub fn bundle_version(self: &Arc<Self>, bundle: &Bundle) -> anyhow::Result<StoreVersion> {
+        let manifest = &bundle.manifest;
+        let kept = self.versions()?.into_iter().rev().find(|v| {
+            v.info.seq == manifest.seq
+                && v.info.chain_digest == manifest.chain_digest
+                && v.info.model_fingerprint == manifest.model_fingerprint
+                && v.info.schema_version == SCHEMA_VERSION
+        });
+        match kept {
+            Some(version) => Ok(version),
+            None => self.clone_bundle_as(bundle, false),
+        }
+    }
+
+    /// Makes and commits a version cloned from the bundle, and makes it current.
     fn clone_bundle(self: &Arc<Self>, bundle: &Bundle) -> anyhow::Result<StoreVersion> {
+        self.clone_bundle_as(bundle, true)
+    }
+
+    /// Makes and commits a version cloned from the bundle; `make_current` says whether it
+    /// becomes current.
+    fn clone_bundle_as(
+        self: &Arc<Self>,
+        bundle: &Bundle,
+        make_current: bool,
+    ) -> anyhow::Result<StoreVersion> {
         let manifest = &bundle.manifest;
         let started = std::time::Instant::now();
         bundle.verify_files()?;
@@ -197,7 +245,7 @@ impl StateDir {
                 bundle.dir.display()
             ),
         )?;
-        staging.commit(
+        staging.commit_as(
             VersionInfo {
                 name: String::new(),
                 dataset: manifest.dataset.clone(),
@@ -213,6 +261,7 @@ impl StateDir {
                 schema_version: SCHEMA_VERSION,
             },
             &Cancel::never(),
+            make_current,
         )
     }
 

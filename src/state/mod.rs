@@ -5,6 +5,7 @@
 //!   lock                 flock held by the one process that owns the state dir
 //!   current              the name of the current version (replaced atomically)
 //!   pinned               the version `rollback` pinned, if any
+//!   refused.json         versions the health gate refused, by their last delta's digest
 //!   trust.json           the newest delta verified metadata named (for status)
 //!   trust/ID/            the TUF metadata trusted, per delta store and dataset (ID hashes
 //!                        both; binding.json names them): what refuses a replayed or
@@ -23,6 +24,7 @@
 pub mod apply;
 mod local;
 mod make;
+mod refused;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +40,7 @@ use crate::lock_file::LockFile;
 
 pub use local::LocalState;
 pub use make::{Scratch, Staging};
+pub use refused::{MAX_REFUSALS, Refusal};
 
 /// Name of the description file inside a version directory.
 pub const VERSION_FILE: &str = "version.json";

@@ -8,13 +8,13 @@ use anyhow::Context;
 use backon::BackoffBuilder;
 use serde::Serialize;
 
-use super::{SyncOutcome, Syncer, failure_reason, with_deadline};
-use crate::catalog::{CurrentCatalog, Inconsistent, open_in_background};
+use super::fleet::FleetView;
+use super::{Made, SyncOutcome, Syncer, failure_reason, with_deadline};
+use crate::catalog::{Catalog, CurrentCatalog, Inconsistent, open_in_background};
 use crate::clock::now_secs;
 use crate::delta_store::DeltaStore;
-use crate::search::index::VectorIndex;
 use crate::search::tfidf::TfidfModel;
-use crate::state::{Cancel, StateDir, StoreVersion};
+use crate::state::{Cancel, Refusal, StateDir, StoreVersion};
 
 /// What `/status` reports about syncing.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -32,7 +32,8 @@ pub struct SyncStatus {
     /// Sync attempts finished by this process (succeeded or not).
     pub attempts: u64,
     /// `applied` (a new version is served), `committed` (applied but not yet swapped in),
-    /// `up-to-date`, `no-head`, `pinned` or `failed`.
+    /// `up-to-date`, `no-head`, `pinned` (by `rollback`), `fleet-pinned`, `halted`, `held`
+    /// (waiting for this instance's wave), `gate-refused` or `failed`.
     pub last_result: Option<String>,
     /// The last failure's message.
     pub last_error: Option<String>,
@@ -42,6 +43,12 @@ pub struct SyncStatus {
     pub head_issued_at: Option<u64>,
     /// Committed versions in the state dir.
     pub versions_kept: usize,
+    /// The fleet policy this instance follows, its wave and what it holds back.
+    pub fleet: FleetView,
+    /// The health gate's last refusal (kept until a version passes it).
+    pub gate_refusal: Option<Refusal>,
+    /// Seconds from the newest served delta's publication to its swap here.
+    pub publish_to_serve_seconds: Option<f64>,
 }
 
 impl SyncStatus {
@@ -104,17 +111,15 @@ impl Follower {
                 metrics::counter!("deltacache_sync_attempts_total").increment(1);
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("syncing")]);
                 if let Some(pending) = self.pending_version(&served)? {
-                    return self.swap_to(&mut served, pending, None, None).await;
+                    return self.swap_to(&mut served, pending, None, None, |_| {}).await;
                 }
                 let Some(syncer) = &self.syncer else {
                     return Ok(false);
                 };
                 let outcome = syncer.sync(&self.state, &served, &cancel).await;
-                match self.record_outcome(outcome)? {
-                    Some((version, index, refused_rest)) => {
-                        self.swap_to(&mut served, version, Some(index), refused_rest)
-                            .await
-                    }
+                let fleet = syncer.fleet_view();
+                match self.record_outcome(outcome, fleet)? {
+                    Some(made) => self.swap_made(&mut served, *made).await,
                     None => Ok(false),
                 }
             }),
@@ -140,26 +145,55 @@ impl Follower {
             .then_some(current))
     }
 
-    /// Opens `version` and swaps it in. When it cannot be opened, the served version keeps
-    /// serving and the status says so; a version that fails its consistency checks is
-    /// discarded (and `current` points back at the served one), while one that failed for a
-    /// passing reason (no file descriptors, no space) is opened again by the next attempt.
-    /// `refused_rest` says why the version stops short of the head, if it does.
+    /// Swaps in a version a sync made (its catalog open), and records how long after their
+    /// publication its deltas came to be served.
+    async fn swap_made(&self, served: &mut StoreVersion, made: Made) -> anyhow::Result<bool> {
+        let published_ms = made.published_ms.clone();
+        self.swap_to(
+            served,
+            made.version,
+            Some(made.catalog),
+            made.refused_rest,
+            move |status| {
+                let now = crate::clock::now_millis();
+                for published in published_ms {
+                    let seconds = now.saturating_sub(published) as f64 / 1000.0;
+                    metrics::histogram!("deltacache_publish_to_serve_seconds").record(seconds);
+                    status.publish_to_serve_seconds = Some(seconds);
+                }
+                status.gate_refusal = None;
+            },
+        )
+        .await
+    }
+
+    /// Swaps in `version`, opening it unless its catalog is given. When it cannot be opened,
+    /// the served version keeps serving and the status says so; a version that fails its
+    /// consistency checks is discarded (and `current` points back at the served one), while
+    /// one that failed for a passing reason (no file descriptors, no space) is opened again
+    /// by the next attempt. `refused_rest` says why the version stops short of the head, if
+    /// it does; `also` updates the status in the same step as the swap.
     async fn swap_to(
         &self,
         served: &mut StoreVersion,
         version: StoreVersion,
-        index: Option<VectorIndex>,
+        catalog: Option<Arc<Catalog>>,
         refused_rest: Option<String>,
+        also: impl FnOnce(&mut SyncStatus),
     ) -> anyhow::Result<bool> {
-        let opened = open_in_background(
-            &self.state,
-            &version,
-            self.model.clone(),
-            index,
-            self.reader_shards,
-        )
-        .await;
+        let opened = match catalog {
+            Some(catalog) => Ok(catalog),
+            None => {
+                open_in_background(
+                    &self.state,
+                    &version,
+                    self.model.clone(),
+                    None,
+                    self.reader_shards,
+                )
+                .await
+            }
+        };
         let catalog = match opened {
             Ok(catalog) => catalog,
             Err(error) => {
@@ -187,6 +221,7 @@ impl Follower {
             status.stale = refused_rest.is_some();
             status.last_error = refused_rest;
             metrics::gauge!("deltacache_stale").set(if status.stale { 1.0 } else { 0.0 });
+            also(&mut status);
         }
         metrics::counter!("deltacache_swaps_total").increment(1);
         metrics::gauge!("deltacache_current_seq").set(version.info.seq as f64);
@@ -282,52 +317,57 @@ impl Follower {
         status.stale = true;
     }
 
-    /// Records a sync outcome in the status; returns the new version to swap in, if any. A
-    /// failure is returned for the caller to record and log; `applied` is recorded only once
-    /// the new version is swapped in.
+    /// Records a sync outcome (and the fleet policy it saw) in the status; returns the new
+    /// version to swap in, if any. A failure is returned for the caller to record and log;
+    /// `applied` is recorded only once the new version is swapped in.
     fn record_outcome(
         &self,
         outcome: anyhow::Result<SyncOutcome>,
-    ) -> anyhow::Result<Option<(StoreVersion, VectorIndex, Option<String>)>> {
+        fleet: FleetView,
+    ) -> anyhow::Result<Option<Box<Made>>> {
         let outcome = outcome?;
         let mut status = self.status.write();
         status.last_sync_at = Some(now_secs());
         status.attempts += 1;
+        status.fleet = fleet;
         if let Ok(Some(seen)) = self.state.watermark() {
             status.head_seq_seen = Some(seen.seq);
         }
-        let (result, new_version) = match outcome {
+        let described = outcome.describe();
+        let (result, behind) = match outcome {
             SyncOutcome::NoHead => ("no-head", None),
             SyncOutcome::UpToDate { .. } => ("up-to-date", None),
             SyncOutcome::Pinned { .. } => ("pinned", None),
-            SyncOutcome::Applied {
-                version,
-                n_deltas,
-                n_records,
-                head_seq,
-                refused_rest,
-                stage_seconds,
-                index,
-            } => {
+            SyncOutcome::FleetPinned { .. } => ("fleet-pinned", None),
+            SyncOutcome::Halted { .. } => ("halted", None),
+            SyncOutcome::Held { .. } => ("held", None),
+            SyncOutcome::GateRefused { refusal, .. } => {
+                status.gate_refusal = Some(refusal);
+                ("gate-refused", Some(described))
+            }
+            SyncOutcome::Applied(made) => {
                 tracing::info!(
-                    seq = version.info.seq,
-                    head_seq,
-                    n_deltas,
-                    n_records,
-                    ?stage_seconds,
-                    "applied deltas"
+                    seq = made.version.info.seq,
+                    head_seq = made.head_seq,
+                    n_deltas = made.n_deltas,
+                    n_records = made.n_records,
+                    back = made.back,
+                    gate = ?made.gate,
+                    stage_seconds = ?made.stage_seconds,
+                    "{described}"
                 );
-                status.deltas_applied += n_deltas as u64;
-                ("committed", Some((*version, *index, refused_rest)))
+                status.deltas_applied += made.n_deltas as u64;
+                status.last_result = Some("committed".into());
+                return Ok(Some(made));
             }
         };
         status.last_result = Some(result.into());
-        if new_version.is_none() {
-            status.last_error = None;
-            status.stale = false;
-            metrics::gauge!("deltacache_stale").set(0.0);
-        }
-        Ok(new_version)
+        // Held back on purpose (the gate): behind the head, and saying why; otherwise
+        // nothing is wrong.
+        status.stale = behind.is_some();
+        status.last_error = behind;
+        metrics::gauge!("deltacache_stale").set(if status.stale { 1.0 } else { 0.0 });
+        Ok(None)
     }
 
     /// Follows the delta store until the task is dropped: every `interval`, on SIGHUP, and on
@@ -370,7 +410,7 @@ impl Follower {
             match self.sync_and_swap().await {
                 Ok(_) => {
                     backoff = new_backoff(interval);
-                    wait = interval;
+                    wait = self.next_wait(interval);
                 }
                 Err(error) => {
                     wait = backoff.next().unwrap_or(interval);
@@ -383,6 +423,21 @@ impl Follower {
                 }
             }
         }
+    }
+}
+
+impl Follower {
+    /// The interval, or less when a held-back delta's wave starts sooner (so it is taken
+    /// when its wave starts, not up to an interval later).
+    fn next_wait(&self, interval: Duration) -> Duration {
+        let Some(held) = self.status.read().fleet.held else {
+            return interval;
+        };
+        let until = held
+            .release_at_ms
+            .saturating_sub(crate::clock::now_millis())
+            .saturating_add(10);
+        interval.min(Duration::from_millis(until))
     }
 }
 

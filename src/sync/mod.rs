@@ -10,11 +10,19 @@
 //! delta refused in the middle of a chain: the ones before it are committed, and the
 //! refusal is reported.
 //!
+//! The fleet policy (`fleet.json`, a target of the same repository) is read on every sync:
+//! it can hold the chain back (halt, waves) or pin it to a seq, going back to a kept version
+//! or one rebuilt from the bundle ([`fleet`]). Every new version passes the health gate
+//! ([`gate`]) on its own catalog before it is committed; one that fails is never committed
+//! and never applied again.
+//!
 //! Every attempt can be cancelled ([`Cancel`]); a cancelled attempt stops at the next delta
 //! and never commits. [`with_deadline`] raises the flag when an attempt overruns and waits
 //! for the attempt to stop, so no apply is left running unseen.
 
+pub mod fleet;
 pub mod follow;
+pub mod gate;
 pub mod ops;
 
 use std::path::PathBuf;
@@ -25,12 +33,15 @@ use anyhow::Context;
 
 use crate::bundle::Bundle;
 use crate::bundle::items::ItemFields;
-use crate::delta::chain::{ChainError, DeltaTarget, delta_targets, plan, verify_delta};
+use crate::catalog::Catalog;
+use crate::delta::chain::{ChainError, DeltaTarget, delta_targets, verify_delta};
+use crate::delta::fleet::{Canary, FleetPolicy, instance_seed, read_canaries};
 use crate::delta_store::{DeltaStore, RemoteSettings};
 use crate::search::tfidf::TfidfModel;
-use crate::state::apply::{Applied, ApplyInputs, Applying};
+use crate::state::apply::{ApplyInputs, Finished};
 use crate::state::{Cancel, Cancelled, StateDir, StoreVersion, TrustBinding, TrustWatermark};
 use crate::tuf::client::{self, ClientLimits, TrustedRepo};
+use fleet::{FleetView, Route};
 
 /// Where and how to sync from.
 #[derive(Debug, Clone)]
@@ -48,6 +59,13 @@ pub struct SyncOptions {
     pub memory_budget_bytes: u64,
     /// Committed versions kept in the state dir.
     pub keep_versions: usize,
+    /// This instance's wave seed (`None`: derived from the machine id).
+    pub instance_seed: Option<u32>,
+    /// A JSON file of canary queries every new version must answer (besides the fleet
+    /// policy's).
+    pub canaries: Option<PathBuf>,
+    /// Read handles on each new version's catalog.
+    pub reader_shards: usize,
 }
 
 /// The default [`SyncOptions::memory_budget_bytes`]: 1 GiB.
@@ -65,6 +83,9 @@ impl SyncOptions {
             max_delta_bytes: DEFAULT_MAX_DELTA_BYTES,
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
             keep_versions: 3,
+            instance_seed: None,
+            canaries: None,
+            reader_shards: 1,
         }
     }
 
@@ -107,23 +128,140 @@ pub enum SyncOutcome {
         /// The pinned version.
         version: String,
     },
-    /// New deltas were applied and committed.
-    Applied {
-        /// The new version.
-        version: Box<StoreVersion>,
-        /// How many deltas.
-        n_deltas: usize,
-        /// How many records.
-        n_records: u64,
+    /// The fleet policy pins this seq, which is served.
+    FleetPinned {
+        /// The pinned seq.
+        seq: u64,
+    },
+    /// The fleet policy halts the fleet: nothing newer is applied.
+    Halted {
         /// The newest delta's seq.
         head_seq: u64,
-        /// Set when only a prefix of the chain could be applied: why the rest was refused.
-        refused_rest: Option<String>,
-        /// Seconds per stage.
-        stage_seconds: Vec<(&'static str, f64)>,
-        /// The new version's index, already in memory.
-        index: Box<crate::search::index::VectorIndex>,
     },
+    /// The next delta's wave has not started for this instance.
+    Held {
+        /// The delta held back.
+        seq: u64,
+        /// When its wave starts for this instance (milliseconds since the epoch).
+        release_at_ms: u64,
+    },
+    /// The health gate refused the version the chain makes (now, or in an earlier attempt:
+    /// it is not applied again); the served version stays.
+    GateRefused {
+        /// Why.
+        refusal: crate::state::Refusal,
+        /// Whether it was refused in an earlier attempt.
+        remembered: bool,
+    },
+    /// A new version was made (or a kept one chosen) and committed.
+    Applied(Box<Made>),
+}
+
+/// A version a sync committed, its catalog already open (the gate searched it).
+#[derive(Clone)]
+pub struct Made {
+    /// The new version.
+    pub version: StoreVersion,
+    /// How many deltas (0: a kept version was chosen).
+    pub n_deltas: usize,
+    /// How many records.
+    pub n_records: u64,
+    /// The newest delta's seq.
+    pub head_seq: u64,
+    /// Set when only a prefix of the chain could be applied: why the rest was refused.
+    pub refused_rest: Option<String>,
+    /// Seconds per stage.
+    pub stage_seconds: Vec<(&'static str, f64)>,
+    /// The new version's catalog, open.
+    pub catalog: Arc<Catalog>,
+    /// When each applied delta was published (ms since the epoch), for freshness.
+    pub published_ms: Vec<u64>,
+    /// What the health gate measured (`None`: not gated, a kept version or a fleet pin).
+    pub gate: Option<gate::GateReport>,
+    /// Whether this goes back to an older seq (a fleet pin).
+    pub back: bool,
+}
+
+impl SyncOutcome {
+    /// One line saying what the sync did, for the operator.
+    pub fn describe(&self) -> String {
+        match self {
+            SyncOutcome::NoHead => {
+                "no delta in the repository yet: serving the bundle as it is".into()
+            }
+            SyncOutcome::UpToDate { head_seq } => format!("up to date at seq {head_seq}"),
+            SyncOutcome::Pinned { version } => {
+                format!("version {version} is pinned (rollback); not following")
+            }
+            SyncOutcome::FleetPinned { seq } => {
+                format!("the fleet policy pins seq {seq}, which is served")
+            }
+            SyncOutcome::Halted { head_seq } => format!(
+                "the fleet policy halts the fleet: nothing newer is applied (the head is seq {head_seq})"
+            ),
+            SyncOutcome::Held { seq, release_at_ms } => format!(
+                "seq {seq} waits for this instance's wave, which starts in {}s",
+                release_at_ms
+                    .saturating_sub(crate::clock::now_millis())
+                    .div_ceil(1000)
+            ),
+            SyncOutcome::GateRefused {
+                refusal,
+                remembered,
+            } => format!(
+                "the health gate {} seq {} ({}): {}; the last good version keeps serving",
+                if *remembered {
+                    "refused earlier"
+                } else {
+                    "refused"
+                },
+                refusal.seq,
+                refusal.reason,
+                refusal.message
+            ),
+            SyncOutcome::Applied(made) => {
+                let stages: Vec<String> = made
+                    .stage_seconds
+                    .iter()
+                    .map(|(n, s)| format!("{n} {s:.3}s"))
+                    .collect();
+                match (made.n_deltas, made.back) {
+                    (0, back) => format!(
+                        "{} kept version {}: now at seq {}",
+                        if back { "went back to" } else { "moved to" },
+                        made.version.info.name,
+                        made.version.info.seq
+                    ),
+                    (n, back) => format!(
+                        "applied {n} deltas ({} records): now at seq {} in version {}{} ({})",
+                        made.n_records,
+                        made.version.info.seq,
+                        made.version.info.name,
+                        if back {
+                            ", rebuilt from the bundle for the fleet pin"
+                        } else {
+                            ""
+                        },
+                        stages.join(", ")
+                    ),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Made {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Made")
+            .field("version", &self.version.info.name)
+            .field("seq", &self.version.info.seq)
+            .field("n_deltas", &self.n_deltas)
+            .field("head_seq", &self.head_seq)
+            .field("refused_rest", &self.refused_rest)
+            .field("gate", &self.gate)
+            .field("back", &self.back)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Everything needed to sync one state dir; shared by `sync` and the daemon's follower.
@@ -134,24 +272,37 @@ pub struct Syncer {
     trusted_root: Vec<u8>,
     /// Which repository the state dir's trusted metadata belongs to.
     binding: TrustBinding,
+    /// The bundle the state dir descends from (to rebuild an older seq from).
+    bundle: Bundle,
     /// The bundle's model (deltas are embedded with it).
     pub model: Arc<TfidfModel>,
     /// The bundle's id and text fields.
     fields: ItemFields,
     /// The fields the bundle's filter index covers.
     filter_fields: Vec<String>,
+    /// This instance's wave seed.
+    seed: u32,
+    /// Canaries every new version must answer, besides the fleet policy's.
+    canaries: Vec<Canary>,
+    /// What the last sync saw of the fleet policy, for `/status`.
+    view: parking_lot::Mutex<FleetView>,
     /// Caps and retention.
     options: SyncOptions,
 }
 
 impl Syncer {
-    /// Reads the trusted root and opens the delta store.
+    /// Reads the trusted root and the canaries, and opens the delta store.
     pub async fn open(
         options: SyncOptions,
         bundle: &Bundle,
         model: Arc<TfidfModel>,
     ) -> anyhow::Result<Self> {
         let trusted_root = read_trusted_root(&options.trusted_root)?;
+        let seed = instance_seed(options.instance_seed)?;
+        let canaries = match &options.canaries {
+            Some(path) => read_canaries(path)?,
+            None => Vec::new(),
+        };
         let store = Arc::new(DeltaStore::open(&options.store, &options.remote).await?);
         Ok(Syncer {
             binding: TrustBinding {
@@ -160,9 +311,16 @@ impl Syncer {
             },
             store,
             trusted_root,
+            bundle: bundle.clone(),
             model,
             fields: bundle.manifest.item_fields(),
             filter_fields: bundle.manifest.filter_fields.clone(),
+            seed,
+            canaries,
+            view: parking_lot::Mutex::new(FleetView {
+                instance_seed: seed,
+                ..FleetView::default()
+            }),
             options,
         })
     }
@@ -172,8 +330,13 @@ impl Syncer {
         &self.store
     }
 
-    /// Brings `state` from `current` to the newest delta; stops, committing nothing, once
-    /// `cancel` is raised.
+    /// What the last sync saw of the fleet policy.
+    pub fn fleet_view(&self) -> FleetView {
+        self.view.lock().clone()
+    }
+
+    /// Brings `state` from `current` to the newest delta the fleet policy lets this instance
+    /// take; stops, committing nothing, once `cancel` is raised.
     pub async fn sync(
         &self,
         state: &Arc<StateDir>,
@@ -184,7 +347,6 @@ impl Syncer {
             return Ok(SyncOutcome::Pinned { version: pinned });
         }
         let started = Instant::now();
-        let position = current.chain_position();
         let (binding, state_for_copy) = (self.binding.clone(), state.clone());
         let trusted = blocking(move || state_for_copy.stage_trusted(&binding)).await?;
         let repo = cancel
@@ -196,46 +358,39 @@ impl Syncer {
             ))
             .await?
             .map_err(ChainError::Trust)?;
-        let deltas = delta_targets(&repo.targets())?;
+        let targets = repo.targets();
+        let deltas = delta_targets(&targets)?;
+        let policy = self.read_policy(&repo, &targets, cancel).await?;
         let Some(newest) = deltas.last().cloned() else {
             self.keep_trusted(state, trusted, None).await?;
             return Ok(SyncOutcome::NoHead);
         };
         metrics::gauge!("deltacache_head_seq").set(newest.meta.seq as f64);
-        let planned = plan(&deltas, &position)?;
         let watermark = TrustWatermark {
             seq: newest.meta.seq,
             issued_at: newest.meta.created_at,
         };
-        if planned.is_empty() {
-            self.keep_trusted(state, trusted, Some(watermark)).await?;
-            return Ok(SyncOutcome::UpToDate {
-                head_seq: newest.meta.seq,
-            });
-        }
-        let plan_seconds = started.elapsed().as_secs_f64();
-        let inputs = ApplyInputs {
-            model: self.model.clone(),
-            fields: self.fields.clone(),
-            filter_fields: self.filter_fields.clone(),
-            head_issued_at: planned.last().map_or(0, |d| d.meta.created_at),
+        let route = self.route(state, &policy, &deltas, current).await?;
+        let outcome = match route {
+            Route::Stay(outcome) => outcome,
+            Route::Take {
+                deltas: planned,
+                base,
+                gated,
+            } => {
+                let head_seq = newest.meta.seq;
+                let plan_seconds = started.elapsed().as_secs_f64();
+                self.make(state, &base, &repo, &planned, gated, &policy, cancel)
+                    .await?
+                    .finish(head_seq, plan_seconds)
+            }
+            Route::Kept { version, back } => {
+                self.choose_kept(state, version, newest.meta.seq, back)
+                    .await?
+            }
         };
-        let (mut applied, refused_rest) = self
-            .apply(state, current, inputs, &repo, &planned, cancel)
-            .await?;
         self.keep_trusted(state, trusted, Some(watermark)).await?;
-        applied
-            .stage_seconds
-            .insert(0, ("verify metadata", plan_seconds));
-        Ok(SyncOutcome::Applied {
-            head_seq: newest.meta.seq,
-            version: Box::new(applied.version),
-            n_deltas: applied.n_deltas,
-            n_records: applied.n_records,
-            refused_rest,
-            stage_seconds: applied.stage_seconds,
-            index: Box::new(applied.index),
-        })
+        Ok(outcome)
     }
 
     /// Keeps the metadata tough trusted in this sync (and the watermark), once the sync has
@@ -257,29 +412,40 @@ impl Syncer {
         .await
     }
 
-    /// Fetches, checks and applies each planned delta in turn (one in memory at a time),
-    /// then commits, unless `cancel` is raised first. A delta refused after others were
-    /// applied ends the chain there: the ones before it are committed and the refusal is
-    /// returned beside them. Blocking steps run on blocking threads; on failure the
-    /// half-made version is removed there too.
-    async fn apply(
+    /// Fetches, checks and applies each planned delta in turn (one in memory at a time) on
+    /// a new version of `base`; with `gated`, checks the version with the health gate
+    /// before it is committed (a refusal is remembered, and nothing is committed). A delta
+    /// refused after others were applied ends the chain there: the ones before it make the
+    /// version, and the refusal is returned beside it. Blocking steps run on blocking
+    /// threads; on failure the half-made version is removed there too.
+    // long: one pass from the first fetch to the commit; each step is a call.
+    #[allow(clippy::too_many_arguments)]
+    async fn make(
         &self,
         state: &Arc<StateDir>,
-        current: &StoreVersion,
-        inputs: ApplyInputs,
+        base: &StoreVersion,
         repo: &TrustedRepo,
         planned: &[DeltaTarget],
+        gated: bool,
+        policy: &FleetPolicy,
         cancel: &Cancel,
-    ) -> anyhow::Result<(Applied, Option<String>)> {
+    ) -> anyhow::Result<Making> {
         let started = Instant::now();
-        let last_seq = planned.last().map_or(current.info.seq, |d| d.meta.seq);
-        let (state, current) = (state.clone(), current.clone());
-        let mut applying = blocking(move || state.begin_apply(&current, last_seq, inputs)).await?;
+        let last_seq = planned.last().map_or(base.info.seq, |d| d.meta.seq);
+        let inputs = ApplyInputs {
+            model: self.model.clone(),
+            fields: self.fields.clone(),
+            filter_fields: self.filter_fields.clone(),
+            head_issued_at: planned.last().map_or(0, |d| d.meta.created_at),
+        };
+        let (state_for_apply, base_for_apply) = (state.clone(), base.clone());
+        let mut applying =
+            blocking(move || state_for_apply.begin_apply(&base_for_apply, last_seq, inputs))
+                .await?;
         let mut fetched_bytes = 0u64;
         let mut refused_rest = None;
         for delta in planned {
-            let fetched = self.fetch(repo, delta, cancel).await;
-            let verified = match fetched {
+            let verified = match self.fetch(repo, delta, cancel).await {
                 Ok(verified) => verified,
                 Err(error) => {
                     let refusal = error.downcast_ref::<ChainError>().is_some_and(|e| {
@@ -302,13 +468,113 @@ impl Syncer {
             applying = blocking(move || applying.apply(&verified).map(|()| applying)).await?;
         }
         metrics::counter!("deltacache_fetched_bytes_total").increment(fetched_bytes);
+        let n_applied = applying.n_deltas();
+        let mut finished = blocking(move || applying.finish()).await?;
+        let catalog = match self.open_finished(state, &mut finished).await {
+            Ok(catalog) => catalog,
+            Err(error) => {
+                discard(finished).await;
+                return Err(error.context(format!(
+                    "open the new version of seq {last_seq} to check it; nothing was committed, and the served version keeps serving"
+                )));
+            }
+        };
+        let gate = if gated {
+            match self
+                .gate(state, base, &mut finished, &catalog, policy)
+                .await?
+            {
+                Ok(report) => Some(report),
+                Err(refusal) => {
+                    drop(catalog);
+                    discard(finished).await;
+                    return Ok(Making::Refused(refusal));
+                }
+            }
+        } else {
+            None
+        };
         let cancel = cancel.clone();
-        let applied = blocking(move || applying.commit(&cancel)).await?;
+        let applied = blocking(move || finished.commit(&cancel)).await?;
         metrics::histogram!("deltacache_apply_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("deltacache_deltas_applied_total").increment(applied.n_deltas as u64);
         metrics::counter!("deltacache_records_applied_total").increment(applied.n_records);
-        Ok((applied, refused_rest))
+        Ok(Making::Made(Box::new(Made {
+            version: applied.version,
+            n_deltas: applied.n_deltas,
+            n_records: applied.n_records,
+            head_seq: 0,
+            refused_rest,
+            stage_seconds: applied.stage_seconds,
+            catalog,
+            published_ms: planned[..n_applied]
+                .iter()
+                .map(|d| d.meta.published_ms())
+                .collect(),
+            gate,
+            back: last_seq < base.info.seq,
+        })))
+    }
+
+    /// Opens the catalog of a version finished in staging (its reader clones are made from
+    /// there; they stay valid once the version is renamed into place).
+    async fn open_finished(
+        &self,
+        state: &Arc<StateDir>,
+        finished: &mut Finished,
+    ) -> anyhow::Result<Arc<Catalog>> {
+        let view = finished.view();
+        let index = finished.take_index();
+        let (state, model, shards) = (
+            state.clone(),
+            self.model.clone(),
+            self.options.reader_shards,
+        );
+        blocking(move || {
+            Catalog::open_with_index(&view, model, index, &state.reader_dir(&view), shards)
+                .map(Arc::new)
+        })
+        .await
+    }
+
+    /// Runs the health gate on a finished version; a refusal is remembered in the state
+    /// dir, counted and logged.
+    async fn gate(
+        &self,
+        state: &Arc<StateDir>,
+        base: &StoreVersion,
+        finished: &mut Finished,
+        catalog: &Arc<Catalog>,
+        policy: &FleetPolicy,
+    ) -> anyhow::Result<Result<gate::GateReport, crate::state::Refusal>> {
+        let started = Instant::now();
+        let (catalog, previous) = (catalog.clone(), base.info.n_items);
+        let (gate_policy, canaries) = (policy.gate.clone(), self.canaries.clone());
+        let checked =
+            blocking(move || Ok(gate::check(&catalog, previous, &gate_policy, &canaries))).await?;
+        finished.record_stage("gate", started.elapsed().as_secs_f64());
+        match checked {
+            Ok(report) => {
+                tracing::info!(?report, "the new version passed the health gate");
+                Ok(Ok(report))
+            }
+            Err(refused) => {
+                let refusal = crate::state::Refusal {
+                    seq: refused.seq,
+                    digest: finished.last_digest().to_owned(),
+                    reason: refused.reason.to_owned(),
+                    message: refused.message.clone(),
+                    at: crate::clock::now_secs(),
+                };
+                metrics::counter!("deltacache_gate_refusals_total", "reason" => refused.reason)
+                    .increment(1);
+                tracing::warn!(seq = refused.seq, reason = refused.reason, message = %refused.message, "the health gate refused the new version; serving the last good one");
+                let (state, record) = (state.clone(), refusal.clone());
+                blocking(move || state.record_refusal(record)).await?;
+                Ok(Err(refusal))
+            }
+        }
     }
 
     /// Reads one delta (tough checks its length and sha256) and decodes it within the
@@ -330,10 +596,35 @@ impl Syncer {
     }
 }
 
+/// What making a version came to.
+enum Making {
+    /// Committed.
+    Made(Box<Made>),
+    /// Refused by the health gate; nothing committed.
+    Refused(crate::state::Refusal),
+}
+
+impl Making {
+    fn finish(self, head_seq: u64, plan_seconds: f64) -> SyncOutcome {
+        match self {
+            Making::Made(mut made) => {
+                made.head_seq = head_seq;
+                made.stage_seconds
+                    .insert(0, ("verify metadata", plan_seconds));
+                SyncOutcome::Applied(made)
+            }
+            Making::Refused(refusal) => SyncOutcome::GateRefused {
+                refusal,
+                remembered: false,
+            },
+        }
+    }
+}
+
 /// Removes a half-made version on a blocking thread (removal is blocking work).
-async fn discard(applying: Applying) {
+async fn discard<T: Send + 'static>(making: T) {
     let _ = blocking(move || {
-        drop(applying);
+        drop(making);
         Ok(())
     })
     .await;

@@ -34,16 +34,21 @@ pub async fn sync_once(
         syncer.sync(&local.state, &local.version, &cancel),
     )
     .await?;
-    if let SyncOutcome::Applied {
-        refused_rest: Some(reason),
-        version,
-        ..
-    } = &outcome
-    {
-        bail!(
-            "applied up to seq {} but refused the rest of the chain: {reason}",
-            version.info.seq
-        );
+    match &outcome {
+        SyncOutcome::Applied(made) => {
+            if let Some(reason) = &made.refused_rest {
+                bail!(
+                    "applied up to seq {} but refused the rest of the chain: {reason}",
+                    made.version.info.seq
+                );
+            }
+        }
+        SyncOutcome::GateRefused { .. } => bail!(
+            "{}; the state dir still holds seq {}",
+            outcome.describe(),
+            local.version.info.seq
+        ),
+        _ => {}
     }
     local
         .state

@@ -2,6 +2,7 @@
 
 mod build_base;
 mod delta;
+mod fleet;
 mod http_api;
 mod limits;
 mod migrations;

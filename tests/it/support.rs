@@ -298,10 +298,33 @@ pub async fn publish_changes(
         changes: deltacache::delta::publish::ChangeSource::Changes(changes_file.to_path_buf()),
         expires_in: std::time::Duration::from_secs(3600),
         dry_run: false,
+        force: false,
         remote,
     })
     .await
     .unwrap();
+}
+
+/// Publishes the fleet policy `change` makes (signed with `key`).
+pub async fn set_fleet_policy(
+    store: &str,
+    key: &Path,
+    remote: deltacache::delta_store::RemoteSettings,
+    change: deltacache::delta::fleet::PolicyChange,
+) -> deltacache::delta::fleet::FleetPolicy {
+    let at = deltacache::delta::fleet::FleetStore {
+        store: store.to_owned(),
+        trusted_root: None,
+        remote,
+    };
+    deltacache::delta::fleet::set(
+        &at,
+        &[key.to_path_buf()],
+        &change,
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .unwrap()
 }
 
 /// `output`).
