@@ -1,5 +1,5 @@
 # Bakes the deltacache AMI: a stock Debian 12 (or Ubuntu 24.04 LTS) image plus the prebuilt
-# artefacts from scripts/prepare_artifacts.sh (binary, bundle, config, trusted keys, systemd
+# artefacts from scripts/prepare_artifacts.sh (binary, bundle, config, TUF root, systemd
 # unit). Nothing is compiled or packaged on the builder: provisioners copy files into
 # /tmp/deltacache-artifacts and run scripts/provision.sh --root / from there.
 #
@@ -72,9 +72,9 @@ variable "config_file" {
   description = "The config installed as /etc/deltacache/config.toml (OUT/config.toml)."
 }
 
-variable "trusted_keys_file" {
+variable "trusted_root_file" {
   type        = string
-  description = "Public keys installed as /etc/deltacache/trusted-keys.pub (OUT/trusted-keys.pub)."
+  description = "The TUF root (public keys and thresholds) installed as /etc/deltacache/root.json (OUT/root.json)."
 }
 
 variable "service_file" {
@@ -204,8 +204,8 @@ build {
   }
 
   provisioner "file" {
-    source      = var.trusted_keys_file
-    destination = "${local.artifacts}/trusted-keys.pub"
+    source      = var.trusted_root_file
+    destination = "${local.artifacts}/root.json"
   }
 
   provisioner "file" {

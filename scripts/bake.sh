@@ -12,7 +12,7 @@ Usage: bake.sh [--validate-only] [--artifacts DIR | PREPARE ARGS...] [--var NAME
                [--image-version V] [--manifest-out FILE]
 
   PREPARE ARGS       passed to prepare_artifacts.sh: (--catalogue FILE | --bundle DIR)
-                     --store URL --trusted-keys FILE [--out DIR] [--bundle-seq N]
+                     --store URL --trusted-root root.json [--out DIR] [--bundle-seq N]
                      [--dataset NAME] [--skip-build] [--binary PATH]
                      (--out defaults to a new temporary directory)
   --artifacts DIR    use artefacts already laid out by prepare_artifacts.sh instead
@@ -56,7 +56,9 @@ while [[ $# -gt 0 ]]; do
         --image-version) [[ $# -ge 2 ]] || die "--image-version needs a value"; image_version="$2"; shift 2 ;;
         --manifest-out) [[ $# -ge 2 ]] || die "--manifest-out needs a file"; manifest_out="$2"; shift 2 ;;
         --skip-build) prepare_args+=("$1"); shift ;;
-        --catalogue | --bundle | --store | --trusted-keys | --bundle-seq | --dataset | --binary)
+        --trusted-keys | --trusted-keys=*)
+            die "--trusted-keys is gone: instances now trust a TUF root. Pass --trusted-root root.json (from \`deltacache root init\`, or a later root of the store's repository, which \`deltacache repo init\` creates)" ;;
+        --catalogue | --bundle | --store | --trusted-root | --bundle-seq | --dataset | --binary)
             [[ $# -ge 2 ]] || die "$1 needs a value (see prepare_artifacts.sh --help)"
             prepare_args+=("$1" "$2"); shift 2 ;;
         -h | --help) usage; exit 0 ;;
@@ -69,7 +71,7 @@ command -v packer >/dev/null || die "packer not found: apt-get install packer (D
 if [[ -n "$artifacts" ]]; then
     [[ ${#prepare_args[@]} -eq 0 && -z "$out" ]] || die "--artifacts uses prepared artefacts: drop the prepare_artifacts.sh arguments"
 else
-    [[ ${#prepare_args[@]} -gt 0 ]] || die "missing inputs: pass --artifacts DIR, or the prepare_artifacts.sh arguments (--catalogue FILE --store URL --trusted-keys FILE)"
+    [[ ${#prepare_args[@]} -gt 0 ]] || die "missing inputs: pass --artifacts DIR, or the prepare_artifacts.sh arguments (--catalogue FILE --store URL --trusted-root root.json)"
     if [[ -z "$out" ]]; then
         out="$(mktemp -d "${TMPDIR:-/tmp}/deltacache-artifacts.XXXXXX")"
         echo "bake.sh: artefacts in $out"
@@ -80,7 +82,7 @@ fi
 artifacts="$(cd "$artifacts" && pwd)"
 
 missing=()
-for f in bin/deltacache bundle/manifest.json config.toml trusted-keys.pub deltacache.service scripts/provision.sh; do
+for f in bin/deltacache bundle/manifest.json config.toml root.json deltacache.service scripts/provision.sh; do
     [[ -e "$artifacts/$f" ]] || missing+=("$f")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -104,7 +106,7 @@ vars=(
     -var "binary_path=$artifacts/bin/deltacache"
     -var "bundle_dir=$artifacts/bundle"
     -var "config_file=$artifacts/config.toml"
-    -var "trusted_keys_file=$artifacts/trusted-keys.pub"
+    -var "trusted_root_file=$artifacts/root.json"
     -var "service_file=$artifacts/deltacache.service"
     -var "provision_script=$artifacts/scripts/provision.sh"
     -var "image_version=$image_version"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Lays out everything an image bake copies: the release binary, a bundle checked against the
-# delta store's chain, the config with the store filled in, the trusted public keys, the
-# systemd unit and the provisioning script. Packer then only copies these files.
+# delta store's TUF repository, the config with the store filled in, the trusted TUF root
+# (root.json, public keys only), the systemd unit and the provisioning script. Packer then only
+# copies these files.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,14 +10,15 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage() {
     cat <<'EOF'
 Usage: prepare_artifacts.sh (--catalogue items.jsonl | --bundle DIR) --store URL
-                            --trusted-keys FILE --out DIR
+                            --trusted-root root.json --out DIR
                             [--bundle-seq N] [--dataset NAME] [--skip-build] [--binary PATH]
 
   --catalogue FILE    JSONL items: `deltacache build-base` makes OUT/bundle from them
   --bundle DIR        an existing bundle instead (for example the output of
                       `deltacache compact`): copied to OUT/bundle as is
   --store URL         the delta store instances sync from: s3://bucket/prefix or file:///dir
-  --trusted-keys FILE the publishers' public keys (.pub lines, never a secret key)
+  --trusted-root FILE the TUF root instances trust (root.json from `deltacache root init`,
+                      or a later root of the same store): public keys and thresholds only
   --out DIR           where to lay out the artefacts (must not exist, or be empty)
   --bundle-seq N      with --catalogue: the delta seq the catalogue already includes
                       (build-base --seq) [default: 0]
@@ -28,12 +30,19 @@ Usage: prepare_artifacts.sh (--catalogue items.jsonl | --bundle DIR) --store URL
   -h, --help          this text
 
 Output:
-  OUT/bin/deltacache  OUT/bundle/  OUT/config.toml  OUT/trusted-keys.pub
+  OUT/bin/deltacache  OUT/bundle/  OUT/config.toml  OUT/root.json
   OUT/deltacache.service  OUT/scripts/provision.sh
 
-The bundle is checked with `deltacache verify --bundle`: a bundle whose dataset, model or
-seq does not continue the store's chain is refused before anything is baked. A store with
-no head yet is accepted (the chain will start from this bundle).
+The bundle is checked with `deltacache verify --trusted-root FILE --bundle`: the store's TUF
+metadata must verify from the root (a newer root in the store, signed by enough of the
+baked root's keys, takes over), and a bundle whose dataset, model or seq does not continue
+the chain of deltas the metadata names is refused before anything is baked. A store that
+holds no TUF repository yet is refused: create it first with
+`deltacache repo init --store URL --root root.json --key TARGETS.key --key ONLINE.key`
+(an image pointed at a store without a repository would never update).
+A root file that is not TUF root metadata, or any file holding secret key material (PKCS#8
+DER or PEM, or an old deltacache-ed25519-secret line), is refused; --trusted-keys (the
+earlier .pub-lines trust file) is refused with what to pass instead.
 EOF
 }
 
@@ -45,7 +54,7 @@ die() {
 catalogue=""
 bundle_in=""
 store=""
-trusted_keys=""
+trusted_root=""
 out=""
 bundle_seq=""
 dataset=""
@@ -53,13 +62,16 @@ skip_build=false
 binary=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --catalogue | --bundle | --store | --trusted-keys | --out | --bundle-seq | --dataset | --binary)
+        --trusted-keys | --trusted-keys=*)
+            die "--trusted-keys is gone: instances now trust a TUF root. Pass --trusted-root root.json (made by \`deltacache root init --root-key ... --targets-key ... --sign-with ...\` and given to \`deltacache repo init\` when the store's repository was created, or a later root of that repository)"
+            ;;
+        --catalogue | --bundle | --store | --trusted-root | --out | --bundle-seq | --dataset | --binary)
             [[ $# -ge 2 ]] || die "$1 needs a value (see --help)"
             case "$1" in
                 --catalogue) catalogue="$2" ;;
                 --bundle) bundle_in="$2" ;;
                 --store) store="$2" ;;
-                --trusted-keys) trusted_keys="$2" ;;
+                --trusted-root) trusted_root="$2" ;;
                 --out) out="$2" ;;
                 --bundle-seq) bundle_seq="$2" ;;
                 --dataset) dataset="$2" ;;
@@ -76,7 +88,7 @@ done
 missing=()
 [[ -n "$catalogue" || -n "$bundle_in" ]] || missing+=("--catalogue items.jsonl (the items to bake) or --bundle DIR (an existing bundle)")
 [[ -n "$store" ]] || missing+=("--store URL (the delta store instances sync from: s3://bucket/prefix or file:///dir)")
-[[ -n "$trusted_keys" ]] || missing+=("--trusted-keys FILE (the publishers' public keys, from deltacache keygen)")
+[[ -n "$trusted_root" ]] || missing+=("--trusted-root FILE (the TUF root instances trust, from deltacache root init)")
 [[ -n "$out" ]] || missing+=("--out DIR (where to lay out the artefacts)")
 if [[ ${#missing[@]} -gt 0 ]]; then
     for item in "${missing[@]}"; do echo "prepare_artifacts.sh: missing $item" >&2; done
@@ -89,10 +101,39 @@ if [[ -n "$bundle_in" && ( -n "$bundle_seq" || -n "$dataset" ) ]]; then
 fi
 [[ -z "$catalogue" || -f "$catalogue" ]] || die "--catalogue $catalogue: no such file"
 [[ -z "$bundle_in" || -f "$bundle_in/manifest.json" ]] || die "--bundle $bundle_in: no manifest.json inside (not a bundle)"
-[[ -f "$trusted_keys" ]] || die "--trusted-keys $trusted_keys: no such file"
-if grep -q -e 'deltacache-ed25519-secret' "$trusted_keys"; then
-    die "--trusted-keys $trusted_keys holds a secret key: pass the public half (KEYFILE.pub); secret keys never go into an image"
+[[ -f "$trusted_root" ]] || die "--trusted-root $trusted_root: no such file"
+# Secret key material never goes into an image: a PKCS#8 private key (DER as `deltacache
+# keygen` writes it, or PEM), any PEM private key, or a key file of the earlier format.
+secret_key_material() { # FILE: succeeds when FILE holds secret key material
+    local head
+    head="$(od -An -tx1 -N9 "$1" | tr -d ' \n')"
+    # PKCS#8 PrivateKeyInfo in DER: SEQUENCE { INTEGER 0 or 1, SEQUENCE AlgorithmIdentifier ...
+    [[ "$head" =~ ^30([0-7][0-9a-f]|81[0-9a-f]{2}|82[0-9a-f]{4})0201(00|01)30 ]] && return 0
+    grep -qa -e 'PRIVATE KEY-----' -e 'deltacache-ed25519-secret' "$1"
+}
+if secret_key_material "$trusted_root"; then
+    die "--trusted-root $trusted_root holds secret key material (a private key): pass the root metadata (root.json from \`deltacache root init\`); secret keys never go into an image"
 fi
+if ! root_check="$(python3 - "$trusted_root" <<'PY' 2>&1
+import json, sys
+try:
+    doc = json.load(open(sys.argv[1], encoding="utf-8"))
+except (UnicodeDecodeError, ValueError) as e:
+    sys.exit(f"not JSON ({e})")
+signed = doc.get("signed") if isinstance(doc, dict) else None
+if not isinstance(signed, dict) or signed.get("_type") != "root" or not isinstance(doc.get("signatures"), list):
+    sys.exit('not TUF root metadata (expected {"signed": {"_type": "root", ...}, "signatures": [...]})')
+if not doc["signatures"]:
+    sys.exit("the root carries no signature: sign it with `deltacache root sign` (or root init --sign-with)")
+for key_id, key in (signed.get("keys") or {}).items():
+    if isinstance(key, dict) and isinstance(key.get("keyval"), dict) and key["keyval"].get("private"):
+        sys.exit(f"key {key_id} carries a private value: a root lists public keys only")
+print(f"version {signed.get('version')}, expires {signed.get('expires')}, {len(signed.get('keys') or {})} keys, {len(doc['signatures'])} signatures")
+PY
+)"; then
+    die "--trusted-root $trusted_root: $root_check"
+fi
+root_summary="$root_check"
 case "$store" in
     s3://?* | file:///*) ;;
     *) die "--store $store: expected s3://bucket/prefix or file:///absolute/dir" ;;
@@ -125,17 +166,18 @@ else
     cp -R "$bundle_in" "$out/bundle"
 fi
 
-echo "prepare_artifacts.sh: deltacache verify --store $store --bundle $out/bundle"
-if ! verify_output="$("$dc" verify --store "$store" --trusted-keys "$trusted_keys" --bundle "$out/bundle" 2>&1)"; then
+echo "prepare_artifacts.sh: trusted root $trusted_root: $root_summary"
+echo "prepare_artifacts.sh: deltacache verify --store $store --trusted-root $trusted_root --bundle $out/bundle"
+if ! verify_output="$("$dc" verify --store "$store" --trusted-root "$trusted_root" --bundle "$out/bundle" 2>&1)"; then
     echo "$verify_output" >&2
-    die "the bundle does not verify against $store: bake a bundle that continues the store's chain (deltacache compact), or publish to a new store"
+    if grep -q "holds no TUF repository" <<<"$verify_output"; then
+        die "$store holds no TUF repository yet: an image pointed at it would never update. Create it first with \`deltacache repo init --store $store --root $trusted_root --key TARGETS.key --key ONLINE.key\`, then prepare again"
+    fi
+    die "the bundle does not verify against $store with the root $trusted_root: check that the root is one of this store's roots, and bake a bundle that continues the store's chain (deltacache compact), or publish to a new store"
 fi
 echo "$verify_output"
-if grep -q "no head yet" <<<"$verify_output"; then
-    echo "prepare_artifacts.sh: $store has no head yet: nothing to verify the bundle against; the chain will start from this bundle"
-fi
 
-install -m 0644 "$trusted_keys" "$out/trusted-keys.pub"
+install -m 0644 "$trusted_root" "$out/root.json"
 install -m 0644 "$repo/packer/deltacache.service" "$out/deltacache.service"
 install -m 0755 "$repo/scripts/provision.sh" "$out/scripts/provision.sh"
 # Fill in the store; every other key keeps the installed paths of packer/config.toml.

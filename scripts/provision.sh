@@ -11,7 +11,7 @@ Installs the artefacts laid out by prepare_artifacts.sh under ROOT:
   bin/deltacache       -> ROOT/usr/local/bin/deltacache                   0755 root
   bundle/              -> ROOT/var/lib/deltacache/bundle/                 files 0444, dirs 0555, OWNER
   config.toml          -> ROOT/etc/deltacache/config.toml                 0644 root
-  trusted-keys.pub     -> ROOT/etc/deltacache/trusted-keys.pub            0644 root
+  root.json            -> ROOT/etc/deltacache/root.json                   0644 root
   deltacache.service   -> ROOT/etc/systemd/system/deltacache.service      0644 root
 and makes ROOT/var/lib/deltacache (0750) and ROOT/var/lib/deltacache/state (0750), owned by OWNER.
 
@@ -25,7 +25,10 @@ and makes ROOT/var/lib/deltacache (0750) and ROOT/var/lib/deltacache/state (0750
 
 With --root / the unit is enabled (not started) when systemctl is present; under another
 root it is enabled offline with `systemctl --root` when systemctl is present. No secret is
-installed: run-time credentials go in /etc/deltacache/env, written at boot, never baked.
+installed: run-time credentials go in /etc/deltacache/env, written at boot, never baked. An
+artefact holding secret key material (a PKCS#8 private key in DER or PEM, any PEM private
+key, an old deltacache-ed25519-secret line) or a root.json that is not TUF root metadata is
+refused before anything is installed.
 EOF
 }
 
@@ -56,7 +59,13 @@ missing=()
 [[ -f "$artifacts/bin/deltacache" ]] || missing+=("bin/deltacache (the release binary)")
 [[ -f "$artifacts/bundle/manifest.json" ]] || missing+=("bundle/manifest.json (the bundle from build-base or compact)")
 [[ -f "$artifacts/config.toml" ]] || missing+=("config.toml (the daemon's config)")
-[[ -f "$artifacts/trusted-keys.pub" ]] || missing+=("trusted-keys.pub (the publishers' public keys)")
+if [[ ! -f "$artifacts/root.json" ]]; then
+    if [[ -e "$artifacts/trusted-keys.pub" ]]; then
+        missing+=("root.json (the TUF root instances trust; trusted-keys.pub is the earlier trust file, which the daemon refuses)")
+    else
+        missing+=("root.json (the TUF root instances trust)")
+    fi
+fi
 [[ -f "$artifacts/deltacache.service" ]] || missing+=("deltacache.service (the systemd unit)")
 if [[ ${#missing[@]} -gt 0 ]]; then
     for item in "${missing[@]}"; do
@@ -66,10 +75,24 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 
 # Refuse to bake a signing key or a run-time environment file: both are secrets that belong
-# on the publisher's machine or in /etc/deltacache/env at boot, never in an image.
-if grep -q -e 'deltacache-ed25519-secret' "$artifacts/config.toml" "$artifacts/trusted-keys.pub" \
-    "$artifacts/deltacache.service"; then
-    die "an artefact holds a deltacache secret key (deltacache-ed25519-secret-...); only .pub lines belong in trusted-keys.pub"
+# on the publisher's machine (root keys offline) or in /etc/deltacache/env at boot, never in
+# an image. Keys are PKCS#8 (DER as `deltacache keygen` writes them, or PEM); the earlier
+# format was a deltacache-ed25519-secret line.
+secret_key_material() { # FILE: succeeds when FILE holds secret key material
+    local head
+    head="$(od -An -tx1 -N9 "$1" | tr -d ' \n')"
+    # PKCS#8 PrivateKeyInfo in DER: SEQUENCE { INTEGER 0 or 1, SEQUENCE AlgorithmIdentifier ...
+    [[ "$head" =~ ^30([0-7][0-9a-f]|81[0-9a-f]{2}|82[0-9a-f]{4})0201(00|01)30 ]] && return 0
+    grep -qa -e 'PRIVATE KEY-----' -e 'deltacache-ed25519-secret' "$1"
+}
+for f in config.toml root.json deltacache.service; do
+    if secret_key_material "$artifacts/$f"; then
+        die "$artifacts/$f holds secret key material (a private key): only public keys belong in an image, and they are in root.json (TUF root metadata)"
+    fi
+done
+# root.json is TUF root metadata: a JSON object whose signed part is of _type root.
+if ! grep -q '"_type"[[:space:]]*:[[:space:]]*"root"' "$artifacts/root.json" || ! grep -q '"signatures"' "$artifacts/root.json"; then
+    die "$artifacts/root.json is not TUF root metadata (no \"_type\": \"root\" and \"signatures\"): lay the artefacts out with prepare_artifacts.sh --trusted-root root.json"
 fi
 [[ ! -e "$artifacts/env" ]] || die "$artifacts/env exists: run-time environment files are written at boot, never baked"
 
@@ -102,7 +125,7 @@ if getent passwd "$owner" >/dev/null && $is_root; then
 fi
 owner_group="$(id -gn "$owner" 2>/dev/null || echo "$owner")"
 
-# Root-owned files: binary, config, trusted keys, unit. `install -o root` only as root.
+# Root-owned files: binary, config, trusted root, unit. `install -o root` only as root.
 install_file() { # MODE SRC DST
     if $is_root; then
         install -D -m "$1" -o root -g root "$2" "$3"
@@ -113,7 +136,10 @@ install_file() { # MODE SRC DST
 install_file 0755 "$artifacts/bin/deltacache" "$bin_path"
 install -d -m 0755 "$etc_dir"
 install_file 0644 "$artifacts/config.toml" "$etc_dir/config.toml"
-install_file 0644 "$artifacts/trusted-keys.pub" "$etc_dir/trusted-keys.pub"
+install_file 0644 "$artifacts/root.json" "$etc_dir/root.json"
+# The earlier trust file (public keys, refused by the daemon) left by a provisioning of
+# before TUF under the same root: removed so that the image holds one trust anchor.
+rm -f "$etc_dir/trusted-keys.pub"
 install_file 0644 "$artifacts/deltacache.service" "$unit_path"
 
 # The bundle: copied beside its final place, modes set, then swapped in, so a re-run
