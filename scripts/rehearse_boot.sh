@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A local rehearsal of an instance's first boot, run by CI: prepares the artefacts exactly as
 # a bake does, installs them with provision.sh into a temporary root, starts the installed
-# binary with the installed config against a file:// delta store holding signed deltas, and
-# checks what an instance would serve, how it stops, and what the image holds.
+# binary with the installed config against a file:// delta store that is a TUF repository
+# holding signed deltas, and checks what an instance would serve, how it follows (a root
+# rotated in the store included), how it stops, and what the image holds.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -72,6 +73,12 @@ check() { # DESCRIPTION COMMAND...: passes when the command succeeds
     shift
     if "$@"; then pass "$description"; else fail "$description"; fi
 }
+json_file_check() { # FILE PYTHON-EXPRESSION over `d` (the parsed file)
+    python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+sys.exit(0 if eval(sys.argv[2]) else 1)' "$1" "$2" 2>/dev/null
+}
 summary() {
     echo "rehearsal: $n_passed passed, $n_failed failed"
 }
@@ -132,12 +139,31 @@ else
     run_as="$(id -un)"
 fi
 
-# --- a catalogue, a publishing key, a base bundle, signed deltas -------------------------
+# --- a catalogue, the keys, a root, a base bundle, a TUF repository with signed deltas ------
+# The roles as a production setup separates them: three offline root keys of which two must
+# sign a root (so the rehearsal shows a threshold at work, and that a root signed by two of
+# three is baked and trusted), a targets key that signs the deltas, and an online key for
+# snapshot and timestamp. Five keygens cost nothing next to a build; one key for every role
+# would hide a mixed-up role (a delta signed with the wrong key) that separate keys show.
 python3 "$repo/scripts/gen_corpus.py" --n 500 --out "$work/items.jsonl" >/dev/null ||
     fatal "scripts/gen_corpus.py --n 500"
-"$dc" keygen --out "$work/publisher.key" >/dev/null || fatal "deltacache keygen"
-secret_hex="$(awk '{print $2}' "$work/publisher.key")"
-[[ ${#secret_hex} -eq 64 ]] || fatal "read the secret key's hex from $work/publisher.key"
+keys="$work/keys"
+mkdir -p "$keys"
+chmod 0700 "$keys"
+for key in root-1 root-2 root-3 targets online targets-2 online-2; do
+    "$dc" keygen --out "$keys/$key.key" >>"$work/keygen.log" 2>&1 ||
+        fatal "deltacache keygen --out $keys/$key.key (see $work/keygen.log)"
+done
+pass "deltacache keygen: 3 root keys, a targets key and an online key (and the replacements of the last two)"
+check "keygen writes secret keys 0600 and public keys 0644" \
+    test "$(stat -c %a "$keys/targets.key")" == 600 -a "$(stat -c %a "$keys/targets.key.pub")" == 644
+"$dc" root init --out "$work/root.json" \
+    --root-key "$keys/root-1.key.pub" --root-key "$keys/root-2.key.pub" --root-key "$keys/root-3.key.pub" \
+    --root-threshold 2 --targets-key "$keys/targets.key.pub" --online-key "$keys/online.key.pub" \
+    --sign-with "$keys/root-1.key" --sign-with "$keys/root-2.key" >"$work/root-init.log" 2>&1 ||
+    fatal "deltacache root init, signed by 2 of 3 root keys (see $work/root-init.log)"
+check "root init: root.json version 1, root threshold 2, signed by 2 root keys" json_file_check "$work/root.json" \
+    "d['signed']['_type'] == 'root' and d['signed']['version'] == 1 and d['signed']['roles']['root']['threshold'] == 2 and len(d['signatures']) == 2"
 # The publisher's bundle: the same catalogue through build-base, as prepare_artifacts.sh
 # will build it again (build-base is deterministic but for created_at).
 "$dc" build-base --input "$work/items.jsonl" --out "$work/publisher-bundle" >/dev/null 2>"$work/build-base.log" ||
@@ -168,17 +194,29 @@ with open(f"{work}/expect.json", "w") as f:
 PY
 
 store_url="file://$store_dir"
-publish() { # N
-    "$dc" publish-delta --store "$store_url" --key "$work/publisher.key" \
+# A second store, empty: prepare_artifacts.sh must refuse to bake against it (below).
+empty_store_url="file://$tmp/empty-store"
+mkdir -p "$tmp/empty-store"
+"$dc" repo init --store "$store_url" --root "$work/root.json" --key "$keys/targets.key" --key "$keys/online.key" \
+    >"$work/repo-init.log" 2>&1 || fatal "deltacache repo init --store $store_url (see $work/repo-init.log)"
+pass "deltacache repo init: the file:// store is a TUF repository of root version 1"
+publish() { # N TARGETS-KEY ONLINE-KEY
+    "$dc" publish-delta --store "$store_url" --key "$keys/$2.key" --key "$keys/$3.key" \
+        --trusted-root "$work/root.json" \
         --bundle "$work/publisher-bundle" --changes "$work/changes-$1.jsonl" --expires-in 1h \
         >>"$work/publish.log" 2>&1 || fatal "deltacache publish-delta changes-$1.jsonl (see $work/publish.log)"
-    # publish-delta writes delta files 0600 (a temporary file renamed into place); a file://
-    # store read by another user needs them readable. S3 stores are not affected.
-    chmod -R a+rX "$store_dir"
 }
-publish 1
-publish 2
+publish 1 targets online
+publish 2 targets online
 published_seq=2
+# The service user reads the file:// store as the image's deltacache user reads S3: the
+# store's objects must be readable by others without any chmod (file store objects are
+# created 0644).
+store_unreadable() { find "$store_dir" \( -type f ! -perm -0444 \) -o \( -type d ! -perm -0555 \) | head -n 5; }
+check "every object of the file:// store is readable by other users (no chmod needed)" \
+    test -z "$(store_unreadable)"
+check "the store has metadata/ and targets/ (a TUF repository with consistent snapshots)" \
+    test -f "$store_dir/metadata/1.root.json" -a -f "$store_dir/metadata/timestamp.json" -a -d "$store_dir/targets"
 
 # --- prepare and provision, as a bake does ------------------------------------------------
 # Canaries: run-time secrets present in the environment of whoever bakes must not reach the
@@ -188,16 +226,60 @@ aws_canary="awsSecretRehearsalCanary$RANDOM$RANDOM"
 PINECONE_API_KEY="$pinecone_canary" AWS_SECRET_ACCESS_KEY="$aws_canary" \
     "$repo/scripts/prepare_artifacts.sh" --skip-build --binary "$dc" \
     --catalogue "$work/items.jsonl" --store "$store_url" \
-    --trusted-keys "$work/publisher.key.pub" --out "$tmp/artifacts" >"$work/prepare.log" 2>&1 ||
+    --trusted-root "$work/root.json" --out "$tmp/artifacts" >"$work/prepare.log" 2>&1 ||
     fatal "prepare_artifacts.sh (see $work/prepare.log)"
-pass "prepare_artifacts.sh laid out the artefacts and verified the bundle against the store"
-check "prepare_artifacts.sh verified the chain up to seq $published_seq" \
-    grep -q "ok head: dataset items, seq $published_seq," "$work/prepare.log"
+pass "prepare_artifacts.sh laid out the artefacts and verified the bundle against the store's TUF repository"
+check "prepare_artifacts.sh verified the chain up to seq $published_seq from root version 1" \
+    grep -qE "^ok $store_url: root version 1, .*; $published_seq deltas verified back to seq 0 " "$work/prepare.log"
+check "prepare_artifacts.sh laid out root.json byte-identical to the root made by root init" \
+    cmp -s "$work/root.json" "$tmp/artifacts/root.json"
+
+# What prepare_artifacts.sh refuses, each before anything is laid out or baked.
+refused() { # DESCRIPTION EXPECTED-MESSAGE-REGEX PREPARE-ARGS...: prepare fails with that message
+    local description="$1" pattern="$2" log="$work/refused.$((n_passed + n_failed)).log"
+    shift 2
+    if "$repo/scripts/prepare_artifacts.sh" --skip-build --binary "$dc" "$@" >"$log" 2>&1; then
+        fail "$description (it succeeded; see $log)"
+    elif ! grep -qE -e "$pattern" "$log"; then
+        fail "$description (no message matching /$pattern/; see $log)"
+    else
+        pass "$description"
+    fi
+}
+refused "prepare_artifacts.sh refuses --trusted-keys, naming --trusted-root" "--trusted-keys is gone.*--trusted-root" \
+    --bundle "$work/publisher-bundle" --store "$store_url" --trusted-keys "$keys/targets.key.pub" --out "$tmp/refused-1"
+refused "prepare_artifacts.sh refuses a secret key (PKCS#8 DER from keygen) as --trusted-root" "secret key material" \
+    --bundle "$work/publisher-bundle" --store "$store_url" --trusted-root "$keys/root-1.key" --out "$tmp/refused-2"
+printf -- '-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n' >"$work/pem.key"
+refused "prepare_artifacts.sh refuses a PEM private key as --trusted-root" "secret key material" \
+    --bundle "$work/publisher-bundle" --store "$store_url" --trusted-root "$work/pem.key" --out "$tmp/refused-3"
+refused "prepare_artifacts.sh refuses a public key that is not TUF root metadata as --trusted-root" "not TUF root metadata" \
+    --bundle "$work/publisher-bundle" --store "$store_url" --trusted-root "$keys/targets.key.pub" --out "$tmp/refused-4"
+refused "prepare_artifacts.sh refuses a store holding no TUF repository, naming repo init" "holds no TUF repository yet.*repo init" \
+    --bundle "$work/publisher-bundle" --store "$empty_store_url" --trusted-root "$work/root.json" --out "$tmp/refused-5"
 
 bundle_digests() { # DIR: sha256 and relative path of every file, sorted
     (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
 }
 bundle_digests "$tmp/artifacts/bundle" >"$work/bundle.before.sha256"
+
+# What provision.sh refuses before installing anything: artefacts whose root.json is a secret
+# key (the DER keygen writes), or whose config carries a PEM private key.
+provision_refuses() { # ARTEFACT-FILE CONTENT-FILE: provision.sh fails on artefacts with it, installing nothing
+    local fake="$tmp/fake-artifacts" fake_root="$tmp/fake-root" rc=0
+    rm -rf "$fake" "$fake_root"
+    mkdir -p "$fake/bin" "$fake/bundle" "$fake_root"
+    cp "$tmp/artifacts/bundle/manifest.json" "$fake/bundle/manifest.json"
+    for f in bin/deltacache config.toml root.json deltacache.service; do cp "$tmp/artifacts/$f" "$fake/$f"; done
+    cp "$2" "$fake/$1"
+    "$repo/scripts/provision.sh" --root "$fake_root" --artifacts "$fake" "${provision_owner[@]}" \
+        >"$work/provision-refused.log" 2>&1 || rc=$?
+    [[ $rc -ne 0 ]] && grep -q "secret key material" "$work/provision-refused.log" && [[ -z "$(ls -A "$fake_root")" ]]
+}
+check "provision.sh refuses artefacts whose root.json is a secret key (PKCS#8 DER), installing nothing" \
+    provision_refuses root.json "$keys/online.key"
+check "provision.sh refuses artefacts whose config holds a PEM private key, installing nothing" \
+    provision_refuses config.toml "$work/pem.key"
 
 "$repo/scripts/provision.sh" --root "$root" --artifacts "$tmp/artifacts" "${provision_owner[@]}" \
     >"$work/provision.log" 2>&1 || fatal "provision.sh --root $root (see $work/provision.log)"
@@ -207,7 +289,7 @@ bin_path="$root/usr/local/bin/deltacache"
 bundle_path="$root/var/lib/deltacache/bundle"
 state_path="$root/var/lib/deltacache/state"
 config_path="$root/etc/deltacache/config.toml"
-keys_path="$root/etc/deltacache/trusted-keys.pub"
+installed_root="$root/etc/deltacache/root.json"
 unit_path="$root/etc/systemd/system/deltacache.service"
 
 mode_is() { # MODE FILE
@@ -220,7 +302,9 @@ check "binary installed 0755 at /usr/local/bin/deltacache" mode_is 755 "$bin_pat
 check "bundle files installed 0444" all_modes_are 0444 f "$bundle_path"
 check "bundle directories installed 0555" all_modes_are 0555 d "$bundle_path"
 check "config installed 0644" mode_is 644 "$config_path"
-check "trusted keys installed 0644" mode_is 644 "$keys_path"
+check "trusted root installed 0644 at /etc/deltacache/root.json" mode_is 644 "$installed_root"
+check "the installed root is the root made by root init (byte-identical)" cmp -s "$work/root.json" "$installed_root"
+check "no earlier trust file installed (/etc/deltacache/trusted-keys.pub)" test ! -e "$root/etc/deltacache/trusted-keys.pub"
 check "unit installed 0644" mode_is 644 "$unit_path"
 check "bundle owned by the service user ($run_as)" \
     test -z "$(find "$bundle_path" "$state_path" ! -user "$run_as" -print -quit)"
@@ -229,8 +313,10 @@ if command -v systemctl >/dev/null; then
     check "unit enabled for multi-user.target" \
         test -L "$root/etc/systemd/system/multi-user.target.wants/deltacache.service"
 fi
-check "installed config points at the store and the installed trusted keys" \
+check "installed config points at the store" \
     grep -qx "store = \"$store_url\"" "$config_path"
+check "installed config points at the installed trusted root" \
+    grep -qx 'trusted-root = "/etc/deltacache/root.json"' "$config_path"
 
 # --- first boot ---------------------------------------------------------------------------
 # The installed config with its paths moved under the temporary root. Everything else,
@@ -238,7 +324,7 @@ check "installed config points at the store and the installed trusted keys" \
 # (out of the image's way) are set too, so that every key of the file is exercised.
 sed -e "s|^bundle = \"/|bundle = \"$root/|" \
     -e "s|^state-dir = \"/|state-dir = \"$root/|" \
-    -e "s|^trusted-keys = \"/|trusted-keys = \"$root/|" \
+    -e "s|^trusted-root = \"/|trusted-root = \"$root/|" \
     -e "s|^probe-listen = .*|probe-listen = \"127.0.0.1:0\"|" \
     -e "s|^# \([a-z-]* = \)|\1|" \
     "$config_path" >"$work/config.toml"
@@ -353,17 +439,39 @@ else
         grep -qE 'cloned .*db=hard link' "$work/boot.stderr"
 fi
 
+# The TUF metadata the daemon verified from the baked root, kept in the state dir so that
+# later syncs (and a restart) start from it, not from the baked root again.
+trusted_metadata() { # the timestamp.json files under state/trust/ (one directory per store and dataset)
+    find "$state_path/trust" -mindepth 2 -maxdepth 2 -name timestamp.json -user "$run_as" 2>/dev/null
+}
+check "the state dir holds the trusted TUF metadata after boot (state/trust/*/timestamp.json, owned by $run_as)" \
+    test -n "$(trusted_metadata)"
+
 # --- following: systemctl reload (SIGHUP) syncs now -----------------------------------------
 sighup_synced() { grep -q 'trigger="\?SIGHUP' "$work/boot.stderr"; }
 kill -HUP "$daemon_pid"
 check "SIGHUP (ExecReload) makes the daemon sync" wait_for "a sync triggered by SIGHUP" sighup_synced
-publish 3
+# Key rotation without a new image: root version 2 replaces the targets and online keys and
+# drops root key 3, signed by 2 of root 1's root keys (and so by 2 of its own). It goes into
+# the store; delta 3 is signed only with the new keys. The daemon, which baked root 1, must
+# verify root 2 from it, take it over and apply delta 3.
+"$dc" root rotate --previous "$work/root.json" --out "$work/root-2.json" \
+    --remove-key "targets=$keys/targets.key.pub" --add-key "targets=$keys/targets-2.key.pub" \
+    --remove-key "online=$keys/online.key.pub" --add-key "online=$keys/online-2.key.pub" \
+    --remove-key "root=$keys/root-3.key.pub" \
+    --sign-with "$keys/root-1.key" --sign-with "$keys/root-2.key" >"$work/root-rotate.log" 2>&1 ||
+    fatal "deltacache root rotate (see $work/root-rotate.log)"
+"$dc" root publish --store "$store_url" --root "$work/root-2.json" --trusted-root "$work/root.json" \
+    >>"$work/root-rotate.log" 2>&1 || fatal "deltacache root publish root-2.json (see $work/root-rotate.log)"
+pass "root version 2 (new targets and online keys, root key 3 dropped) signed by 2 root keys and published to the store"
+publish 3 targets-2 online-2
 kill -HUP "$daemon_pid"
 seq3() {
     curl -s --max-time 5 "$base/status" >"$work/status3.json" 2>/dev/null &&
         json_check "$work/status3.json" "d['seq'] == 3"
 }
-check "a delta published while serving is applied (seq 3)" wait_for "/status seq 3" seq3
+check "a delta published while serving, signed with keys only root version 2 names, is applied (seq 3)" \
+    wait_for "/status seq 3" seq3
 curl -s --max-time 5 "$base/items/rehearsal-new-3" >"$work/item3.json" || true
 check "/items: the put from delta 3 is served without a restart" json_check "$work/item3.json" "d == e['new3']"
 
@@ -403,20 +511,70 @@ check "bundle byte-identical after boot, sync and shutdown (sha256 of every file
 check "bundle files still 0444 after boot" all_modes_are 0444 f "$bundle_path"
 check "a committed version in the installed state dir, owned by $run_as" \
     test -n "$(find "$state_path/versions" -mindepth 1 -maxdepth 1 -user "$run_as" -print -quit)"
-
-no_fixed_string() { # STRING: absent from every installed file (binary, bundle, config, unit)
-    ! grep -rqF -e "$1" "$root/usr" "$root/etc" "$bundle_path"
+trusted_root_version() { # the version of the root kept in state/trust/*/root.json
+    local file
+    file="$(find "$state_path/trust" -mindepth 2 -maxdepth 2 -name root.json -print -quit 2>/dev/null)"
+    [[ -n "$file" ]] && json_file_check "$file" "d['signed']['version'] == $1"
 }
-check "the signing key's secret hex is in no installed file" no_fixed_string "$secret_hex"
-check "no secret key file (deltacache-ed25519-secret) is installed" no_fixed_string "deltacache-ed25519-secret-v1 "
+rotated_without_new_image() { trusted_root_version 2 && cmp -s "$work/root.json" "$installed_root"; }
+check "the state dir trusts root version 2 after the rotation; /etc/deltacache/root.json is still version 1, byte-identical" \
+    rotated_without_new_image
+
+no_fixed_string() { # STRING: absent from every installed file (binary, bundle, config, root, unit, state dir)
+    ! grep -rqF -e "$1" "$root/usr" "$root/etc" "$root/var"
+}
+# Every secret key of the rehearsal (root, targets, online, their replacements): neither its
+# PKCS#8 bytes nor its 32-byte Ed25519 seed, raw, hex or base64, is in any installed file.
+secret_key_leaks() { # prints each key found, with where
+    python3 - "$keys" "$root/usr" "$root/etc" "$root/var" <<'PY'
+import base64, os, sys
+keys_dir, *trees = sys.argv[1:]
+needles = {}
+for name in sorted(os.listdir(keys_dir)):
+    if not name.endswith(".key"):
+        continue
+    der = open(os.path.join(keys_dir, name), "rb").read()
+    at = der.find(b"\x04\x22\x04\x20")  # OCTET STRING { OCTET STRING (32) seed }
+    secrets = [der] + ([der[at + 4:at + 36]] if at >= 0 else [])
+    for secret in secrets:
+        for form in (secret, secret.hex().encode(), base64.b64encode(secret)):
+            needles[form] = name
+    if at < 0:
+        print(f"{name}: no Ed25519 seed found in its PKCS#8 bytes")
+for tree in trees:
+    for top, _, files in os.walk(tree):
+        for f in files:
+            path = os.path.join(top, f)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            data = open(path, "rb").read()
+            for needle, name in needles.items():
+                if needle in data:
+                    print(f"{name} in {path}")
+PY
+}
+check "no secret key of the rehearsal (3 root, 2 targets, 2 online) is in any installed file, raw, hex or base64" \
+    test -z "$(secret_key_leaks)"
+secret_key_files() { # installed files that start with a PKCS#8 private key or hold a PEM private key or an old key line
+    find "$root/usr" "$root/etc" "$root/var" -type f -print0 | while IFS= read -r -d '' f; do
+        if [[ "$(od -An -tx1 -N9 "$f" | tr -d ' \n')" =~ ^30([0-7][0-9a-f]|81[0-9a-f]{2}|82[0-9a-f]{4})0201(00|01)30 ]] ||
+            grep -qa -e 'PRIVATE KEY-----' -e 'deltacache-ed25519-secret' "$f"; then
+            echo "$f"
+        fi
+    done
+}
+check "no secret key file is installed (PKCS#8 DER or PEM private key, deltacache-ed25519-secret)" \
+    test -z "$(secret_key_files)"
 check "the PINECONE_API_KEY value from the bake's environment is in no installed file" no_fixed_string "$pinecone_canary"
 check "the AWS_SECRET_ACCESS_KEY value from the bake's environment is in no installed file" no_fixed_string "$aws_canary"
 secret_assignments() {
     grep -HinE '^[[:space:]]*[A-Za-z0-9_.-]*(secret|api[_-]?key|password|token)[A-Za-z0-9_.-]*[[:space:]]*=|PINECONE_API_KEY=[^[:space:]]' \
-        "$config_path" "$keys_path" "$unit_path"
+        "$config_path" "$installed_root" "$unit_path"
 }
-check "no secret, API key, password or token is set in the config, keys or unit" \
+check "no secret, API key, password or token is set in the config, root or unit" \
     test -z "$(secret_assignments)"
+check "the installed root lists public keys only (no private key value)" json_file_check "$installed_root" \
+    "all('private' not in k.get('keyval', {}) for k in d['signed']['keys'].values())"
 
 echo "rehearse_boot.sh: $((SECONDS - started_at))s; files in $tmp$( [[ $n_failed -eq 0 ]] && ! $keep && echo " (removed)")"
 summary

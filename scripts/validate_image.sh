@@ -105,13 +105,13 @@ check "packer fmt -check packer/" packer fmt -check -diff "$repo/packer"
 
 dummy="$tmp/artifacts"
 mkdir -p "$dummy/bin" "$dummy/bundle" "$dummy/scripts"
-for f in bin/deltacache bundle/manifest.json config.toml trusted-keys.pub deltacache.service scripts/provision.sh; do
+for f in bin/deltacache bundle/manifest.json config.toml root.json deltacache.service scripts/provision.sh; do
     echo "dummy artefact for packer validate" >"$dummy/$f"
 done
 packer_vars() { # ARTEFACTS-DIR
     printf '%s\n' \
         -var "binary_path=$1/bin/deltacache" -var "bundle_dir=$1/bundle" \
-        -var "config_file=$1/config.toml" -var "trusted_keys_file=$1/trusted-keys.pub" \
+        -var "config_file=$1/config.toml" -var "trusted_root_file=$1/root.json" \
         -var "service_file=$1/deltacache.service" -var "provision_script=$1/scripts/provision.sh" \
         -var "image_version=validate" -var "git_revision=0000000" -var "binary_version=0.0.0" \
         -var "dataset=items" -var "bundle_seq=0" -var "model_fingerprint=00"
@@ -126,9 +126,9 @@ else
     template="$repo/packer/deltacache.pkr.hcl"
 fi
 check "packer validate $(basename "$template") with dummy artefacts" packer validate "${vars[@]}" "$template"
-rm "$dummy/trusted-keys.pub"
+rm "$dummy/root.json"
 refuses_missing_artefact() { ! packer validate "${vars[@]}" "$template" >"$tmp/packer-missing.log" 2>&1; }
-check "packer validate refuses a missing artefact (trusted-keys.pub)" refuses_missing_artefact
+check "packer validate refuses a missing artefact (root.json)" refuses_missing_artefact
 
 # --- systemd unit ------------------------------------------------------------------------
 unit="$repo/packer/deltacache.service"
@@ -195,20 +195,31 @@ check "unit TimeoutStartSec ($(key_values TimeoutStartSec)) above the config's b
     test "$(seconds "$(key_values TimeoutStartSec)")" -gt "$(seconds "$(config_value boot-deadline)")"
 check "unit TimeoutStopSec ($(key_values TimeoutStopSec)) above the config's drain-timeout-secs ($(config_value drain-timeout-secs))" \
     test "$(seconds "$(key_values TimeoutStopSec)")" -gt "$(config_value drain-timeout-secs)"
-check "config: trusted-keys is the installed path /etc/deltacache/trusted-keys.pub" \
-    test "$(config_value trusted-keys)" == /etc/deltacache/trusted-keys.pub
+check "config: trusted-root is the installed path /etc/deltacache/root.json" \
+    test "$(config_value trusted-root)" == /etc/deltacache/root.json
+check "config: no trusted-keys (the earlier trust file, refused by the daemon)" \
+    test -z "$(grep -E '^(# )?trusted-keys' "$config")"
 
 # --- the shipped config loads and serves ----------------------------------------------------
 # Its paths moved to a temporary directory, the probe port made free (127.0.0.1:0), every
-# commented key uncommented so that every key is read, and the store a file:// directory with no head yet: the daemon serves the bundle.
+# commented key uncommented so that every key is read, the trusted root a root.json of one
+# key for every role (this checks the config, not a key ceremony: rehearse_boot.sh uses
+# separate root, targets and online keys), and the store a file:// TUF repository made from
+# that root with no delta yet: the daemon syncs to it and serves the bundle.
 cfg="$tmp/config"
 mkdir -p "$cfg/store"
 python3 "$repo/scripts/gen_corpus.py" --n 50 --out "$cfg/items.jsonl" >/dev/null
 "$tmp/deltacache" build-base --input "$cfg/items.jsonl" --out "$cfg/bundle" >/dev/null 2>&1
-"$tmp/deltacache" keygen --out "$cfg/publisher.key" >/dev/null
+trust_setup() {
+    "$tmp/deltacache" keygen --out "$cfg/publisher.key" &&
+        "$tmp/deltacache" root init --out "$cfg/root.json" --root-key "$cfg/publisher.key.pub" \
+            --targets-key "$cfg/publisher.key.pub" --sign-with "$cfg/publisher.key" &&
+        "$tmp/deltacache" repo init --store "file://$cfg/store" --root "$cfg/root.json" --key "$cfg/publisher.key"
+} >"$cfg/trust-setup.log" 2>&1
+check "keygen, root init and repo init make a file:// TUF repository for the config test" trust_setup
 sed -e "s|^bundle = .*|bundle = \"$cfg/bundle\"|" \
     -e "s|^state-dir = .*|state-dir = \"$cfg/state\"|" \
-    -e "s|^trusted-keys = .*|trusted-keys = \"$cfg/publisher.key.pub\"|" \
+    -e "s|^trusted-root = .*|trusted-root = \"$cfg/root.json\"|" \
     -e "s|^store = .*|store = \"file://$cfg/store\"|" \
     -e "s|^probe-listen = .*|probe-listen = \"127.0.0.1:0\"|" \
     -e "s|^# \([a-z-]* = \)|\1|" \
@@ -225,17 +236,24 @@ config_serves() {
         fi
         sleep 0.1
     done
+    # Ready and in step with the repository: a store whose metadata does not verify from the
+    # trusted root (or holds no repository) leaves the daemon ready but stale under
+    # on-sync-failure = "serve-stale".
+    local stale=unknown
+    if [[ "$code" == 200 ]]; then
+        stale="$(curl -s --max-time 2 "http://$addr/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["sync"]["stale"])' 2>/dev/null || echo unknown)"
+    fi
     kill -TERM "$daemon_pid" 2>/dev/null || true
     local rc=0
     wait "$daemon_pid" || rc=$?
     daemon_pid=""
-    if [[ "$code" != 200 || $rc -ne 0 ]]; then
-        echo "validate_image.sh: readyz $code, exit $rc; stderr:" >&2
+    if [[ "$code" != 200 || "$stale" != False || $rc -ne 0 ]]; then
+        echo "validate_image.sh: readyz $code, /status sync.stale $stale, exit $rc; stderr:" >&2
         tail -n 5 "$cfg/serve.stderr" >&2
         return 1
     fi
 }
-check "deltacache serve --config packer/config.toml (paths moved to a temporary dir, every key set) becomes ready and exits 0" config_serves
+check "deltacache serve --config packer/config.toml (paths moved to a temporary dir, every key set) becomes ready, in step with the TUF repository (not stale), and exits 0" config_serves
 check "the config's test copy sets every key the config documents ($(grep -cE '^(# )?[a-z-]+ = ' "$config"))" \
     test "$(grep -cE '^[a-z-]+ = ' "$cfg/config.toml")" -eq "$(grep -cE '^(# )?[a-z-]+ = ' "$config")"
 
