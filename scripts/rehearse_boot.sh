@@ -327,8 +327,11 @@ sed -e "s|^bundle = \"/|bundle = \"$root/|" \
     -e "s|^trusted-root = \"/|trusted-root = \"$root/|" \
     -e "s|^probe-listen = .*|probe-listen = \"127.0.0.1:0\"|" \
     -e "s|^# \([a-z-]* = \)|\1|" \
+    -e "s|^canaries = \"/|canaries = \"$root/|" \
     "$config_path" >"$work/config.toml"
 chmod 0644 "$work/config.toml"
+# The canary the health gate runs on every version the rehearsal makes.
+printf '[{"query": "database replication", "top_k": 5, "min_results": 1}]\n' >"$root/etc/deltacache/canaries.json"
 check "every config key the image documents is set in the rehearsal's config" \
     test "$(grep -cE '^[a-z-]+ = ' "$work/config.toml")" -eq "$(grep -cE '^(# )?[a-z-]+ = ' "$config_path")"
 

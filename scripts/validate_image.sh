@@ -223,7 +223,9 @@ sed -e "s|^bundle = .*|bundle = \"$cfg/bundle\"|" \
     -e "s|^store = .*|store = \"file://$cfg/store\"|" \
     -e "s|^probe-listen = .*|probe-listen = \"127.0.0.1:0\"|" \
     -e "s|^# \([a-z-]* = \)|\1|" \
+    -e "s|^canaries = .*|canaries = \"$cfg/canaries.json\"|" \
     "$config" >"$cfg/config.toml"
+printf '[{"query": "database replication", "top_k": 5, "min_results": 1}]\n' >"$cfg/canaries.json"
 config_serves() {
     "$tmp/deltacache" serve --config "$cfg/config.toml" --listen 127.0.0.1:0 >"$cfg/serve.stdout" 2>"$cfg/serve.stderr" &
     daemon_pid=$!

@@ -53,9 +53,7 @@ pub enum TrustError {
     )]
     NoRepository(String),
     /// Metadata expired: the repository is frozen, replayed or not refreshed.
-    #[error(
-        "{0} metadata has expired: the repository is frozen or replayed, or nobody refreshed it (`deltacache repo refresh`)"
-    )]
+    #[error("{0} metadata has expired: the repository is frozen or replayed, or nobody renewed it ({advice})", advice = renew_advice(.0))]
     Expired(String),
     /// Metadata older than what was trusted before: a rollback.
     #[error("refusing a rollback: {0}")]
@@ -63,6 +61,19 @@ pub enum TrustError {
     /// Anything else that did not verify: signatures, thresholds, hashes, lengths, parses.
     #[error("refused: {0}")]
     Refused(String),
+}
+
+/// How the publisher renews expired metadata of `role`.
+fn renew_advice(role: &str) -> &'static str {
+    match role {
+        "root" => {
+            "renew the newest root: `deltacache root rotate --previous ROOT --out NEW` with no change, signed by enough root keys, then `deltacache root publish --root NEW`"
+        }
+        "targets" => {
+            "publish a delta or `deltacache fleet set`, which sign new targets metadata with the targets key"
+        }
+        _ => "`deltacache repo refresh --snapshot` with the online key",
+    }
 }
 
 impl TrustError {

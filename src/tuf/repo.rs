@@ -605,8 +605,22 @@ pub async fn publish_root(
     root_bytes: &[u8],
 ) -> anyhow::Result<u64> {
     let root = parse_root(root_bytes, "the new root")?;
-    check_root(&root, Some(state.root()))?;
     let version = root.signed.version.get();
+    if version == state.root().version.get() {
+        let name = metadata_name(&format!("{version}.root.json"));
+        let same = store
+            .get(&name, MAX_METADATA_BYTES)
+            .await?
+            .is_some_and(|found| found.bytes == root_bytes);
+        if same {
+            return Ok(version);
+        }
+        bail!(
+            "{} already has root version {version}, with other contents: make the next root with `deltacache root rotate --previous` the newest one",
+            state.store
+        );
+    }
+    check_root(&root, Some(state.root()))?;
     let name = metadata_name(&format!("{version}.root.json"));
     if !create_or_same(store, &name, root_bytes, MAX_METADATA_BYTES).await? {
         bail!(
