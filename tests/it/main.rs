@@ -3,6 +3,7 @@
 mod build_base;
 mod delta;
 mod fleet;
+mod forge;
 mod http_api;
 mod limits;
 mod migrations;
@@ -15,3 +16,4 @@ mod store;
 mod support;
 mod sync;
 mod tidy;
+mod trust;
