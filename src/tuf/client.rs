@@ -222,7 +222,12 @@ fn classify(error: &tough::error::Error, what: &str) -> TrustError {
         if let Some(tough_error) = e.downcast_ref::<E>() {
             match tough_error {
                 E::ExpiredMetadata { role, .. } => return TrustError::Expired(role.to_string()),
-                E::OlderMetadata { .. } => return TrustError::Rollback(message),
+                // A snapshot older than the trusted one named by a newer timestamp, and
+                // targets older than the trusted ones named by a newer snapshot, are
+                // rollbacks too; tough names them with variants of their own.
+                E::OlderMetadata { .. }
+                | E::OlderSnapshotInTimestamp { .. }
+                | E::SnapshotRoleRollback { .. } => return TrustError::Rollback(message),
                 E::HashMismatch { .. }
                 | E::MaxSizeExceeded { .. }
                 | E::VerifyMetadata { .. }
