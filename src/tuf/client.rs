@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tough::{ExpirationEnforcement, IntoVec, Limits, Repository, RepositoryLoader, TargetName};
 
 use super::transport::{StoreTransport, metadata_url, targets_url};
-use crate::delta_store::DeltaStore;
+use crate::delta_store::{DeltaStore, FetchError};
 
 /// Caps on what loading a repository reads.
 #[derive(Debug, Clone, Copy)]
@@ -120,6 +120,7 @@ pub async fn load(
     let root = starting_root(trusted_root, datastore);
     let transport = StoreTransport::new(
         store.clone(),
+        limits.max_metadata_bytes,
         limits.max_targets_metadata_bytes,
         limits.max_target_bytes,
     );
@@ -212,7 +213,8 @@ impl TrustedRepo {
 }
 
 /// Sorts a tough error into what a sync does about it. Hash and size failures arrive wrapped
-/// in transport errors, so the whole chain of sources is read.
+/// in transport errors, so the whole chain of sources is read; an object the store found
+/// larger than its cap is refused (retrying cannot shrink it), not unreachable.
 fn classify(error: &tough::error::Error, what: &str) -> TrustError {
     use tough::error::Error as E;
     let message = error_chain(error);
@@ -236,6 +238,11 @@ fn classify(error: &tough::error::Error, what: &str) -> TrustError {
                 | E::ParseMetadata { .. } => return TrustError::Refused(message),
                 _ => {}
             }
+        }
+        if e.downcast_ref::<FetchError>()
+            .is_some_and(FetchError::is_permanent)
+        {
+            return TrustError::Refused(message);
         }
         if let Some(transport) = e.downcast_ref::<tough::TransportError>() {
             transport_kind.get_or_insert(transport.kind());

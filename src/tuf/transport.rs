@@ -2,8 +2,10 @@
 //! `tufstore:///metadata/...` and `tufstore:///targets/...`.
 //!
 //! tough gives `fetch` no size hint and caps the stream itself; since the stores read whole
-//! objects, every read here has its own cap (metadata and targets separately), so endless
-//! data cannot exhaust memory before tough's check runs.
+//! objects, every read here has its own cap (snapshot metadata, other metadata and targets
+//! separately), so endless data cannot exhaust memory before tough's check runs. The
+//! snapshot's cap is also the only one that holds for it: tough reads a snapshot up to the
+//! length the timestamp states, not up to its own `max_snapshot_size`.
 //!
 //! tough ends its root update at the first error fetching `N+1.root.json`, whatever the
 //! error, and then fails later with a misleading signature error. The transport remembers a
@@ -37,7 +39,9 @@ pub fn targets_url() -> Url {
 pub struct StoreTransport {
     /// Where the bytes come from.
     store: Arc<DeltaStore>,
-    /// The largest metadata file read.
+    /// The largest snapshot metadata file read.
+    snapshot_cap: u64,
+    /// The largest other metadata file read (root, timestamp, targets).
     metadata_cap: u64,
     /// The largest target read.
     targets_cap: u64,
@@ -46,10 +50,17 @@ pub struct StoreTransport {
 }
 
 impl StoreTransport {
-    /// A transport reading `store` with the given caps.
-    pub fn new(store: Arc<DeltaStore>, metadata_cap: u64, targets_cap: u64) -> Self {
+    /// A transport reading `store` with the given caps: snapshot metadata, other metadata,
+    /// targets.
+    pub fn new(
+        store: Arc<DeltaStore>,
+        snapshot_cap: u64,
+        metadata_cap: u64,
+        targets_cap: u64,
+    ) -> Self {
         StoreTransport {
             store,
+            snapshot_cap,
             metadata_cap,
             targets_cap,
             root_failure: Arc::default(),
@@ -78,6 +89,8 @@ impl Transport for StoreTransport {
         let name = url.path().trim_start_matches('/').to_owned();
         let cap = if name.starts_with("targets/") {
             self.targets_cap
+        } else if name.ends_with(".snapshot.json") {
+            self.snapshot_cap
         } else {
             self.metadata_cap
         };
