@@ -3,6 +3,7 @@
 
 use std::process::{Command, Output};
 
+use super::lossy_proxy::{Exchange, LossyProxy};
 use super::s3::S3Server;
 use super::support::{binary, build_bundle, sample_items};
 
@@ -396,4 +397,644 @@ async fn racing_publishers_keep_a_linear_chain_on_s3() {
     let server = S3Server::start();
     let publisher = Publisher::new(server.env());
     check_race("s3://deltas/race", &publisher, 12).await;
+}
+
+/// Every object name in the store.
+async fn object_names(store: &deltacache::delta_store::DeltaStore) -> Vec<String> {
+    let mut names = store.list("metadata/").await.unwrap();
+    names.extend(store.list("targets/").await.unwrap());
+    names
+}
+
+/// Publishes through the proxy with the answer to the conditional PUT of `lost` swallowed,
+/// and checks what the publisher must do: succeed and report the seq, having retried (and
+/// met 412, the object now holding its own bytes) and read the object back; delete nothing.
+async fn publish_losing_the_answer_to(
+    publisher: &Publisher,
+    proxy: &LossyProxy,
+    store: &deltacache::delta_store::DeltaStore,
+    lost: &str,
+    seq: u64,
+) -> Output {
+    let before = object_names(store).await;
+    let n_exchanges = proxy.exchanges().len();
+    let n_lost = proxy.lost().len();
+    proxy.lose_next_answer_to(lost);
+    let changes = publisher.changes(
+        &format!("lost-{seq}.jsonl"),
+        &[put(
+            &format!("lost-{seq}"),
+            "published while an answer was lost",
+        )],
+    );
+    let output = publisher
+        .command(
+            "s3://deltas/lossy",
+            &["--changes", changes.to_str().unwrap()],
+        )
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "a lost answer failed the publish: {}",
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).contains(&format!("published seq {seq} ")),
+        "{}",
+        stdout(&output)
+    );
+    let lost_now = proxy.lost();
+    assert_eq!(lost_now.len(), n_lost + 1, "the proxy lost no answer");
+    let dropped = lost_now.last().unwrap();
+    assert!(
+        dropped.path.ends_with(lost) && dropped.method == "PUT" && dropped.conditional,
+        "{dropped:?}"
+    );
+    assert_eq!(dropped.status, Some(200), "the lost write landed");
+    // After the lost answer: the SDK's retry of the same PUT meets 412, and the publisher
+    // reads the object to find its own bytes there.
+    let after: Vec<Exchange> = proxy.exchanges()[n_exchanges..]
+        .iter()
+        .filter(|e| e.path.ends_with(lost))
+        .skip_while(|e| e.method != "PUT")
+        .cloned()
+        .collect();
+    let statuses: Vec<(&str, Option<u16>)> = after
+        .iter()
+        .map(|e| (e.method.as_str(), e.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [("PUT", Some(200)), ("PUT", Some(412)), ("GET", Some(200))],
+        "{after:?}"
+    );
+    assert!(
+        proxy.exchanges().iter().all(|e| e.method != "DELETE"),
+        "a publish never deletes"
+    );
+    let now = object_names(store).await;
+    for name in &before {
+        assert!(now.contains(name), "{name} disappeared");
+    }
+    output
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_answer_to_a_conditional_put_on_s3_is_resolved_by_reading() {
+    let server = S3Server::start();
+    let proxy = LossyProxy::start(&server.endpoint);
+    let publisher = Publisher::new(proxy.env(&server));
+    let url = "s3://deltas/lossy";
+    let init = publisher.init(url);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let store = server.store("lossy").await;
+
+    // The compare-and-swap of timestamp.json: the retry's If-Match names the tag the
+    // timestamp had before the lost write, so it meets 412.
+    let output =
+        publish_losing_the_answer_to(&publisher, &proxy, &store, "metadata/timestamp.json", 1)
+            .await;
+    assert!(
+        stderr(&output).contains("an earlier answer was lost"),
+        "{}",
+        stderr(&output)
+    );
+    // The create-only write of the next targets version (init wrote 1, seq 1 wrote 2).
+    publish_losing_the_answer_to(&publisher, &proxy, &store, "metadata/3.targets.json", 2).await;
+    assert_eq!(proxy.lost().len(), 2);
+
+    // Exactly the versions the three publishes wrote: no orphan from a retry at the next
+    // version, and no target that metadata does not name.
+    let metadata: Vec<String> = store.list("metadata/").await.unwrap();
+    assert_eq!(
+        metadata,
+        [
+            "1.root.json",
+            "1.snapshot.json",
+            "1.targets.json",
+            "2.snapshot.json",
+            "2.targets.json",
+            "3.snapshot.json",
+            "3.targets.json",
+            "timestamp.json"
+        ]
+        .map(|f| format!("metadata/{f}"))
+    );
+    let direct = server.env();
+    let gc = Command::new(binary())
+        .args(["repo", "gc", "--store", url, "--dry-run"])
+        .envs(direct.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&gc).contains("0 unnamed targets"),
+        "{}{}",
+        stdout(&gc),
+        stderr(&gc)
+    );
+    let direct_publisher = Publisher {
+        env: direct.clone(),
+        ..publisher
+    };
+    let verified = direct_publisher.verify(url);
+    assert!(
+        verified.status.success() && stdout(&verified).contains("2 deltas verified back to seq 0"),
+        "{}{}",
+        stdout(&verified),
+        stderr(&verified)
+    );
+    let state = direct_publisher.dir.path().join("state");
+    let synced = super::support::sync_command(
+        &direct_publisher.bundle,
+        &state,
+        url,
+        &direct_publisher.root,
+    )
+    .envs(direct.iter().map(|(k, v)| (*k, v.as_str())))
+    .stdout(std::process::Stdio::piped())
+    .output()
+    .unwrap();
+    assert!(
+        synced.status.success() && stdout(&synced).contains("now at seq 2"),
+        "{}{}",
+        stdout(&synced),
+        stderr(&synced)
+    );
+}
+
+/// An operator's set-up made with the binary: three offline root keys (threshold 2), a
+/// targets key and an online key (snapshot and timestamp), root 1 signed by two root keys,
+/// and a repository in a file store.
+struct Ceremony {
+    dir: tempfile::TempDir,
+    bundle: std::path::PathBuf,
+    root_keys: Vec<std::path::PathBuf>,
+    targets_key: std::path::PathBuf,
+    online_key: std::path::PathBuf,
+    root_v1: std::path::PathBuf,
+    store: String,
+}
+
+/// Runs the binary; asserts success and returns stdout.
+fn run_ok(args: &[&str]) -> String {
+    let output = Command::new(binary()).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "deltacache {}: {}{}",
+        args.join(" "),
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// Runs the binary; asserts failure and returns stderr.
+fn run_refused(args: &[&str]) -> String {
+    let output = Command::new(binary()).args(args).output().unwrap();
+    assert!(
+        !output.status.success(),
+        "deltacache {} succeeded: {}",
+        args.join(" "),
+        stdout(&output)
+    );
+    stderr(&output)
+}
+
+fn p(path: &std::path::Path) -> &str {
+    path.to_str().unwrap()
+}
+
+impl Ceremony {
+    fn new() -> Ceremony {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = build_bundle(dir.path(), &sample_items());
+        let keygen = |name: &str| {
+            let key = dir.path().join(format!("{name}.key"));
+            run_ok(&["keygen", "--out", p(&key)]);
+            key
+        };
+        let root_keys: Vec<_> = (1..=3).map(|n| keygen(&format!("root-{n}"))).collect();
+        let (targets_key, online_key) = (keygen("targets"), keygen("online"));
+        let root_v1 = dir.path().join("root-1.json");
+        let pubs: Vec<String> = root_keys.iter().map(|k| format!("{}.pub", p(k))).collect();
+        let (targets_pub, online_pub) = (
+            format!("{}.pub", p(&targets_key)),
+            format!("{}.pub", p(&online_key)),
+        );
+        let mut args = vec!["root", "init", "--out", p(&root_v1)];
+        for public in &pubs {
+            args.extend(["--root-key", public.as_str()]);
+        }
+        args.extend(["--targets-key", &targets_pub, "--online-key", &online_pub]);
+        args.extend([
+            "--sign-with",
+            p(&root_keys[0]),
+            "--sign-with",
+            p(&root_keys[1]),
+        ]);
+        let made = run_ok(&args);
+        assert!(
+            made.contains("2 of 2 signatures by its own root keys: complete"),
+            "{made}"
+        );
+        let store = format!("file://{}", dir.path().join("store").display());
+        run_ok(&[
+            "repo",
+            "init",
+            "--store",
+            &store,
+            "--root",
+            p(&root_v1),
+            "--key",
+            p(&targets_key),
+            "--key",
+            p(&online_key),
+        ]);
+        Ceremony {
+            dir,
+            bundle,
+            root_keys,
+            targets_key,
+            online_key,
+            root_v1,
+            store,
+        }
+    }
+
+    fn store_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// `publish-delta` of one put, signed with `keys`, with `extra` flags.
+    fn publish(&self, n: u64, keys: &[&std::path::Path], extra: &[&str]) -> Output {
+        let changes = self.dir.path().join(format!("changes-{n}.jsonl"));
+        std::fs::write(
+            &changes,
+            format!("{}\n", put(&format!("op-{n}"), "an operator's change")),
+        )
+        .unwrap();
+        let mut command = Command::new(binary());
+        command.args([
+            "publish-delta",
+            "--store",
+            &self.store,
+            "--bundle",
+            p(&self.bundle),
+        ]);
+        for key in keys {
+            command.args(["--key", p(key)]);
+        }
+        command.args(["--changes", p(&changes)]).args(extra);
+        command.output().unwrap()
+    }
+
+    /// `sync` of the state dir `state` with root 1 baked; returns stdout.
+    fn sync(&self, state: &str) -> String {
+        let output = super::support::sync_command(
+            &self.bundle,
+            &self.dir.path().join(state),
+            &self.store,
+            &self.root_v1,
+        )
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+        assert!(output.status.success(), "sync: {}", stderr(&output));
+        stdout(&output)
+    }
+
+    /// The current timestamp.json: version, expiry (seconds) and the snapshot version it names.
+    fn timestamp(&self) -> (u64, i64, u64) {
+        let bytes = std::fs::read(self.store_dir().join("metadata/timestamp.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let expires: jiff::Timestamp = json["signed"]["expires"].as_str().unwrap().parse().unwrap();
+        (
+            json["signed"]["version"].as_u64().unwrap(),
+            expires.as_second(),
+            json["signed"]["meta"]["snapshot.json"]["version"]
+                .as_u64()
+                .unwrap(),
+        )
+    }
+}
+
+#[test]
+fn a_root_rotation_through_the_binary_reaches_an_instance_that_baked_root_1() {
+    let ceremony = Ceremony::new();
+    let (targets, online) = (
+        ceremony.targets_key.as_path(),
+        ceremony.online_key.as_path(),
+    );
+    let first = ceremony.publish(1, &[targets, online], &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(ceremony.sync("state").contains("now at seq 1"));
+
+    // Root 2 replaces the targets key. One root key holder signs it first: half signed,
+    // `root publish` refuses it and writes nothing.
+    let new_targets = ceremony.dir.path().join("targets-2.key");
+    run_ok(&["keygen", "--out", p(&new_targets)]);
+    let root_v2 = ceremony.dir.path().join("root-2.json");
+    let rotated = run_ok(&[
+        "root",
+        "rotate",
+        "--previous",
+        p(&ceremony.root_v1),
+        "--out",
+        p(&root_v2),
+        "--add-key",
+        &format!("targets={}.pub", p(&new_targets)),
+        "--remove-key",
+        &format!("targets={}.pub", p(targets)),
+        "--sign-with",
+        p(&ceremony.root_keys[0]),
+    ]);
+    assert!(
+        rotated.contains("1 of 2 signatures by its own root keys, 1 of 2 by version 1's root keys: more key holders must sign it"),
+        "{rotated}"
+    );
+    let refused = run_refused(&[
+        "root",
+        "publish",
+        "--store",
+        &ceremony.store,
+        "--root",
+        p(&root_v2),
+    ]);
+    assert!(
+        refused.contains("root 2 is not signed by 2 of root 1's root keys"),
+        "{refused}"
+    );
+    assert!(!ceremony.store_dir().join("metadata/2.root.json").exists());
+
+    // A second holder signs: 2 of 3 suffices.
+    let signed = run_ok(&[
+        "root",
+        "sign",
+        "--root",
+        p(&root_v2),
+        "--previous",
+        p(&ceremony.root_v1),
+        "--key",
+        p(&ceremony.root_keys[2]),
+    ]);
+    assert!(
+        signed.contains("2 of 2 by version 1's root keys: complete"),
+        "{signed}"
+    );
+    let published = run_ok(&[
+        "root",
+        "publish",
+        "--store",
+        &ceremony.store,
+        "--root",
+        p(&root_v2),
+        "--trusted-root",
+        p(&ceremony.root_v1),
+    ]);
+    assert!(
+        published.contains("published root version 2"),
+        "{published}"
+    );
+
+    // The old targets key is refused before anything is written; the new one publishes.
+    let metadata_before = std::fs::read_dir(ceremony.store_dir().join("metadata"))
+        .unwrap()
+        .count();
+    let old_key = ceremony.publish(2, &[targets, online], &[]);
+    assert!(!old_key.status.success());
+    assert!(
+        stderr(&old_key).contains("root version 2")
+            && stderr(&old_key).contains("nothing was written"),
+        "{}",
+        stderr(&old_key)
+    );
+    assert_eq!(
+        std::fs::read_dir(ceremony.store_dir().join("metadata"))
+            .unwrap()
+            .count(),
+        metadata_before
+    );
+    let second = ceremony.publish(2, &[&new_targets, online], &[]);
+    assert!(second.status.success(), "{}", stderr(&second));
+
+    // The instance that synced under root 1 follows to root 2 with root 1 still baked; so
+    // does a new instance from the same image.
+    let synced = ceremony.sync("state");
+    assert!(
+        synced.contains("applied 1 deltas") && synced.contains("now at seq 2"),
+        "{synced}"
+    );
+    let fresh = ceremony.sync("fresh-state");
+    assert!(
+        fresh.contains("applied 2 deltas") && fresh.contains("now at seq 2"),
+        "{fresh}"
+    );
+    let verified = run_ok(&[
+        "verify",
+        "--store",
+        &ceremony.store,
+        "--trusted-root",
+        p(&ceremony.root_v1),
+        "--bundle",
+        p(&ceremony.bundle),
+    ]);
+    assert!(verified.contains("root version 2"), "{verified}");
+}
+
+#[test]
+fn repo_refresh_renews_an_expiring_timestamp_with_the_online_key_alone() {
+    let ceremony = Ceremony::new();
+    let (targets, online) = (
+        ceremony.targets_key.as_path(),
+        ceremony.online_key.as_path(),
+    );
+    let first = ceremony.publish(1, &[targets, online], &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(ceremony.sync("state").contains("now at seq 1"));
+
+    // Seq 2 goes out with a timestamp that expires in 5 s.
+    let before = jiff::Timestamp::now().as_second();
+    let second = ceremony.publish(2, &[targets, online], &["--expires-in", "5s"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let after = jiff::Timestamp::now().as_second();
+    let (version, expires, snapshot) = ceremony.timestamp();
+    assert!(
+        (before + 5..=after + 5).contains(&expires),
+        "the timestamp expires 5 s after the publish, not at {expires} ({before}..{after})"
+    );
+
+    // The targets key alone cannot refresh: the online key signs timestamps.
+    let bytes_before = std::fs::read(ceremony.store_dir().join("metadata/timestamp.json")).unwrap();
+    let refused = run_refused(&[
+        "repo",
+        "refresh",
+        "--store",
+        &ceremony.store,
+        "--key",
+        p(targets),
+    ]);
+    assert!(
+        refused.contains("timestamp role") && refused.contains("nothing was written"),
+        "{refused}"
+    );
+    assert_eq!(
+        std::fs::read(ceremony.store_dir().join("metadata/timestamp.json")).unwrap(),
+        bytes_before
+    );
+
+    let refreshed = run_ok(&[
+        "repo",
+        "refresh",
+        "--store",
+        &ceremony.store,
+        "--key",
+        p(online),
+    ]);
+    assert!(
+        refreshed.contains(&format!(
+            "timestamp version {}, snapshot version {snapshot}",
+            version + 1
+        )),
+        "{refreshed}"
+    );
+    let now = jiff::Timestamp::now().as_second();
+    let (new_version, new_expires, new_snapshot) = ceremony.timestamp();
+    assert_eq!((new_version, new_snapshot), (version + 1, snapshot));
+    assert!(
+        new_expires >= now + 7 * 24 * 3600 - 60,
+        "the refreshed timestamp expires in 7 days (default), not at {new_expires}"
+    );
+    // The instance syncs under the renewed timestamp, which outlives the 5 s one by days (the
+    // test does not wait for the old one to expire: the expiries above show the renewal).
+    let synced = ceremony.sync("state");
+    assert!(synced.contains("now at seq 2"), "{synced}");
+
+    // With --snapshot a new snapshot names the same targets; instances are up to date.
+    let refreshed = run_ok(&[
+        "repo",
+        "refresh",
+        "--store",
+        &ceremony.store,
+        "--key",
+        p(online),
+        "--snapshot",
+        "--expires-in",
+        "1d",
+    ]);
+    assert!(
+        refreshed.contains(&format!(
+            "timestamp version {}, snapshot version {}",
+            version + 2,
+            snapshot + 1
+        )),
+        "{refreshed}"
+    );
+    assert!(ceremony.sync("state").contains("up to date at seq 2"));
+}
+
+/// An operator's scheduled `repo refresh` (timestamp only, or with a new snapshot) racing
+/// `publish-delta`, round after round: at least one wins each round, a loser says so and
+/// leaves nothing named, and the chain holds exactly the publishes that won.
+#[test]
+fn repo_refresh_racing_publish_delta_never_breaks_the_repository() {
+    let ceremony = Ceremony::new();
+    let (targets, online) = (
+        ceremony.targets_key.as_path(),
+        ceremony.online_key.as_path(),
+    );
+    let mut n_published = 0u64;
+    let mut n_lost = 0;
+    for round in 0..8u64 {
+        let changes = ceremony.dir.path().join(format!("race-{round}.jsonl"));
+        std::fs::write(
+            &changes,
+            format!("{}\n", put(&format!("race-{round}"), "racing a refresh")),
+        )
+        .unwrap();
+        let publish = Command::new(binary())
+            .args([
+                "publish-delta",
+                "--store",
+                &ceremony.store,
+                "--bundle",
+                p(&ceremony.bundle),
+            ])
+            .args([
+                "--key",
+                p(targets),
+                "--key",
+                p(online),
+                "--changes",
+                p(&changes),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut refresh = Command::new(binary());
+        refresh.args([
+            "repo",
+            "refresh",
+            "--store",
+            &ceremony.store,
+            "--key",
+            p(online),
+        ]);
+        if round % 2 == 1 {
+            refresh.arg("--snapshot");
+        }
+        let refresh = refresh
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (published, refreshed) = (
+            publish.wait_with_output().unwrap(),
+            refresh.wait_with_output().unwrap(),
+        );
+        assert!(
+            published.status.success() || refreshed.status.success(),
+            "round {round}: neither won: {} / {}",
+            stderr(&published),
+            stderr(&refreshed)
+        );
+        for loser in [&published, &refreshed]
+            .into_iter()
+            .filter(|o| !o.status.success())
+        {
+            assert!(
+                stderr(loser).contains("another publisher changed"),
+                "round {round}: unclear loss: {}",
+                stderr(loser)
+            );
+            n_lost += 1;
+        }
+        if published.status.success() {
+            n_published += 1;
+            assert!(stdout(&published).contains(&format!("published seq {n_published} ")));
+        }
+    }
+    let verified = run_ok(&[
+        "verify",
+        "--store",
+        &ceremony.store,
+        "--trusted-root",
+        p(&ceremony.root_v1),
+        "--bundle",
+        p(&ceremony.bundle),
+    ]);
+    assert!(
+        verified.contains(&format!("{n_published} deltas verified back to seq 0")),
+        "{verified}"
+    );
+    if n_published > 0 {
+        assert!(
+            ceremony
+                .sync("state")
+                .contains(&format!("now at seq {n_published}"))
+        );
+    }
+    println!("refresh racing publish: 8 rounds, {n_published} publishes won, {n_lost} losses");
 }
