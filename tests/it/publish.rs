@@ -406,162 +406,196 @@ async fn object_names(store: &deltacache::delta_store::DeltaStore) -> Vec<String
     names
 }
 
-/// Publishes through the proxy with the answer to the conditional PUT of `lost` swallowed,
-/// and checks what the publisher must do: succeed and report the seq, having retried (and
-/// met 412, the object now holding its own bytes) and read the object back; delete nothing.
-async fn publish_losing_the_answer_to(
-    publisher: &Publisher,
-    proxy: &LossyProxy,
-    store: &deltacache::delta_store::DeltaStore,
-    lost: &str,
-    seq: u64,
-) -> Output {
-    let before = object_names(store).await;
-    let n_exchanges = proxy.exchanges().len();
-    let n_lost = proxy.lost().len();
-    proxy.lose_next_answer_to(lost);
-    let changes = publisher.changes(
-        &format!("lost-{seq}.jsonl"),
-        &[put(
-            &format!("lost-{seq}"),
-            "published while an answer was lost",
-        )],
-    );
-    let output = publisher
-        .command(
-            "s3://deltas/lossy",
-            &["--changes", changes.to_str().unwrap()],
-        )
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "a lost answer failed the publish: {}",
-        stderr(&output)
-    );
-    assert!(
-        stdout(&output).contains(&format!("published seq {seq} ")),
-        "{}",
-        stdout(&output)
-    );
-    let lost_now = proxy.lost();
-    assert_eq!(lost_now.len(), n_lost + 1, "the proxy lost no answer");
-    let dropped = lost_now.last().unwrap();
-    assert!(
-        dropped.path.ends_with(lost) && dropped.method == "PUT" && dropped.conditional,
-        "{dropped:?}"
-    );
-    assert_eq!(dropped.status, Some(200), "the lost write landed");
-    // After the lost answer: the SDK's retry of the same PUT meets 412, and the publisher
-    // reads the object to find its own bytes there.
-    let after: Vec<Exchange> = proxy.exchanges()[n_exchanges..]
-        .iter()
-        .filter(|e| e.path.ends_with(lost))
-        .skip_while(|e| e.method != "PUT")
-        .cloned()
-        .collect();
-    let statuses: Vec<(&str, Option<u16>)> = after
-        .iter()
-        .map(|e| (e.method.as_str(), e.status))
-        .collect();
-    assert_eq!(
-        statuses,
-        [("PUT", Some(200)), ("PUT", Some(412)), ("GET", Some(200))],
-        "{after:?}"
-    );
-    assert!(
-        proxy.exchanges().iter().all(|e| e.method != "DELETE"),
-        "a publish never deletes"
-    );
-    let now = object_names(store).await;
-    for name in &before {
-        assert!(now.contains(name), "{name} disappeared");
+/// A publisher that reaches the S3 server through a proxy that loses answers, and a
+/// repository it created through it.
+struct LossyWorld {
+    server: S3Server,
+    proxy: LossyProxy,
+    publisher: Publisher,
+    url: String,
+    /// The same store, reached directly.
+    store: deltacache::delta_store::DeltaStore,
+}
+
+impl LossyWorld {
+    async fn new(prefix: &str) -> LossyWorld {
+        let server = S3Server::start();
+        let proxy = LossyProxy::start(&server.endpoint);
+        let publisher = Publisher::new(proxy.env(&server));
+        let url = format!("s3://deltas/{prefix}");
+        let init = publisher.init(&url);
+        assert!(init.status.success(), "{}", stderr(&init));
+        let store = server.store(prefix).await;
+        LossyWorld {
+            server,
+            proxy,
+            publisher,
+            url,
+            store,
+        }
     }
-    output
+
+    /// Publishes seq `seq` with the answer to the conditional PUT of `lost` swallowed and
+    /// `extra` flags, and checks what the publisher must do: succeed and report the seq,
+    /// having read the object back to find its own bytes there (after `answers_then`: the
+    /// requests of that object and their statuses after the lost one); delete nothing.
+    async fn publish_losing_the_answer_to(
+        &self,
+        lost: &str,
+        seq: u64,
+        extra: &[&str],
+        answers_then: &[(&str, u16)],
+    ) -> Output {
+        let before = object_names(&self.store).await;
+        let n_exchanges = self.proxy.exchanges().len();
+        let n_lost = self.proxy.lost().len();
+        self.proxy.lose_next_answer_to(lost);
+        let changes = self.publisher.changes(
+            &format!("lost-{seq}.jsonl"),
+            &[put(
+                &format!("lost-{seq}"),
+                "published while an answer was lost",
+            )],
+        );
+        let output = self
+            .publisher
+            .command(&self.url, &["--changes", changes.to_str().unwrap()])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let lost_now = self.proxy.lost();
+        assert_eq!(lost_now.len(), n_lost + 1, "the proxy lost no answer");
+        let dropped = lost_now.last().unwrap();
+        assert!(
+            dropped.path.ends_with(lost) && dropped.method == "PUT" && dropped.conditional,
+            "{dropped:?}"
+        );
+        assert_eq!(dropped.status, Some(200), "the lost write landed");
+        assert!(
+            output.status.success(),
+            "a lost answer failed the publish: {}",
+            stderr(&output)
+        );
+        assert!(
+            stdout(&output).contains(&format!("published seq {seq} ")),
+            "{}",
+            stdout(&output)
+        );
+        let after: Vec<Exchange> = self.proxy.exchanges()[n_exchanges..]
+            .iter()
+            .filter(|e| e.path.ends_with(lost))
+            .skip_while(|e| e.method != "PUT")
+            .cloned()
+            .collect();
+        let answers: Vec<(&str, u16)> = after
+            .iter()
+            .map(|e| (e.method.as_str(), e.status.unwrap_or(0)))
+            .collect();
+        assert_eq!(answers[0], ("PUT", 200), "{after:?}");
+        assert_eq!(answers[1..], *answers_then, "{after:?}");
+        assert!(
+            self.proxy.exchanges().iter().all(|e| e.method != "DELETE"),
+            "a publish never deletes"
+        );
+        let now = object_names(&self.store).await;
+        for name in &before {
+            assert!(now.contains(name), "{name} disappeared");
+        }
+        output
+    }
+
+    /// After `n_deltas` publishes: exactly the metadata versions they wrote (no orphan from
+    /// a retry at the next version), no target that metadata does not name, `verify`
+    /// passes, and an instance syncs to the last seq.
+    async fn check_repository(self, n_deltas: u64) {
+        let mut expected: Vec<String> = vec!["metadata/1.root.json".into()];
+        for version in 1..=n_deltas + 1 {
+            expected.push(format!("metadata/{version}.snapshot.json"));
+            expected.push(format!("metadata/{version}.targets.json"));
+        }
+        expected.push("metadata/timestamp.json".into());
+        expected.sort();
+        assert_eq!(self.store.list("metadata/").await.unwrap(), expected);
+        let direct = self.server.env();
+        let gc = Command::new(binary())
+            .args(["repo", "gc", "--store", &self.url, "--dry-run"])
+            .envs(direct.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&gc).contains("0 unnamed targets"),
+            "{}{}",
+            stdout(&gc),
+            stderr(&gc)
+        );
+        let publisher = Publisher {
+            env: direct.clone(),
+            ..self.publisher
+        };
+        let verified = publisher.verify(&self.url);
+        assert!(
+            verified.status.success()
+                && stdout(&verified).contains(&format!("{n_deltas} deltas verified back to seq 0")),
+            "{}{}",
+            stdout(&verified),
+            stderr(&verified)
+        );
+        let state = publisher.dir.path().join("state");
+        let synced =
+            super::support::sync_command(&publisher.bundle, &state, &self.url, &publisher.root)
+                .envs(direct.iter().map(|(k, v)| (*k, v.as_str())))
+                .stdout(std::process::Stdio::piped())
+                .output()
+                .unwrap();
+        assert!(
+            synced.status.success() && stdout(&synced).contains(&format!("now at seq {n_deltas}")),
+            "{}{}",
+            stdout(&synced),
+            stderr(&synced)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_answer_to_a_conditional_put_on_s3_is_resolved_by_reading() {
-    let server = S3Server::start();
-    let proxy = LossyProxy::start(&server.endpoint);
-    let publisher = Publisher::new(proxy.env(&server));
-    let url = "s3://deltas/lossy";
-    let init = publisher.init(url);
-    assert!(init.status.success(), "{}", stderr(&init));
-    let store = server.store("lossy").await;
-
-    // The compare-and-swap of timestamp.json: the retry's If-Match names the tag the
-    // timestamp had before the lost write, so it meets 412.
-    let output =
-        publish_losing_the_answer_to(&publisher, &proxy, &store, "metadata/timestamp.json", 1)
-            .await;
+    let world = LossyWorld::new("lossy").await;
+    // The compare-and-swap of timestamp.json: the SDK retries, and the retry's If-Match
+    // names the tag the timestamp had before the lost write, so it meets 412; the publisher
+    // reads timestamp.json and finds its own bytes.
+    let retried = [("PUT", 412), ("GET", 200)];
+    let output = world
+        .publish_losing_the_answer_to("metadata/timestamp.json", 1, &[], &retried)
+        .await;
     assert!(
         stderr(&output).contains("an earlier answer was lost"),
         "{}",
         stderr(&output)
     );
-    // The create-only write of the next targets version (init wrote 1, seq 1 wrote 2).
-    publish_losing_the_answer_to(&publisher, &proxy, &store, "metadata/3.targets.json", 2).await;
-    assert_eq!(proxy.lost().len(), 2);
+    // The create-only write of the next targets version (init wrote 1, seq 1 wrote 2): the
+    // retry's If-None-Match meets 412 the same way.
+    world
+        .publish_losing_the_answer_to("metadata/3.targets.json", 2, &[], &retried)
+        .await;
+    assert_eq!(world.proxy.lost().len(), 2);
+    world.check_repository(2).await;
+}
 
-    // Exactly the versions the three publishes wrote: no orphan from a retry at the next
-    // version, and no target that metadata does not name.
-    let metadata: Vec<String> = store.list("metadata/").await.unwrap();
-    assert_eq!(
-        metadata,
-        [
-            "1.root.json",
-            "1.snapshot.json",
-            "1.targets.json",
-            "2.snapshot.json",
-            "2.targets.json",
-            "3.snapshot.json",
-            "3.targets.json",
-            "timestamp.json"
-        ]
-        .map(|f| format!("metadata/{f}"))
-    );
-    let direct = server.env();
-    let gc = Command::new(binary())
-        .args(["repo", "gc", "--store", url, "--dry-run"])
-        .envs(direct.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    assert!(
-        stdout(&gc).contains("0 unnamed targets"),
-        "{}{}",
-        stdout(&gc),
-        stderr(&gc)
-    );
-    let direct_publisher = Publisher {
-        env: direct.clone(),
-        ..publisher
-    };
-    let verified = direct_publisher.verify(url);
-    assert!(
-        verified.status.success() && stdout(&verified).contains("2 deltas verified back to seq 0"),
-        "{}{}",
-        stdout(&verified),
-        stderr(&verified)
-    );
-    let state = direct_publisher.dir.path().join("state");
-    let synced = super::support::sync_command(
-        &direct_publisher.bundle,
-        &state,
-        url,
-        &direct_publisher.root,
-    )
-    .envs(direct.iter().map(|(k, v)| (*k, v.as_str())))
-    .stdout(std::process::Stdio::piped())
-    .output()
-    .unwrap();
-    assert!(
-        synced.status.success() && stdout(&synced).contains("now at seq 2"),
-        "{}{}",
-        stdout(&synced),
-        stderr(&synced)
-    );
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_answer_with_no_retry_left_is_resolved_by_reading_too() {
+    // With one attempt per operation (or once the SDK's retries or its retry budget run
+    // out), the lost answer surfaces as a transport error: the write may have landed, so
+    // the publisher reads the object, as after a conflict, before it reports anything.
+    let world = LossyWorld::new("lossy-once").await;
+    let once = ["--remote-attempts", "1"];
+    let read_back = [("GET", 200)];
+    world
+        .publish_losing_the_answer_to("metadata/timestamp.json", 1, &once, &read_back)
+        .await;
+    world
+        .publish_losing_the_answer_to("metadata/3.targets.json", 2, &once, &read_back)
+        .await;
+    world.check_repository(2).await;
 }
 
 /// An operator's set-up made with the binary: three offline root keys (threshold 2), a
