@@ -4,10 +4,12 @@
 //! Order of writes: the target (named by its hash, so a repeat is harmless), then
 //! `N.targets.json` and `N.snapshot.json` (created only if absent, versions past every one
 //! listed), then `timestamp.json` last, replaced only if it is still the one that was read.
-//! A conflict is resolved by reading what the store now says: bytes equal to ours mean our
-//! own earlier write landed (its answer was lost); anything else means another publisher
-//! won. Nothing a published metadata file names is ever deleted here; `repo gc` removes
-//! only targets no live metadata names.
+//! A conflict, or a write whose answer never came (a transport error once the retries ran
+//! out), is resolved by reading what the store now says: bytes equal to ours mean our own
+//! write landed and its answer was lost; anything else means another publisher won (after
+//! a conflict) or the write is reported as failed (after a transport error). Nothing a
+//! published metadata file names is ever deleted here; `repo gc` removes only targets no
+//! live metadata names.
 //!
 //! The publisher reads the repository itself rather than through tough's client: after a
 //! key rotation the current metadata is signed by a key the newest root no longer lists, and
@@ -425,12 +427,26 @@ async fn create_or_same(
                 .map(|f| f.bytes);
             Ok(found.as_deref() == Some(bytes))
         }
+        Err(PutError::Other(error)) if holds(store, name, bytes, cap).await => {
+            tracing::info!(store = %store.describe(), name, error = format!("{error:#}"), "the write's answer was lost, and the store holds it");
+            Ok(true)
+        }
         Err(PutError::Other(error)) => Err(error.context(format!("write {name}"))),
     }
 }
 
-/// Replaces `timestamp.json` if it is still the one read. A conflict is resolved by reading
-/// it: our own bytes mean the write landed and its answer was lost.
+/// Whether `name` now holds exactly `bytes`: after a write that failed without an answer,
+/// whether it landed all the same (a failed read counts as not).
+async fn holds(store: &DeltaStore, name: &str, bytes: &[u8], cap: u64) -> bool {
+    match store.get(name, cap.max(bytes.len() as u64)).await {
+        Ok(Some(found)) => found.bytes == bytes,
+        _ => false,
+    }
+}
+
+/// Replaces `timestamp.json` if it is still the one read. A conflict, or a failure without
+/// an answer, is resolved by reading it: our own bytes mean the write landed and its answer
+/// was lost.
 async fn replace_timestamp(
     store: &DeltaStore,
     state: &RepoState,
@@ -454,6 +470,10 @@ async fn replace_timestamp(
                     what: "metadata/timestamp.json was replaced".into(),
                 })
             }
+        }
+        Err(PutError::Other(error)) if holds(store, &name, bytes, MAX_METADATA_BYTES).await => {
+            tracing::info!(store = %state.store, error = format!("{error:#}"), "timestamp.json already holds this publish (the write's answer was lost)");
+            Ok(())
         }
         Err(PutError::Other(error)) => Err(error.context("replace metadata/timestamp.json").into()),
     }
