@@ -229,6 +229,7 @@ impl Repo {
             changes: deltacache::delta::publish::ChangeSource::Changes(path),
             expires_in: days_std(1),
             dry_run: false,
+            force: false,
             remote: self.remote.clone(),
         })
         .await
