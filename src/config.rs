@@ -43,6 +43,10 @@ pub struct ConfigFile {
     pub instance_seed: Option<u32>,
     /// A JSON file of canary queries every new version must answer.
     pub canaries: Option<PathBuf>,
+    /// A chain longer than this many deltas is caught up by snapshot (0: never).
+    pub snapshot_after_deltas: Option<u64>,
+    /// The largest catch-up snapshot downloaded, in bytes.
+    pub max_snapshot_bytes: Option<u64>,
     /// Whether `/status` shows paths, the delta store URL and error text.
     pub status_detail: Option<bool>,
     /// A second address serving only the probes, e.g. "127.0.0.1:9090".

@@ -84,6 +84,14 @@ pub(super) struct ServeArgs {
     /// (besides the fleet policy's); README "Fleet control" [default: none].
     #[arg(long, env = "DELTACACHE_CANARIES", value_name = "FILE")]
     canaries: Option<PathBuf>,
+    /// A chain longer than this many deltas (or larger in bytes than the newest snapshot)
+    /// is caught up by downloading that snapshot; 0 never uses snapshots [default: 32].
+    #[arg(long, env = "DELTACACHE_SNAPSHOT_AFTER_DELTAS", value_name = "N")]
+    snapshot_after_deltas: Option<u64>,
+    /// The largest catch-up snapshot downloaded; a larger one is skipped and the chain
+    /// replayed [default: 17179869184].
+    #[arg(long, env = "DELTACACHE_MAX_SNAPSHOT_BYTES", value_name = "BYTES")]
+    max_snapshot_bytes: Option<u64>,
     /// Show file paths, the delta store URL and error text in /status (keep off when the
     /// port faces untrusted clients; the control socket always shows them) [default: false].
     #[arg(long, env = "DELTACACHE_STATUS_DETAIL", value_name = "BOOL")]
@@ -263,6 +271,12 @@ impl ServeArgs {
         }
         sync.instance_seed = self.instance_seed.or(file.instance_seed);
         sync.canaries = self.canaries.clone().or(file.canaries.clone());
+        if let Some(n) = self.snapshot_after_deltas.or(file.snapshot_after_deltas) {
+            sync.snapshot_after_deltas = n;
+        }
+        if let Some(cap) = self.max_snapshot_bytes.or(file.max_snapshot_bytes) {
+            sync.max_snapshot_bytes = cap;
+        }
         Ok(Some(FollowOptions {
             sync,
             follow_interval: self

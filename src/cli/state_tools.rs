@@ -165,6 +165,17 @@ pub(super) struct CompactArgs {
     /// model are then refused; publishers must publish against the new bundle).
     #[arg(long)]
     refit: bool,
+    /// Also publish the new bundle to the store as the catch-up snapshot of its seq: an
+    /// instance far behind downloads it instead of replaying the chain.
+    #[arg(long, requires = "keys", conflicts_with = "refit")]
+    publish: bool,
+    /// With --publish: a secret key that signs (the targets key and the online key, or one
+    /// key the root lists for all three roles). Repeat for each.
+    #[arg(long = "key", value_name = "KEYFILE")]
+    keys: Vec<PathBuf>,
+    /// With --publish: how long the new timestamp stays valid, e.g. 7d (at most 30 days).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    expires_in: std::time::Duration,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -175,6 +186,11 @@ pub(super) fn compact(args: CompactArgs) -> anyhow::Result<()> {
         super::trusted_root(args.trusted_root, args.trusted_keys)?,
     );
     options.remote = args.remote.settings();
+    let at = crate::delta::fleet::FleetStore {
+        store: options.store.clone(),
+        trusted_root: Some(options.trusted_root.clone()),
+        remote: options.remote.clone(),
+    };
     let runtime = super::runtime()?;
     let report = runtime.block_on(ops::compact(&args.bundle, options, &args.out, args.refit))?;
     println!(
@@ -185,5 +201,17 @@ pub(super) fn compact(args: CompactArgs) -> anyhow::Result<()> {
         report.manifest.n_items,
         &report.manifest.model_fingerprint[..16]
     );
+    if args.publish {
+        let published = runtime.block_on(crate::delta::snapshot::publish(
+            &at,
+            &args.keys,
+            &args.out,
+            args.expires_in,
+        ))?;
+        println!(
+            "published snapshot {} ({} bytes) to {}: instances more than the configured number of deltas behind (snapshot-after-deltas) catch up from it",
+            published.name, published.bytes, at.store
+        );
+    }
     Ok(())
 }

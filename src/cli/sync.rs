@@ -43,6 +43,17 @@ pub(super) struct SyncArgs {
     /// (besides the fleet policy's); README "Fleet control".
     #[arg(long, env = "DELTACACHE_CANARIES", value_name = "FILE")]
     canaries: Option<PathBuf>,
+    /// A chain longer than this many deltas (or larger in bytes than the newest snapshot)
+    /// is caught up by downloading that snapshot; 0 never uses snapshots.
+    #[arg(long, env = "DELTACACHE_SNAPSHOT_AFTER_DELTAS", default_value_t = crate::sync::DEFAULT_SNAPSHOT_AFTER_DELTAS, value_name = "N")]
+    snapshot_after_deltas: u64,
+    /// The largest catch-up snapshot downloaded; a larger one is skipped and the chain
+    /// replayed.
+    #[arg(long, env = "DELTACACHE_MAX_SNAPSHOT_BYTES", default_value_t = crate::sync::DEFAULT_MAX_SNAPSHOT_BYTES, value_name = "BYTES")]
+    max_snapshot_bytes: u64,
+    /// The size of each ranged read of a snapshot download (tests make it small).
+    #[arg(long, hide = true, default_value_t = crate::sync::DEFAULT_SNAPSHOT_CHUNK_BYTES, value_name = "BYTES")]
+    snapshot_chunk_bytes: u64,
     /// Give up after this long.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     deadline: Duration,
@@ -59,6 +70,9 @@ pub(super) fn run(args: SyncArgs) -> anyhow::Result<()> {
     options.memory_budget_bytes = args.apply_memory_budget;
     options.instance_seed = args.instance_seed;
     options.canaries = args.canaries;
+    options.snapshot_after_deltas = args.snapshot_after_deltas;
+    options.max_snapshot_bytes = args.max_snapshot_bytes;
+    options.snapshot_chunk_bytes = args.snapshot_chunk_bytes;
     let runtime = super::runtime()?;
     let outcome = runtime.block_on(sync_once(
         &args.bundle,

@@ -11,7 +11,7 @@ use crate::delta_store::DeltaStore;
 use crate::tuf::ceremony::{
     RootEdit, RootKeys, init_root, parse_roles, rotate_root, sign_root_file,
 };
-use crate::tuf::keys::FileKey;
+use crate::tuf::keys::load_signers;
 use crate::tuf::repo::RepoState;
 use crate::tuf::{Expiries, Role};
 
@@ -307,7 +307,7 @@ pub(super) fn repo(command: RepoCommand) -> anyhow::Result<()> {
         RepoCommand::Init(args) => {
             let root = std::fs::read(&args.root)
                 .with_context(|| format!("read root {}", args.root.display()))?;
-            let keys = load_keys(&args.keys)?;
+            let keys = load_signers(&args.keys)?;
             let adopted = runtime.block_on(crate::delta::publish::init_repository(
                 &args.store,
                 &args.remote.settings(),
@@ -328,7 +328,7 @@ pub(super) fn repo(command: RepoCommand) -> anyhow::Result<()> {
         }
         RepoCommand::Refresh(args) => {
             let trusted = read_optional(args.trusted_root.as_ref())?;
-            let keys = load_keys(&args.keys)?;
+            let keys = load_signers(&args.keys)?;
             let published = runtime.block_on(async {
                 let store = DeltaStore::open(&args.store, &args.remote.settings()).await?;
                 let state = RepoState::read(&store, trusted.as_deref()).await?;
@@ -376,19 +376,4 @@ pub(super) fn repo(command: RepoCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Signing keys and their ids.
-type Signers = (Vec<Box<dyn tough::key_source::KeySource>>, Vec<String>);
-
-/// Loads signing keys, refusing a bad file before anything is written.
-fn load_keys(paths: &[PathBuf]) -> anyhow::Result<Signers> {
-    let mut keys = Vec::new();
-    let mut ids = Vec::new();
-    for path in paths {
-        let (key, id) = FileKey::load(path)?;
-        keys.push(key);
-        ids.push(id);
-    }
-    Ok((keys, ids))
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::chain::delta_targets;
 use super::publish::{listed_targets, read_listed};
 use crate::delta_store::{DeltaStore, RemoteSettings};
-use crate::tuf::keys::FileKey;
+use crate::tuf::keys::load_signers;
 use crate::tuf::repo::{NewTarget, RepoState};
 use crate::tuf::{self, Expiries, Role};
 
@@ -339,7 +339,7 @@ pub struct FleetStore {
 
 impl FleetStore {
     /// Opens the store and reads its verified repository.
-    async fn read(&self) -> anyhow::Result<(DeltaStore, RepoState)> {
+    pub(crate) async fn read(&self) -> anyhow::Result<(DeltaStore, RepoState)> {
         let store = DeltaStore::open(&self.store, &self.remote).await?;
         let trusted_root = match &self.trusted_root {
             Some(path) => Some(
@@ -406,13 +406,7 @@ pub async fn set(
     change: &PolicyChange,
     expires_in: Duration,
 ) -> anyhow::Result<FleetPolicy> {
-    let mut signers = Vec::new();
-    let mut key_ids = Vec::new();
-    for path in keys {
-        let (key, id) = FileKey::load(path)?;
-        signers.push(key);
-        key_ids.push(id);
-    }
+    let (signers, key_ids) = load_signers(keys)?;
     let (store, state) = at.read().await?;
     state.check_authorised(&key_ids, &[Role::Targets, Role::Snapshot, Role::Timestamp])?;
     let (current, seqs) = read_published(&store, &state).await?;

@@ -7,3 +7,4 @@ pub mod fleet;
 pub mod format;
 pub mod legacy;
 pub mod publish;
+pub mod snapshot;

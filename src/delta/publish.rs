@@ -21,7 +21,7 @@ use crate::digest::sha256_hex;
 use crate::progress::Progress;
 use crate::search::index::VectorIndex;
 use crate::tuf::client::TargetInfo;
-use crate::tuf::keys::FileKey;
+use crate::tuf::keys::load_signers;
 use crate::tuf::repo::{NewTarget, RepoState, target_object};
 use crate::tuf::{self, Expiries, Role};
 
@@ -102,13 +102,7 @@ pub struct PublishReport {
 
 /// Publishes the next delta.
 pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> {
-    let mut keys = Vec::new();
-    let mut key_ids = Vec::new();
-    for path in &options.keys {
-        let (key, id) = FileKey::load(path)?;
-        keys.push(key);
-        key_ids.push(id);
-    }
+    let (keys, key_ids) = load_signers(&options.keys)?;
     let bundle = Bundle::open(&options.bundle)?;
     let fields = bundle.manifest.item_fields();
     let store = DeltaStore::open(&options.store, &options.remote).await?;

@@ -5,7 +5,7 @@
 //! `.lock`: read, compare its digest with the expected tag, write a temporary file, fsync,
 //! rename, fsync the directory.
 
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -45,6 +45,27 @@ impl FileStore {
     }
 
     pub(super) async fn get(&self, name: &str, cap: u64) -> Result<Option<Fetched>, FetchError> {
+        self.read(name, 0, cap, true).await
+    }
+
+    /// Reads `len` bytes of an object from `offset` (fewer at its end).
+    pub(super) async fn get_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Fetched>, FetchError> {
+        self.read(name, offset, len, false).await
+    }
+
+    /// Reads at most `cap` bytes from `offset`; `whole` refuses an object longer than that.
+    async fn read(
+        &self,
+        name: &str,
+        offset: u64,
+        cap: u64,
+        whole: bool,
+    ) -> Result<Option<Fetched>, FetchError> {
         let path = self.root.join(name);
         let name = name.to_owned();
         let timed_out = FetchError::Unavailable {
@@ -66,12 +87,18 @@ impl FileStore {
                 }
             };
             let mut bytes = Vec::new();
-            file.take(cap + 1)
+            let unavailable = |e: std::io::Error| FetchError::Unavailable {
+                name: name.clone(),
+                message: e.to_string(),
+            };
+            let mut file = file;
+            if offset > 0 {
+                file.seek(std::io::SeekFrom::Start(offset))
+                    .map_err(unavailable)?;
+            }
+            file.take(cap + u64::from(whole))
                 .read_to_end(&mut bytes)
-                .map_err(|e| FetchError::Unavailable {
-                    name: name.clone(),
-                    message: e.to_string(),
-                })?;
+                .map_err(unavailable)?;
             if bytes.len() as u64 > cap {
                 return Err(FetchError::Oversize { name, cap });
             }

@@ -162,6 +162,20 @@ impl DeltaStore {
         }
     }
 
+    /// Reads `len` bytes of an object from `offset` (fewer at its end), if it exists: how
+    /// a large target is downloaded in pieces that survive a restart.
+    pub async fn get_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Fetched>, FetchError> {
+        match self {
+            DeltaStore::File(store) => store.get_range(name, offset, len).await,
+            DeltaStore::S3(store) => store.get_range(name, offset, len).await,
+        }
+    }
+
     /// Creates an object; fails with [`PutError::Conflict`] if it exists.
     pub async fn create(&self, name: &str, bytes: &[u8]) -> Result<(), PutError> {
         match self {

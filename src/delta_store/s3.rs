@@ -99,9 +99,32 @@ impl S3Store {
     /// stops or trickles past [`RemoteSettings::attempt_timeout`] fails the attempt, and the
     /// read is tried again from the start, up to the configured attempts.
     pub(super) async fn get(&self, name: &str, cap: u64) -> Result<Option<Fetched>, FetchError> {
+        self.read(name, cap, None).await
+    }
+
+    /// Reads `len` bytes of an object from `offset` (a `Range` request), retried as
+    /// [`S3Store::get`] is.
+    pub(super) async fn get_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Fetched>, FetchError> {
+        let range = format!("bytes={offset}-{}", offset + len.max(1) - 1);
+        self.read(name, len, Some(range)).await
+    }
+
+    /// Reads an object or a range of it, at most `cap` bytes, with retries.
+    async fn read(
+        &self,
+        name: &str,
+        cap: u64,
+        range: Option<String>,
+    ) -> Result<Option<Fetched>, FetchError> {
         use backon::Retryable;
         let attempt = || async {
-            match tokio::time::timeout(self.attempt_timeout, self.get_once(name, cap)).await {
+            let once = self.get_once(name, cap, range.as_deref());
+            match tokio::time::timeout(self.attempt_timeout, once).await {
                 Ok(result) => result,
                 Err(_) => Err(Attempt::Retry(FetchError::Unavailable {
                     name: self.key(name),
@@ -125,7 +148,12 @@ impl S3Store {
     }
 
     /// One read: the SDK's request (retried by the SDK), then the body.
-    async fn get_once(&self, name: &str, cap: u64) -> Result<Option<Fetched>, Attempt> {
+    async fn get_once(
+        &self,
+        name: &str,
+        cap: u64,
+        range: Option<&str>,
+    ) -> Result<Option<Fetched>, Attempt> {
         let key = self.key(name);
         let unavailable = |message: String| FetchError::Unavailable {
             name: key.clone(),
@@ -136,6 +164,7 @@ impl S3Store {
             .get_object()
             .bucket(&self.bucket)
             .key(&key)
+            .set_range(range.map(str::to_owned))
             .send()
             .await
         {

@@ -174,9 +174,15 @@ impl Applying {
     }
 
     /// Closes the database and saves the index: the version is complete in staging, to be
-    /// checked ([`Finished::view`]) and then committed. Fails when no delta was applied.
+    /// checked ([`Finished::view`]) and then committed. With no delta applied, it is a copy of
+    /// the base.
     pub fn finish(mut self) -> anyhow::Result<Finished> {
-        let (seq, digest, len) = self.last.clone().context("no deltas to apply")?;
+        // No deltas: a copy of the base, checked like any new version (a snapshot installed
+        // at the head the instance goes to).
+        let (seq, digest, len) = self.last.clone().unwrap_or_else(|| {
+            let info = &self.current.info;
+            (info.seq, info.chain_digest.clone(), info.chain_len)
+        });
         self.db
             .close()
             .map_err(|s| anyhow!("{s}"))

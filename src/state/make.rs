@@ -201,13 +201,25 @@ impl StateDir {
         });
         match kept {
             Some(version) => Ok(version),
-            None => self.clone_bundle_as(bundle, false),
+            None => self.clone_bundle_as(bundle, false, None),
         }
+    }
+
+    /// Makes and commits a version from a bundle other than the baked one (a catch-up
+    /// snapshot unpacked in scratch space), after checking every file against its manifest;
+    /// the current version stays current. `head_issued_at` is when the delta at its seq
+    /// was issued.
+    pub fn install_bundle(
+        self: &Arc<Self>,
+        bundle: &Bundle,
+        head_issued_at: u64,
+    ) -> anyhow::Result<StoreVersion> {
+        self.clone_bundle_as(bundle, false, Some(head_issued_at))
     }
 
     /// Makes and commits a version cloned from the bundle, and makes it current.
     fn clone_bundle(self: &Arc<Self>, bundle: &Bundle) -> anyhow::Result<StoreVersion> {
-        self.clone_bundle_as(bundle, true)
+        self.clone_bundle_as(bundle, true, None)
     }
 
     /// Makes and commits a version cloned from the bundle; `make_current` says whether it
@@ -216,6 +228,7 @@ impl StateDir {
         self: &Arc<Self>,
         bundle: &Bundle,
         make_current: bool,
+        head_issued_at: Option<u64>,
     ) -> anyhow::Result<StoreVersion> {
         let manifest = &bundle.manifest;
         let started = std::time::Instant::now();
@@ -257,7 +270,7 @@ impl StateDir {
                 chain_digest: manifest.chain_digest.clone(),
                 chain_len: manifest.chain_len,
                 bundle_seq: manifest.seq,
-                head_issued_at: None,
+                head_issued_at,
                 schema_version: SCHEMA_VERSION,
             },
             &Cancel::never(),

@@ -14,6 +14,8 @@
 //!   staging/NAME/        versions being made; removed on start
 //!   readers/             per-process clones the read handles open; removed on start
 //!   scratch/NAME(.lock)  short-lived work of lock-free tools (export); removed once unlocked
+//!   downloads/SHA.part   a catch-up snapshot being downloaded (kept across restarts to
+//!                        resume; removed once installed)
 //! ```
 //!
 //! A version is made in staging ([`Staging`]), fsynced whole, renamed into `versions/`, and
@@ -257,6 +259,32 @@ impl StateDir {
     /// The state dir's root.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Where the download of the object with sha256 `sha256` is written (`downloads/`
+    /// is created if needed). What is there survives a restart, so a download resumes.
+    pub fn download_path(&self, sha256: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.root.join("downloads");
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(dir.join(format!("{sha256}.part")))
+    }
+
+    /// Removes every download but `keep`'s (a finished one, or one no longer wanted).
+    pub fn remove_downloads(&self, keep: Option<&str>) -> anyhow::Result<()> {
+        let dir = self.root.join("downloads");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if keep.is_some_and(|k| {
+                path.file_name() == Some(std::ffi::OsStr::new(&format!("{k}.part")))
+            }) {
+                continue;
+            }
+            std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// The committed version `current` names, if any and if it is intact enough to use.

@@ -247,7 +247,7 @@ impl Syncer {
 
     /// The newest kept version of `seq` whose last delta is `digest`, of this model and
     /// layout.
-    async fn kept(
+    pub(super) async fn kept(
         &self,
         state: &Arc<StateDir>,
         seq: u64,
@@ -295,6 +295,7 @@ impl Syncer {
             published_ms: Vec::new(),
             gate: None,
             back,
+            snapshot_seq: None,
         })))
     }
 }

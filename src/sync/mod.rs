@@ -24,6 +24,7 @@ pub mod fleet;
 pub mod follow;
 pub mod gate;
 pub mod ops;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,7 +67,21 @@ pub struct SyncOptions {
     pub canaries: Option<PathBuf>,
     /// Read handles on each new version's catalog.
     pub reader_shards: usize,
+    /// A chain longer than this many deltas (or larger in bytes than the newest snapshot)
+    /// is caught up by downloading that snapshot; 0 never uses snapshots.
+    pub snapshot_after_deltas: u64,
+    /// The largest snapshot downloaded; a larger one is skipped and the chain replayed.
+    pub max_snapshot_bytes: u64,
+    /// The size of each ranged read of a snapshot download (what a restart loses at most).
+    pub snapshot_chunk_bytes: u64,
 }
+
+/// The default [`SyncOptions::snapshot_after_deltas`].
+pub const DEFAULT_SNAPSHOT_AFTER_DELTAS: u64 = 32;
+/// The default [`SyncOptions::max_snapshot_bytes`]: 16 GiB.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: u64 = 16 << 30;
+/// The default [`SyncOptions::snapshot_chunk_bytes`]: 8 MiB.
+pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: u64 = 8 << 20;
 
 /// The default [`SyncOptions::memory_budget_bytes`]: 1 GiB.
 pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 1 << 30;
@@ -86,6 +101,9 @@ impl SyncOptions {
             instance_seed: None,
             canaries: None,
             reader_shards: 1,
+            snapshot_after_deltas: DEFAULT_SNAPSHOT_AFTER_DELTAS,
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
+            snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
         }
     }
 
@@ -180,6 +198,8 @@ pub struct Made {
     pub gate: Option<gate::GateReport>,
     /// Whether this goes back to an older seq (a fleet pin).
     pub back: bool,
+    /// The seq of the catch-up snapshot this version was made from, if any.
+    pub snapshot_seq: Option<u64>,
 }
 
 impl SyncOutcome {
@@ -225,7 +245,16 @@ impl SyncOutcome {
                     .iter()
                     .map(|(n, s)| format!("{n} {s:.3}s"))
                     .collect();
+                let via = made.snapshot_seq.map_or(String::new(), |seq| {
+                    format!("caught up from the snapshot of seq {seq}, then ")
+                });
                 match (made.n_deltas, made.back) {
+                    (0, false) if made.snapshot_seq.is_some() => format!(
+                        "{via}applied 0 deltas: now at seq {} in version {} ({})",
+                        made.version.info.seq,
+                        made.version.info.name,
+                        stages.join(", ")
+                    ),
                     (0, back) => format!(
                         "{} kept version {}: now at seq {}",
                         if back { "went back to" } else { "moved to" },
@@ -233,7 +262,7 @@ impl SyncOutcome {
                         made.version.info.seq
                     ),
                     (n, back) => format!(
-                        "applied {n} deltas ({} records): now at seq {} in version {}{} ({})",
+                        "{via}applied {n} deltas ({} records): now at seq {} in version {}{} ({})",
                         made.n_records,
                         made.version.info.seq,
                         made.version.info.name,
@@ -260,6 +289,7 @@ impl std::fmt::Debug for Made {
             .field("refused_rest", &self.refused_rest)
             .field("gate", &self.gate)
             .field("back", &self.back)
+            .field("snapshot_seq", &self.snapshot_seq)
             .finish_non_exhaustive()
     }
 }
@@ -379,10 +409,19 @@ impl Syncer {
                 gated,
             } => {
                 let head_seq = newest.meta.seq;
+                let gate_against = gated.then_some(current.info.n_items);
+                let (base, planned) = self
+                    .catch_up(state, &targets, base, planned, cancel)
+                    .await?;
                 let plan_seconds = started.elapsed().as_secs_f64();
-                self.make(state, &base, &repo, &planned, gated, &policy, cancel)
-                    .await?
-                    .finish(head_seq, plan_seconds)
+                let snapshot_seq = (base.info.seq > current.info.seq).then_some(base.info.seq);
+                let mut making = self
+                    .make(state, &base, &repo, &planned, gate_against, &policy, cancel)
+                    .await?;
+                if let Making::Made(made) = &mut making {
+                    made.snapshot_seq = snapshot_seq;
+                }
+                making.finish(head_seq, plan_seconds)
             }
             Route::Kept { version, back } => {
                 self.choose_kept(state, version, newest.meta.seq, back)
@@ -413,8 +452,8 @@ impl Syncer {
     }
 
     /// Fetches, checks and applies each planned delta in turn (one in memory at a time) on
-    /// a new version of `base`; with `gated`, checks the version with the health gate
-    /// before it is committed (a refusal is remembered, and nothing is committed). A delta
+    /// a new version of `base`; with `gate_against` (the served version's item count),
+    /// checks the version with the health gate before it is committed (a refusal is remembered, and nothing is committed). A delta
     /// refused after others were applied ends the chain there: the ones before it make the
     /// version, and the refusal is returned beside it. Blocking steps run on blocking
     /// threads; on failure the half-made version is removed there too.
@@ -426,7 +465,7 @@ impl Syncer {
         base: &StoreVersion,
         repo: &TrustedRepo,
         planned: &[DeltaTarget],
-        gated: bool,
+        gate_against: Option<u64>,
         policy: &FleetPolicy,
         cancel: &Cancel,
     ) -> anyhow::Result<Making> {
@@ -436,7 +475,9 @@ impl Syncer {
             model: self.model.clone(),
             fields: self.fields.clone(),
             filter_fields: self.filter_fields.clone(),
-            head_issued_at: planned.last().map_or(0, |d| d.meta.created_at),
+            head_issued_at: planned
+                .last()
+                .map_or(base.info.head_issued_at.unwrap_or(0), |d| d.meta.created_at),
         };
         let (state_for_apply, base_for_apply) = (state.clone(), base.clone());
         let mut applying =
@@ -479,9 +520,9 @@ impl Syncer {
                 )));
             }
         };
-        let gate = if gated {
+        let gate = if let Some(previous_items) = gate_against {
             match self
-                .gate(state, base, &mut finished, &catalog, policy)
+                .gate(state, previous_items, &mut finished, &catalog, policy)
                 .await?
             {
                 Ok(report) => Some(report),
@@ -514,6 +555,7 @@ impl Syncer {
                 .collect(),
             gate,
             back: last_seq < base.info.seq,
+            snapshot_seq: None,
         })))
     }
 
@@ -543,13 +585,13 @@ impl Syncer {
     async fn gate(
         &self,
         state: &Arc<StateDir>,
-        base: &StoreVersion,
+        previous: u64,
         finished: &mut Finished,
         catalog: &Arc<Catalog>,
         policy: &FleetPolicy,
     ) -> anyhow::Result<Result<gate::GateReport, crate::state::Refusal>> {
         let started = Instant::now();
-        let (catalog, previous) = (catalog.clone(), base.info.n_items);
+        let catalog = catalog.clone();
         let (gate_policy, canaries) = (policy.gate.clone(), self.canaries.clone());
         let checked =
             blocking(move || Ok(gate::check(&catalog, previous, &gate_policy, &canaries))).await?;

@@ -140,6 +140,21 @@ pub struct FileKey {
     pub path: PathBuf,
 }
 
+/// Signing keys and their ids.
+pub type Signers = (Vec<Box<dyn KeySource>>, Vec<String>);
+
+/// Loads the signing keys in `paths`, refusing a bad file before anything is written.
+pub fn load_signers(paths: &[PathBuf]) -> anyhow::Result<Signers> {
+    let mut keys = Vec::new();
+    let mut ids = Vec::new();
+    for path in paths {
+        let (key, id) = FileKey::load(path)?;
+        keys.push(key);
+        ids.push(id);
+    }
+    Ok((keys, ids))
+}
+
 impl FileKey {
     /// A key source for `path`, read now to refuse a bad file before anything is written.
     pub fn load(path: &Path) -> anyhow::Result<(Box<dyn KeySource>, String)> {

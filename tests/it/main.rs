@@ -14,6 +14,7 @@ mod pinecone;
 mod publish;
 mod s3;
 mod serve;
+mod snapshot;
 mod store;
 mod support;
 mod sync;

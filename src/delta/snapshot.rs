@@ -1,0 +1,274 @@
+//! Catch-up snapshots: a compacted bundle published as one signed target, so an instance
+//! far behind the head downloads it instead of replaying a long chain.
+//!
+//! A snapshot is a tar of a bundle (its manifest and every file the manifest lists), named
+//! `000000000042.snapshot.tar` for the seq it includes. Its custom metadata
+//! ([`SnapshotMeta`]) says where in the chain it stands: the seq, and the sha256 and length
+//! of the delta at that seq, which the chain's later deltas name as their parent. An
+//! instance takes a snapshot only when that delta is the one its own verified chain holds at
+//! that seq, checks the unpacked bundle's manifest against the metadata and every file
+//! against the manifest, and applies the deltas after it (see `crate::sync`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use super::chain::{ChainError, DeltaTarget, delta_targets};
+use super::fleet::FleetStore;
+use super::publish::listed_targets;
+use crate::bundle::{Bundle, MANIFEST_FILE, Manifest};
+use crate::tuf::client::TargetInfo;
+use crate::tuf::keys::load_signers;
+use crate::tuf::repo::NewTarget;
+use crate::tuf::{self, Expiries, Role};
+
+/// What a snapshot target's name ends with.
+pub const SNAPSHOT_SUFFIX: &str = ".snapshot.tar";
+
+/// The name of the snapshot target of seq `seq`.
+pub fn snapshot_target_name(seq: u64) -> String {
+    format!("{seq:012}{SNAPSHOT_SUFFIX}")
+}
+
+/// What a snapshot target's custom metadata says about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The seq it includes.
+    pub seq: u64,
+    /// Dataset.
+    pub dataset: String,
+    /// The model its index was built with.
+    pub model_fingerprint: String,
+    /// The sha256 of the delta at `seq` (what the next delta names as its parent).
+    pub chain_digest: String,
+    /// The length of that delta.
+    pub chain_len: u64,
+    /// The db layout of its database.
+    pub schema_version: u32,
+    /// Its item count.
+    pub n_items: u64,
+    /// When it was published, in milliseconds since the epoch.
+    pub published_at_ms: u64,
+}
+
+impl SnapshotMeta {
+    /// What a bundle's manifest says, as a snapshot's metadata.
+    pub fn of_manifest(manifest: &Manifest, published_at_ms: u64) -> Self {
+        SnapshotMeta {
+            seq: manifest.seq,
+            dataset: manifest.dataset.clone(),
+            model_fingerprint: manifest.model_fingerprint.clone(),
+            chain_digest: manifest.chain_digest.clone(),
+            chain_len: manifest.chain_len,
+            schema_version: manifest.schema_version,
+            n_items: manifest.n_items,
+            published_at_ms,
+        }
+    }
+
+    /// Why an unpacked bundle is not the one this metadata describes, if it is not.
+    pub fn mismatch(&self, manifest: &Manifest) -> Option<String> {
+        let published = SnapshotMeta::of_manifest(manifest, self.published_at_ms);
+        (published != *self).then(|| {
+            format!(
+                "its manifest says seq {} chain digest {} ({} items), but its signed metadata says seq {} chain digest {} ({} items)",
+                published.seq,
+                published.chain_digest,
+                published.n_items,
+                self.seq,
+                self.chain_digest,
+                self.n_items
+            )
+        })
+    }
+
+    fn to_custom(&self) -> HashMap<String, serde_json::Value> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
+            _ => HashMap::new(),
+        }
+    }
+}
+
+/// A snapshot target as verified metadata names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotTarget {
+    /// Its target name.
+    pub name: String,
+    /// Its sha256, hex.
+    pub sha256: String,
+    /// Its length in bytes.
+    pub len: u64,
+    /// What its custom metadata says.
+    pub meta: SnapshotMeta,
+}
+
+impl SnapshotTarget {
+    /// Whether it stands where `delta` does in the chain (same seq, same object).
+    pub fn continues_as(&self, delta: &DeltaTarget) -> bool {
+        self.meta.seq == delta.meta.seq
+            && self.meta.chain_digest == delta.digest
+            && self.meta.chain_len == delta.len
+    }
+}
+
+/// The snapshot targets among `targets`, by seq. One whose custom metadata does not parse,
+/// or places it at another seq than its name, is refused by name.
+pub fn snapshot_targets(targets: &[TargetInfo]) -> Result<Vec<SnapshotTarget>, ChainError> {
+    let mut found = Vec::new();
+    for target in targets.iter().filter(|t| t.name.ends_with(SNAPSHOT_SUFFIX)) {
+        let custom = serde_json::Value::Object(target.custom.clone().into_iter().collect());
+        let meta: SnapshotMeta =
+            serde_json::from_value(custom).map_err(|e| ChainError::Refused {
+                object: target.name.clone(),
+                reason: format!("its custom metadata is not a snapshot's: {e}"),
+            })?;
+        if target.name != snapshot_target_name(meta.seq) {
+            return Err(ChainError::Refused {
+                object: target.name.clone(),
+                reason: format!("its metadata places it at seq {}", meta.seq),
+            });
+        }
+        found.push(SnapshotTarget {
+            name: target.name.clone(),
+            sha256: target.sha256.clone(),
+            len: target.length,
+            meta,
+        });
+    }
+    found.sort_by_key(|s| s.meta.seq);
+    Ok(found)
+}
+
+/// A tar of `bundle`: its manifest and the files it lists, in the manifest's order, with
+/// fixed modes and times (the same bundle always packs to the same bytes).
+pub fn pack(bundle: &Bundle) -> anyhow::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.mode(tar::HeaderMode::Deterministic);
+    let mut names = vec![MANIFEST_FILE.to_owned()];
+    names.extend(bundle.manifest.files.keys().cloned());
+    for name in names {
+        let path = bundle.dir.join(&name);
+        let mut file =
+            std::fs::File::open(&path).with_context(|| format!("read {}", path.display()))?;
+        builder
+            .append_file(&name, &mut file)
+            .with_context(|| format!("pack {}", path.display()))?;
+    }
+    builder.into_inner().context("finish the snapshot tar")
+}
+
+/// Unpacks the tar at `archive` into the empty directory `into`, accepting only regular
+/// files and directories at relative paths inside it (tar's `unpack_in` refuses `..` and
+/// absolute paths).
+pub fn unpack(archive: &Path, into: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::open(archive)
+        .with_context(|| format!("open the snapshot {}", archive.display()))?;
+    let mut tar = tar::Archive::new(file);
+    tar.set_preserve_permissions(false);
+    tar.set_preserve_mtime(false);
+    for entry in tar
+        .entries()
+        .with_context(|| format!("read the snapshot {}", archive.display()))?
+    {
+        let mut entry = entry.with_context(|| format!("read {}", archive.display()))?;
+        let kind = entry.header().entry_type();
+        let name = entry.path()?.display().to_string();
+        if !(kind.is_file() || kind.is_dir()) {
+            bail!(
+                "snapshot {} holds {name:?}, which is neither a file nor a directory: refusing it",
+                archive.display()
+            );
+        }
+        if !entry.unpack_in(into)? {
+            bail!(
+                "snapshot {} holds {name:?}, a path outside the bundle: refusing it",
+                archive.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What a published snapshot is.
+#[derive(Debug, Clone)]
+pub struct PublishedSnapshot {
+    /// Its target name.
+    pub name: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its metadata.
+    pub meta: SnapshotMeta,
+}
+
+/// Publishes the bundle in `bundle_dir` (made by `compact` from this store's chain) as the
+/// snapshot of its seq, signed with `keys`. Refused unless the repository's delta at that
+/// seq is the one the bundle's chain digest names, so a snapshot always continues the chain
+/// instances verify.
+pub async fn publish(
+    at: &FleetStore,
+    keys: &[std::path::PathBuf],
+    bundle_dir: &Path,
+    expires_in: Duration,
+) -> anyhow::Result<PublishedSnapshot> {
+    let (signers, key_ids) = load_signers(keys)?;
+    let bundle = Bundle::open(bundle_dir)?;
+    bundle.verify_files()?;
+    let manifest = &bundle.manifest;
+    let (store, state) = at.read().await?;
+    state.check_authorised(&key_ids, &[Role::Targets, Role::Snapshot, Role::Timestamp])?;
+    let targets = state
+        .current
+        .as_ref()
+        .map(|current| listed_targets(&current.targets))
+        .unwrap_or_default();
+    let deltas = delta_targets(&targets)?;
+    let Some(delta) = deltas.iter().find(|d| d.meta.seq == manifest.seq) else {
+        bail!(
+            "{} names no delta of seq {}, the bundle's: a snapshot is made from this store's chain (`deltacache compact --store {}`)",
+            store.describe(),
+            manifest.seq,
+            at.store
+        );
+    };
+    let meta = SnapshotMeta::of_manifest(manifest, crate::clock::now_millis());
+    if meta.chain_digest != delta.digest || meta.chain_len != delta.len {
+        bail!(
+            "bundle {} stands after a delta of sha256 {}, but {} names {} at seq {}: it was not compacted from this chain",
+            bundle_dir.display(),
+            meta.chain_digest,
+            store.describe(),
+            delta.digest,
+            manifest.seq
+        );
+    }
+    if meta.model_fingerprint != delta.meta.model_fingerprint {
+        bail!(
+            "bundle {} has model {}, but the chain's deltas are built for {}: a snapshot with a new model (compact --refit) is not published; instances would refuse every later delta",
+            bundle_dir.display(),
+            &meta.model_fingerprint[..16.min(meta.model_fingerprint.len())],
+            &delta.meta.model_fingerprint[..16.min(delta.meta.model_fingerprint.len())]
+        );
+    }
+    let bytes = pack(&bundle)?;
+    let name = snapshot_target_name(meta.seq);
+    let published = PublishedSnapshot {
+        name: name.clone(),
+        bytes: bytes.len() as u64,
+        meta: meta.clone(),
+    };
+    let target = NewTarget {
+        name,
+        bytes,
+        custom: meta.to_custom(),
+    };
+    let expiries = Expiries {
+        timestamp: expires_in,
+        ..Expiries::default()
+    };
+    tuf::repo::publish(&store, &state, &signers, vec![target], expiries).await?;
+    Ok(published)
+}
