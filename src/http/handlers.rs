@@ -78,6 +78,13 @@ pub(super) async fn search(
         _ => None,
     };
     let query = catalog.model().embed(&request.query_text);
+    // How much of what clients ask the model knows: when the unknown share grows, it is
+    // time to roll the model (`compact --refit`).
+    let coverage = catalog.model().coverage(&request.query_text);
+    metrics::counter!("deltacache_query_terms_total", "vocabulary" => "known")
+        .increment(coverage.known);
+    metrics::counter!("deltacache_query_terms_total", "vocabulary" => "unknown")
+        .increment(coverage.unknown);
     if query.len() > state.max_query_terms {
         return Err(ApiError::unprocessable(
             "too_many_terms",

@@ -141,3 +141,41 @@ async fn demo_serves_its_built_in_catalogue() {
     assert_eq!(item["id"], "demo-0001");
     assert!(daemon.terminate().success());
 }
+
+/// `/metrics` counts the words of queries the model knows and those it does not (stop
+/// words are neither), which is what tells an operator to roll the model.
+#[tokio::test(flavor = "multi_thread")]
+async fn query_words_outside_the_vocabulary_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = build_bundle(dir.path(), &sample_items());
+    let daemon = super::support::serve_local(&bundle, &dir.path().join("state"));
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    for query in ["espresso crema", "the quantum walrus espresso"] {
+        let (status, _) = post_search(
+            &client,
+            &daemon.url,
+            serde_json::json!({"query_text": query}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let metrics = client
+        .get(format!("{}/metrics", daemon.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |vocabulary: &str| -> String {
+        let series = format!("deltacache_query_terms_total{{vocabulary=\"{vocabulary}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+            .to_owned()
+    };
+    assert_eq!(count("known"), "3");
+    assert_eq!(count("unknown"), "2");
+}
