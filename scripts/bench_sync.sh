@@ -69,8 +69,21 @@ fi
 
 STORE=$OUT/store-$ITEMS-$DELTAS-$CHANGES
 KEY=$OUT/publisher.key
-[[ -f $KEY ]] || "$BIN" keygen --out "$KEY" >/dev/null
-if [[ ! -f $STORE/head ]]; then
+ROOT=$OUT/root.json
+if [[ ! -f $ROOT ]]; then
+    rm -f "$KEY" "$KEY.pub"
+    "$BIN" keygen --out "$KEY" >/dev/null
+    # One key for every role: the benchmark measures syncing, not key custody.
+    "$BIN" root init --out "$ROOT" --root-key "$KEY.pub" --targets-key "$KEY.pub" \
+        --online-key "$KEY.pub" --sign-with "$KEY" >/dev/null
+fi
+# init_store DIR: a TUF repository of $ROOT in DIR (once).
+init_store() {
+    [[ -f $1/metadata/1.root.json ]] || "$BIN" repo init --store "file://$1" --root "$ROOT" --key "$KEY" >/dev/null
+}
+if [[ ! -f $STORE/done ]]; then
+    rm -rf "$STORE"
+    init_store "$STORE"
     for d in $(seq 1 "$DELTAS"); do
         python3 - "$CORPUS" "$CHANGES" "$d" "$ITEMS" > "$OUT/changes-$d.jsonl" <<'PY'
 import json, random, sys
@@ -86,8 +99,9 @@ for i in range(n):
         print(json.dumps({"op": "put", "item": {"id": item_id, "category": "updated", "text": text, "delta": d}}))
 PY
         RUST_LOG=error "$BIN" publish-delta --store "file://$STORE" --key "$KEY" --bundle "$BUNDLE" \
-            --changes "$OUT/changes-$d.jsonl" > /dev/null
+            --changes "$OUT/changes-$d.jsonl" --force > /dev/null
     done
+    touch "$STORE/done"
 fi
 
 # The binaries to measure: this tree's alone (unnamed, as before), or both, named.
@@ -113,7 +127,7 @@ boot_once() {
     PORT=$(free_port)
     start=$(now_ms)
     RUST_LOG=info "$bin" serve --bundle "$BUNDLE" --state-dir "$STATE" --listen "127.0.0.1:$PORT" \
-        --store "file://$STORE" --trusted-keys "$KEY.pub" --follow-interval 1h > "$log" 2>&1 &
+        --store "file://$STORE" --trusted-root "$ROOT" --follow-interval 1h > "$log" 2>&1 &
     pid=$!
     until curl -sf "http://127.0.0.1:$PORT/readyz" > /dev/null; do
         kill -0 "$pid" 2>/dev/null || { echo "serve exited; see $log" >&2; exit 1; }
@@ -159,9 +173,10 @@ LUA
         rm -rf "$STATE"
         LIVE=$OUT/store-live$tag
         rm -rf "$LIVE"
+        init_store "$LIVE"
         PORT=$(free_port)
         RUST_LOG=warn "${BINS[$i]}" serve --bundle "$BUNDLE" --state-dir "$STATE" --listen "127.0.0.1:$PORT" \
-            --store "file://$LIVE" --trusted-keys "$KEY.pub" --follow-interval 1h > "$OUT/swap$tag.log" 2>&1 &
+            --store "file://$LIVE" --trusted-root "$ROOT" --follow-interval 1h > "$OUT/swap$tag.log" 2>&1 &
         PIDS[i]=$!; PORTS[i]=$PORT; LIVES[i]=$LIVE; PUBLISHED[i]=0
         until curl -sf "http://127.0.0.1:$PORT/readyz" > /dev/null; do sleep 0.05; done
         BASE_SEQS[i]=$(curl -s "http://127.0.0.1:$PORT/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seq"])')

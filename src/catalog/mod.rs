@@ -19,7 +19,7 @@ use crate::db::leveldb::MetadataReaders;
 use crate::search::filter::{Filter, FilterError, FilterIndex, bit_is_set};
 use crate::search::index::VectorIndex;
 use crate::search::tfidf::{SparseVector, TfidfModel};
-use crate::state::{LocalState, StateDir, StoreVersion, VersionInfo};
+use crate::state::{LocalState, Models, StateDir, StoreVersion, VersionInfo};
 
 /// A version whose parts disagree (index, database, description): never served, and not
 /// worth opening again.
@@ -31,7 +31,7 @@ pub struct Inconsistent(pub String);
 pub struct Catalog {
     /// What version this is.
     pub info: VersionInfo,
-    /// The bundle's model, shared by every version descending from it.
+    /// The model its index was built with (the bundle's, or a rollover's).
     model: Arc<TfidfModel>,
     /// The version's vector index.
     index: VectorIndex,
@@ -256,13 +256,15 @@ impl Catalog {
 pub async fn open_in_background(
     state: &Arc<StateDir>,
     version: &StoreVersion,
-    model: Arc<TfidfModel>,
+    models: &Arc<Models>,
     index: Option<VectorIndex>,
     reader_shards: usize,
 ) -> anyhow::Result<Arc<Catalog>> {
     let state = state.clone();
     let version = version.clone();
+    let models = models.clone();
     tokio::task::spawn_blocking(move || {
+        let model = models.for_version(&version)?;
         Catalog::open_with_index(
             &version,
             model,
@@ -283,7 +285,7 @@ pub fn open_with_fallback(local: &LocalState, reader_shards: usize) -> anyhow::R
     let open = |version: &StoreVersion| {
         Catalog::open(
             version,
-            local.model.clone(),
+            local.models.for_version(version)?,
             &local.state.reader_dir(version),
             reader_shards,
         )
@@ -295,7 +297,7 @@ pub fn open_with_fallback(local: &LocalState, reader_shards: usize) -> anyhow::R
     tracing::warn!(version = %local.version.info.name, error = format!("{error:#}"), "current version is not trusted; falling back");
     for version in local.state.versions()?.iter().rev() {
         if version.info.name == local.version.info.name
-            || version.info.model_fingerprint != local.bundle.manifest.model_fingerprint
+            || version.info.dataset != local.bundle.manifest.dataset
         {
             continue;
         }

@@ -166,8 +166,10 @@ pub(super) struct CompactArgs {
     #[arg(long)]
     refit: bool,
     /// Also publish the new bundle to the store as the catch-up snapshot of its seq: an
-    /// instance far behind downloads it instead of replaying the chain.
-    #[arg(long, requires = "keys", conflicts_with = "refit")]
+    /// instance far behind downloads it instead of replaying the chain. With --refit, a
+    /// model rollover: every instance moves to the new model, and later deltas are built for
+    /// it.
+    #[arg(long, requires = "keys")]
     publish: bool,
     /// With --publish: a secret key that signs (the targets key and the online key, or one
     /// key the root lists for all three roles). Repeat for each.

@@ -10,9 +10,10 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
 use super::chain::{
-    ChainPosition, DeltaMeta, DeltaTarget, delta_target_name, delta_targets, plan, verify_delta,
+    ChainPosition, DeltaMeta, DeltaTarget, delta_target_name, delta_targets, verify_delta,
 };
 use super::format::{DeltaBatch, DeltaHeader, DeltaRecord, MAX_RECORDS_BYTES};
+use super::snapshot::{plan_across, snapshot_targets};
 use crate::bundle::items::{ItemFields, ItemReader, parse_item};
 use crate::bundle::{Bundle, INDEX_FILE};
 use crate::clock::now_secs;
@@ -286,7 +287,8 @@ impl ChainTip {
             .map(|current| listed_targets(&current.targets))
             .unwrap_or_default();
         let deltas = delta_targets(&targets)?;
-        let planned = plan(&deltas, &position).with_context(|| {
+        let snapshots = snapshot_targets(&targets)?;
+        let planned = plan_across(&deltas, &snapshots, &position).with_context(|| {
             format!(
                 "the chain in {} does not continue bundle {} (seq {}): publish against the bundle the chain started from",
                 store.describe(),
@@ -294,6 +296,18 @@ impl ChainTip {
                 position.seq
             )
         })?;
+        if let Some(rollover) = planned.rollovers.last() {
+            bail!(
+                "{} moved to model {} at seq {} ({}), but bundle {} has model {}: publish with --bundle of the new model (the bundle `compact --refit --publish` wrote, or one compacted since)",
+                store.describe(),
+                &rollover.meta.model_fingerprint[..16.min(rollover.meta.model_fingerprint.len())],
+                rollover.meta.seq,
+                rollover.name,
+                bundle.dir.display(),
+                &position.model_fingerprint[..16.min(position.model_fingerprint.len())]
+            );
+        }
+        let planned = planned.deltas;
         let mut live_ids = bundle_ids(bundle)?;
         for delta in &planned {
             let bytes = read_target(store, delta).await?;

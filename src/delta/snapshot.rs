@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use super::chain::{ChainError, DeltaTarget, delta_targets};
+use super::chain::{ChainError, ChainPosition, DeltaTarget, delta_targets, plan};
 use super::fleet::FleetStore;
 use super::publish::listed_targets;
 use crate::bundle::{Bundle, MANIFEST_FILE, Manifest};
@@ -143,6 +143,92 @@ pub fn snapshot_targets(targets: &[TargetInfo]) -> Result<Vec<SnapshotTarget>, C
     Ok(found)
 }
 
+/// A chain planned across model rollovers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Planned {
+    /// The deltas that continue the position, in order.
+    pub deltas: Vec<DeltaTarget>,
+    /// The rollover snapshots crossed, in order: from each one's seq on, the chain is built
+    /// for its model.
+    pub rollovers: Vec<SnapshotTarget>,
+}
+
+impl Planned {
+    /// The model a version at `seq` on this chain has: the newest rollover's at or before
+    /// it, else `start`'s.
+    pub fn model_at<'a>(&'a self, seq: u64, start: &'a str) -> &'a str {
+        self.rollovers
+            .iter()
+            .rev()
+            .find(|r| r.meta.seq <= seq)
+            .map_or(start, |r| r.meta.model_fingerprint.as_str())
+    }
+}
+
+/// The deltas that continue `position`, as [`plan`] checks them, across model rollovers: a
+/// snapshot of another model than the chain's, standing on the chain (the delta at its seq
+/// is the one the chain holds there), moves the chain to its model, and the deltas after it
+/// are checked against that model. A rollover snapshot that does not stand on the chain is
+/// refused by name.
+pub fn plan_across(
+    deltas: &[DeltaTarget],
+    snapshots: &[SnapshotTarget],
+    position: &ChainPosition,
+) -> Result<Planned, ChainError> {
+    let mut planned = Planned::default();
+    let mut position = position.clone();
+    loop {
+        let crossed = !planned.rollovers.is_empty();
+        let rollover = snapshots.iter().find(|s| {
+            (s.meta.seq > position.seq || (s.meta.seq == position.seq && !crossed))
+                && s.meta.dataset == position.dataset
+                && s.meta.model_fingerprint != position.model_fingerprint
+        });
+        let Some(rollover) = rollover else {
+            planned.deltas.extend(plan(deltas, &position)?);
+            return Ok(planned);
+        };
+        let upto: Vec<DeltaTarget> = deltas
+            .iter()
+            .filter(|d| d.meta.seq <= rollover.meta.seq)
+            .cloned()
+            .collect();
+        let part = plan(&upto, &position)?;
+        let (seq, digest, len) = part.last().map_or(
+            (position.seq, position.digest.as_str(), position.len),
+            |d| (d.meta.seq, d.digest.as_str(), d.len),
+        );
+        if seq != rollover.meta.seq
+            || digest != rollover.meta.chain_digest
+            || len != rollover.meta.chain_len
+        {
+            return Err(ChainError::Sequence {
+                object: rollover.name.clone(),
+                message: format!(
+                    "it moves the chain to model {} after seq {} digest {}, but the chain holds seq {seq} digest {digest} there",
+                    short(&rollover.meta.model_fingerprint),
+                    rollover.meta.seq,
+                    rollover.meta.chain_digest
+                ),
+            });
+        }
+        planned.deltas.extend(part);
+        position = ChainPosition::new(
+            &position.dataset,
+            rollover.meta.seq,
+            &rollover.meta.chain_digest,
+            rollover.meta.chain_len,
+            &rollover.meta.model_fingerprint,
+        );
+        planned.rollovers.push(rollover.clone());
+    }
+}
+
+/// The first 16 characters of a fingerprint, for messages.
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..16.min(fingerprint.len())]
+}
+
 /// A tar of `bundle`: its manifest and the files it lists, in the manifest's order, with
 /// fixed modes and times (the same bundle always packs to the same bytes).
 pub fn pack(bundle: &Bundle) -> anyhow::Result<Vec<u8>> {
@@ -207,7 +293,8 @@ pub struct PublishedSnapshot {
 /// Publishes the bundle in `bundle_dir` (made by `compact` from this store's chain) as the
 /// snapshot of its seq, signed with `keys`. Refused unless the repository's delta at that
 /// seq is the one the bundle's chain digest names, so a snapshot always continues the chain
-/// instances verify.
+/// instances verify. A bundle with a new model (`compact --refit`) is a model rollover:
+/// published only at the head, after which the chain is built for its model.
 pub async fn publish(
     at: &FleetStore,
     keys: &[std::path::PathBuf],
@@ -245,12 +332,21 @@ pub async fn publish(
             manifest.seq
         );
     }
-    if meta.model_fingerprint != delta.meta.model_fingerprint {
+    let snapshots = snapshot_targets(&targets)?;
+    let in_force = snapshots
+        .iter()
+        .find(|s| s.meta.seq == manifest.seq && s.continues_as(delta))
+        .map_or(delta.meta.model_fingerprint.as_str(), |s| {
+            s.meta.model_fingerprint.as_str()
+        });
+    let head = deltas.last().map_or(0, |d| d.meta.seq);
+    if meta.model_fingerprint != in_force && manifest.seq != head {
         bail!(
-            "bundle {} has model {}, but the chain's deltas are built for {}: a snapshot with a new model (compact --refit) is not published; instances would refuse every later delta",
+            "bundle {} has a new model ({}, the chain's is {}) but stands at seq {}, behind the head (seq {head}): a model rollover must be published at the head, or the deltas after it would be built for the old model; run compact --refit again",
             bundle_dir.display(),
-            &meta.model_fingerprint[..16.min(meta.model_fingerprint.len())],
-            &delta.meta.model_fingerprint[..16.min(delta.meta.model_fingerprint.len())]
+            short(&meta.model_fingerprint),
+            short(in_force),
+            manifest.seq
         );
     }
     let bytes = pack(&bundle)?;
@@ -271,4 +367,112 @@ pub async fn publish(
     };
     tuf::repo::publish(&store, &state, &signers, vec![target], expiries).await?;
     Ok(published)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::chain::{DeltaMeta, delta_target_name};
+
+    /// Delta `seq` of model `model`, following delta `seq - 1` (or the bundle at seq 0).
+    fn delta(seq: u64, model: &str) -> DeltaTarget {
+        DeltaTarget {
+            name: delta_target_name(seq),
+            digest: format!("d{seq}"),
+            len: 10,
+            meta: DeltaMeta {
+                seq,
+                parent_seq: seq - 1,
+                parent_digest: if seq == 1 {
+                    "bundle".into()
+                } else {
+                    format!("d{}", seq - 1)
+                },
+                parent_len: if seq == 1 { 0 } else { 10 },
+                dataset: "ds".into(),
+                model_fingerprint: model.into(),
+                schema_version: 2,
+                created_at: 0,
+                n_records: 1,
+                published_at_ms: 0,
+            },
+        }
+    }
+
+    fn snapshot(seq: u64, model: &str, chain_digest: &str) -> SnapshotTarget {
+        SnapshotTarget {
+            name: snapshot_target_name(seq),
+            sha256: format!("s{seq}"),
+            len: 1000,
+            meta: SnapshotMeta {
+                seq,
+                dataset: "ds".into(),
+                model_fingerprint: model.into(),
+                chain_digest: chain_digest.into(),
+                chain_len: 10,
+                schema_version: 2,
+                n_items: 5,
+                published_at_ms: 0,
+            },
+        }
+    }
+
+    fn seqs(planned: &Planned) -> Vec<u64> {
+        planned.deltas.iter().map(|d| d.meta.seq).collect()
+    }
+
+    /// Deltas 1..=3 of model A, a rollover to B at 3, deltas 4 and 5 of B.
+    fn rolled_chain() -> (Vec<DeltaTarget>, Vec<SnapshotTarget>) {
+        let deltas = vec![
+            delta(1, "A"),
+            delta(2, "A"),
+            delta(3, "A"),
+            delta(4, "B"),
+            delta(5, "B"),
+        ];
+        (deltas, vec![snapshot(1, "A", "d1"), snapshot(3, "B", "d3")])
+    }
+
+    #[test]
+    fn a_chain_is_planned_across_a_model_rollover() {
+        let (deltas, snapshots) = rolled_chain();
+        let bundle = ChainPosition::new("ds", 0, "bundle", 0, "A");
+        assert!(matches!(
+            plan(&deltas, &bundle),
+            Err(ChainError::Binding { .. })
+        ));
+        let planned = plan_across(&deltas, &snapshots, &bundle).unwrap();
+        assert_eq!(seqs(&planned), vec![1, 2, 3, 4, 5]);
+        assert_eq!(planned.rollovers.len(), 1);
+        assert_eq!(planned.model_at(2, "A"), "A");
+        assert_eq!(planned.model_at(3, "A"), "B");
+        assert_eq!(planned.model_at(5, "A"), "B");
+
+        // Served at seq 3 on model A: the rollover at that very seq is crossed.
+        let at_3 = ChainPosition::new("ds", 3, "d3", 10, "A");
+        let planned = plan_across(&deltas, &snapshots, &at_3).unwrap();
+        assert_eq!(seqs(&planned), vec![4, 5]);
+        assert_eq!(planned.rollovers[0].meta.seq, 3);
+        // Already on model B: nothing to cross.
+        let rolled = ChainPosition::new("ds", 3, "d3", 10, "B");
+        let planned = plan_across(&deltas, &snapshots, &rolled).unwrap();
+        assert_eq!(seqs(&planned), vec![4, 5]);
+        assert!(planned.rollovers.is_empty());
+    }
+
+    #[test]
+    fn a_rollover_that_does_not_stand_on_the_chain_is_refused_by_name() {
+        let (deltas, _) = rolled_chain();
+        let forged = vec![snapshot(3, "B", "elsewhere")];
+        let bundle = ChainPosition::new("ds", 0, "bundle", 0, "A");
+        let error = plan_across(&deltas, &forged, &bundle).unwrap_err();
+        assert!(
+            error.to_string().contains("000000000003.snapshot.tar"),
+            "{error}"
+        );
+        // Two rollovers at one seq (A to B, B to A) end, instead of circling.
+        let circling = vec![snapshot(3, "B", "d3"), snapshot(3, "A", "d3")];
+        let planned = plan_across(&deltas[..3], &circling, &bundle).unwrap();
+        assert_eq!(planned.rollovers.len(), 1);
+    }
 }

@@ -224,7 +224,9 @@ async fn boot(
         .context("join the loading task")??;
     if let VectorBackend::Pinecone(client) = vectors {
         // Before the first swap: a mismatched index never serves a request.
-        client.check_dimension(local.model.n_terms()).await?;
+        client
+            .check_dimension(local.models.bundle().n_terms())
+            .await?;
     }
     status.write().bundle_seq = local.bundle.manifest.seq;
     let syncer = match &options.follow {
@@ -234,13 +236,14 @@ async fn boot(
             )]);
             let mut sync = follow.sync.clone();
             sync.reader_shards = options.reader_shards;
-            Some(Syncer::open(sync, &local.bundle, local.model.clone()).await?)
+            sync.model_rollover = !matches!(vectors, VectorBackend::Pinecone(_));
+            Some(Syncer::open(sync, &local.bundle, local.models.clone()).await?)
         }
         None => None,
     };
     let follower = Arc::new(Follower {
         syncer,
-        model: local.model.clone(),
+        models: local.models.clone(),
         state: local.state.clone(),
         served: tokio::sync::Mutex::new(local.version.clone()),
         current: current.clone(),
@@ -303,14 +306,8 @@ async fn open_local_version(
     version: &crate::state::StoreVersion,
     reader_shards: usize,
 ) -> anyhow::Result<Arc<Catalog>> {
-    let opened = open_in_background(
-        &local.state,
-        version,
-        local.model.clone(),
-        None,
-        reader_shards,
-    )
-    .await;
+    let opened =
+        open_in_background(&local.state, version, &local.models, None, reader_shards).await;
     match opened {
         Ok(catalog) => Ok(catalog),
         Err(_) => Ok(Arc::new(

@@ -4,16 +4,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{StateDir, StoreVersion};
+use super::{Models, StateDir, StoreVersion};
 use crate::bundle::Bundle;
-use crate::search::tfidf::TfidfModel;
 
 /// The bundle, its model, the state dir and the newest usable committed version.
 pub struct LocalState {
     /// The bundle.
     pub bundle: Bundle,
-    /// Its model.
-    pub model: Arc<TfidfModel>,
+    /// Its model, and those of versions a model rollover brought.
+    pub models: Arc<Models>,
     /// The state dir (locked).
     pub state: Arc<StateDir>,
     /// The version to start from.
@@ -26,12 +25,12 @@ impl LocalState {
     /// fresh clone of the bundle. Blocking.
     pub fn open(bundle_dir: &Path, state_dir: &Path) -> anyhow::Result<Self> {
         let bundle = Bundle::open(bundle_dir)?;
-        let model = Arc::new(bundle.load_model()?);
+        let models = Models::new(Arc::new(bundle.load_model()?));
         let state = Arc::new(StateDir::open(state_dir)?);
         let version = state.ensure_from_bundle(&bundle)?;
         Ok(LocalState {
             bundle,
-            model,
+            models,
             state,
             version,
         })

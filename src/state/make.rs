@@ -15,7 +15,7 @@ use anyhow::Context;
 use tempfile::TempDir;
 
 use super::{Cancel, StateDir, StoreVersion, VERSION_FILE, VersionInfo, remove_any};
-use crate::bundle::{Bundle, DB_DIR, INDEX_FILE};
+use crate::bundle::{Bundle, DB_DIR, INDEX_FILE, MODEL_FILE};
 use crate::clock::{now_nanos, now_secs};
 use crate::db::clone::{CloneMethod, clone_db_dir, share_immutable};
 use crate::db::leveldb::open_db;
@@ -170,10 +170,11 @@ impl StateDir {
         let manifest = &bundle.manifest;
         if let Some(current) = self.current()? {
             let info = &current.info;
-            if info.dataset == manifest.dataset
-                && info.model_fingerprint == manifest.model_fingerprint
-                && info.seq >= manifest.seq
-            {
+            // A version of another model than the bundle's came from a model rollover and
+            // carries its model.
+            let model_known = info.model_fingerprint == manifest.model_fingerprint
+                || current.dir.join(MODEL_FILE).is_file();
+            if info.dataset == manifest.dataset && model_known && info.seq >= manifest.seq {
                 if info.schema_version < SCHEMA_VERSION {
                     return self.upgrade(&current, &manifest.filter_fields);
                 }
@@ -201,7 +202,7 @@ impl StateDir {
         });
         match kept {
             Some(version) => Ok(version),
-            None => self.clone_bundle_as(bundle, false, None),
+            None => self.clone_bundle_as(bundle, false, None, false),
         }
     }
 
@@ -214,21 +215,23 @@ impl StateDir {
         bundle: &Bundle,
         head_issued_at: u64,
     ) -> anyhow::Result<StoreVersion> {
-        self.clone_bundle_as(bundle, false, Some(head_issued_at))
+        self.clone_bundle_as(bundle, false, Some(head_issued_at), true)
     }
 
     /// Makes and commits a version cloned from the bundle, and makes it current.
     fn clone_bundle(self: &Arc<Self>, bundle: &Bundle) -> anyhow::Result<StoreVersion> {
-        self.clone_bundle_as(bundle, true, None)
+        self.clone_bundle_as(bundle, true, None, false)
     }
 
     /// Makes and commits a version cloned from the bundle; `make_current` says whether it
-    /// becomes current.
+    /// becomes current, `own_model` whether the version keeps the bundle's model beside it
+    /// (a bundle other than the baked one: its model may not be the baked one's).
     fn clone_bundle_as(
         self: &Arc<Self>,
         bundle: &Bundle,
         make_current: bool,
         head_issued_at: Option<u64>,
+        own_model: bool,
     ) -> anyhow::Result<StoreVersion> {
         let manifest = &bundle.manifest;
         let started = std::time::Instant::now();
@@ -238,6 +241,9 @@ impl StateDir {
         let staging = self.stage(manifest.seq)?;
         let method =
             staging.clone_from(&bundle.dir.join(DB_DIR), Some(&bundle.dir.join(INDEX_FILE)))?;
+        if own_model {
+            share_immutable(&bundle.dir.join(MODEL_FILE), &staging.dir.join(MODEL_FILE))?;
+        }
         tracing::info!(
             db = %method,
             verify_seconds,
@@ -319,6 +325,11 @@ impl StateDir {
     ) -> anyhow::Result<Staging> {
         let staging = self.stage(seq)?;
         let method = staging.clone_from(&version.db_dir(), None)?;
+        // A version with a model of its own (a rollover) passes it on.
+        let model = version.dir.join(MODEL_FILE);
+        if model.exists() {
+            share_immutable(&model, &staging.dir.join(MODEL_FILE))?;
+        }
         tracing::debug!(%method, version = %staging.name(), "cloned the current version");
         crate::failpoint::hit("after-clone");
         staging.migrate_from(

@@ -10,7 +10,8 @@
 //!   trust/ID/            the TUF metadata trusted, per delta store and dataset (ID hashes
 //!                        both; binding.json names them): what refuses a replayed or
 //!                        rolled-back repository across restarts
-//!   versions/NAME/       one complete version: db/, index.bin, version.json
+//!   versions/NAME/       one complete version: db/, index.bin, version.json, and model.json
+//!                        when its model is not the bundle's (after a model rollover)
 //!   staging/NAME/        versions being made; removed on start
 //!   readers/             per-process clones the read handles open; removed on start
 //!   scratch/NAME(.lock)  short-lived work of lock-free tools (export); removed once unlocked
@@ -26,6 +27,7 @@
 pub mod apply;
 mod local;
 mod make;
+mod models;
 mod refused;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +44,7 @@ use crate::lock_file::LockFile;
 
 pub use local::LocalState;
 pub use make::{Scratch, Staging};
+pub use models::{Models, short as short_fingerprint};
 pub use refused::{MAX_REFUSALS, Refusal};
 
 /// Name of the description file inside a version directory.

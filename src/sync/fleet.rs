@@ -19,8 +19,9 @@ use super::{Made, SyncOutcome, Syncer, blocking};
 use crate::catalog::open_in_background;
 use crate::clock::now_millis;
 use crate::db::migrate::SCHEMA_VERSION;
-use crate::delta::chain::{ChainError, DeltaTarget, plan};
+use crate::delta::chain::{ChainError, DeltaTarget};
 use crate::delta::fleet::{FLEET_TARGET, FleetPolicy, MAX_FLEET_BYTES};
+use crate::delta::snapshot::{Planned, SnapshotTarget, plan_across};
 use crate::state::{Cancel, StateDir, StoreVersion};
 use crate::tuf::client::{TargetInfo, TrustedRepo};
 
@@ -56,6 +57,8 @@ pub(super) enum Route {
     Take {
         /// The deltas, in order.
         deltas: Vec<DeltaTarget>,
+        /// The model rollovers among them (a snapshot must be installed at the newest).
+        rollovers: Vec<SnapshotTarget>,
         /// The version they continue.
         base: StoreVersion,
         /// Whether the health gate checks the result.
@@ -112,6 +115,7 @@ impl Syncer {
         state: &Arc<StateDir>,
         policy: &FleetPolicy,
         deltas: &[DeltaTarget],
+        snapshots: &[SnapshotTarget],
         current: &StoreVersion,
     ) -> anyhow::Result<Route> {
         let seq = current.info.seq;
@@ -119,9 +123,10 @@ impl Syncer {
         if let Some(pin) = policy.pin
             && pin < seq
         {
-            return self.route_back(state, deltas, pin).await;
+            return self.route_back(state, deltas, snapshots, pin).await;
         }
-        let mut planned = plan(deltas, &current.chain_position())?;
+        let across = plan_across(deltas, snapshots, &current.chain_position())?;
+        let mut planned = across.deltas.clone();
         if policy.halt {
             self.view.lock().held = None;
             return Ok(Route::Stay(SyncOutcome::Halted { head_seq }));
@@ -129,8 +134,20 @@ impl Syncer {
         if let Some(pin) = policy.pin {
             planned.retain(|d| d.meta.seq <= pin);
         }
-        let held = self.hold_back(policy, &mut planned);
-        let Some(last) = planned.last() else {
+        let mut held = self.hold_back(policy, &mut planned);
+        let reach = planned.last().map_or(seq, |d| d.meta.seq);
+        let mut rollovers = rollovers_within(&across, reach);
+        if let Some(waiting) = self.hold_rollover(policy, &mut planned, &mut rollovers) {
+            held = Some(held.map_or(waiting, |h| if h.seq < waiting.seq { h } else { waiting }));
+            self.view.lock().held = held;
+        }
+        // Where the chain ends: its last delta, or a model rollover at the served seq.
+        let end = match (planned.last(), rollovers.last()) {
+            (Some(last), _) => Some((last.meta.seq, last.digest.clone())),
+            (None, Some(rollover)) => Some((rollover.meta.seq, rollover.meta.chain_digest.clone())),
+            (None, None) => None,
+        };
+        let Some((last_seq, last_digest)) = end else {
             return Ok(Route::Stay(match (held, policy.pin) {
                 (Some(held), _) => SyncOutcome::Held {
                     seq: held.seq,
@@ -140,7 +157,7 @@ impl Syncer {
                 _ => SyncOutcome::UpToDate { head_seq },
             }));
         };
-        let (state_for_read, digest) = (state.clone(), last.digest.clone());
+        let (state_for_read, digest) = (state.clone(), last_digest.clone());
         let refusal = blocking(move || state_for_read.refusal_of(&digest)).await?;
         if let Some(refusal) = refusal {
             return Ok(Route::Stay(SyncOutcome::GateRefused {
@@ -148,13 +165,15 @@ impl Syncer {
                 remembered: true,
             }));
         }
-        if let Some(version) = self.kept(state, last.meta.seq, &last.digest).await? {
+        let model = across.model_at(last_seq, &current.info.model_fingerprint);
+        if let Some(version) = self.kept(state, last_seq, &last_digest, model).await? {
             return Ok(Route::Kept {
                 version,
                 back: false,
             });
         }
         Ok(Route::Take {
+            rollovers,
             deltas: planned,
             base: current.clone(),
             gated: true,
@@ -188,6 +207,30 @@ impl Syncer {
         held
     }
 
+    /// Cuts the chain before the first model rollover whose wave (by the snapshot's
+    /// publication) has not started for this instance: the deltas up to its seq are taken on
+    /// the old model meanwhile. Returns what is held back.
+    fn hold_rollover(
+        &self,
+        policy: &FleetPolicy,
+        planned: &mut Vec<DeltaTarget>,
+        rollovers: &mut Vec<SnapshotTarget>,
+    ) -> Option<HeldBack> {
+        let delay_ms = policy.delay_for(self.seed).0.as_millis() as u64;
+        let now = now_millis();
+        let idx = rollovers
+            .iter()
+            .position(|r| r.meta.published_at_ms + delay_ms > now)?;
+        let waiting = &rollovers[idx];
+        let held = HeldBack {
+            seq: waiting.meta.seq,
+            release_at_ms: waiting.meta.published_at_ms + delay_ms,
+        };
+        planned.retain(|d| d.meta.seq <= held.seq);
+        rollovers.truncate(idx);
+        Some(held)
+    }
+
     /// Going back to `pin`: the kept version of it, or the bundle's version with the chain
     /// up to it replayed. A pin before the bundle is refused: an instance cannot go back
     /// before its image.
@@ -195,6 +238,7 @@ impl Syncer {
         &self,
         state: &Arc<StateDir>,
         deltas: &[DeltaTarget],
+        snapshots: &[SnapshotTarget],
         pin: u64,
     ) -> anyhow::Result<Route> {
         self.view.lock().held = None;
@@ -216,7 +260,13 @@ impl Syncer {
             };
             delta.digest.clone()
         };
-        if let Some(version) = self.kept(state, pin, &digest).await? {
+        let across = plan_across(
+            deltas,
+            snapshots,
+            &crate::delta::chain::ChainPosition::of_bundle(manifest),
+        )?;
+        let model = across.model_at(pin, &manifest.model_fingerprint);
+        if let Some(version) = self.kept(state, pin, &digest, model).await? {
             return Ok(Route::Kept {
                 version,
                 back: true,
@@ -224,7 +274,7 @@ impl Syncer {
         }
         let (state_for_base, bundle) = (state.clone(), self.bundle.clone());
         let base = blocking(move || state_for_base.bundle_version(&bundle)).await?;
-        let mut planned = plan(deltas, &base.chain_position())?;
+        let mut planned = across.deltas.clone();
         planned.retain(|d| d.meta.seq <= pin);
         if planned.is_empty() {
             return Ok(Route::Kept {
@@ -239,22 +289,24 @@ impl Syncer {
             "no kept version of the pinned seq: rebuilding it from the bundle"
         );
         Ok(Route::Take {
+            rollovers: rollovers_within(&across, pin),
             deltas: planned,
             base,
             gated: false,
         })
     }
 
-    /// The newest kept version of `seq` whose last delta is `digest`, of this model and
-    /// layout.
+    /// The newest kept version of `seq` whose last delta is `digest`, of the model
+    /// `fingerprint` and this layout.
     pub(super) async fn kept(
         &self,
         state: &Arc<StateDir>,
         seq: u64,
         digest: &str,
+        fingerprint: &str,
     ) -> anyhow::Result<Option<StoreVersion>> {
         let (state, digest) = (state.clone(), digest.to_owned());
-        let fingerprint = self.model.fingerprint().to_owned();
+        let fingerprint = fingerprint.to_owned();
         blocking(move || {
             Ok(state.versions()?.into_iter().rev().find(|v| {
                 v.info.seq == seq
@@ -277,7 +329,7 @@ impl Syncer {
         let catalog = open_in_background(
             state,
             &version,
-            self.model.clone(),
+            &self.models,
             None,
             self.options.reader_shards,
         )
@@ -306,4 +358,14 @@ fn publish_policy_metrics(policy: Option<&FleetPolicy>) {
     metrics::gauge!("deltacache_fleet_pin_seq").set(pin);
     let halted = policy.is_some_and(|p| p.halt);
     metrics::gauge!("deltacache_fleet_halted").set(if halted { 1.0 } else { 0.0 });
+}
+
+/// The rollovers of `across` at or before `seq`: those a chain cut at `seq` crosses.
+fn rollovers_within(across: &Planned, seq: u64) -> Vec<SnapshotTarget> {
+    across
+        .rollovers
+        .iter()
+        .filter(|r| r.meta.seq <= seq)
+        .cloned()
+        .collect()
 }

@@ -13,8 +13,7 @@ use super::{Made, SyncOutcome, Syncer, failure_reason, with_deadline};
 use crate::catalog::{Catalog, CurrentCatalog, Inconsistent, open_in_background};
 use crate::clock::now_secs;
 use crate::delta_store::DeltaStore;
-use crate::search::tfidf::TfidfModel;
-use crate::state::{Cancel, Refusal, StateDir, StoreVersion};
+use crate::state::{Cancel, Models, Refusal, StateDir, StoreVersion};
 
 /// What `/status` reports about syncing.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -68,8 +67,8 @@ pub type SharedStatus = Arc<parking_lot::RwLock<SyncStatus>>;
 pub struct Follower {
     /// Fetch, verify, apply; `None` when serving the bundle alone.
     pub syncer: Option<Syncer>,
-    /// The bundle's model, for opening catalogs.
-    pub model: Arc<TfidfModel>,
+    /// The models of the bundle and of rolled-over versions, for opening catalogs.
+    pub models: Arc<Models>,
     /// The state dir.
     pub state: Arc<StateDir>,
     /// The version being served. Held for a whole sync or rollback: it serialises every
@@ -187,7 +186,7 @@ impl Follower {
                 open_in_background(
                     &self.state,
                     &version,
-                    self.model.clone(),
+                    &self.models,
                     None,
                     self.reader_shards,
                 )
@@ -242,7 +241,7 @@ impl Follower {
         let opened = open_in_background(
             &self.state,
             &version,
-            self.model.clone(),
+            &self.models,
             None,
             self.reader_shards,
         )

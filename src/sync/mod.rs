@@ -38,9 +38,10 @@ use crate::catalog::Catalog;
 use crate::delta::chain::{ChainError, DeltaTarget, delta_targets, verify_delta};
 use crate::delta::fleet::{Canary, FleetPolicy, instance_seed, read_canaries};
 use crate::delta_store::{DeltaStore, RemoteSettings};
-use crate::search::tfidf::TfidfModel;
 use crate::state::apply::{ApplyInputs, Finished};
-use crate::state::{Cancel, Cancelled, StateDir, StoreVersion, TrustBinding, TrustWatermark};
+use crate::state::{
+    Cancel, Cancelled, Models, StateDir, StoreVersion, TrustBinding, TrustWatermark,
+};
 use crate::tuf::client::{self, ClientLimits, TrustedRepo};
 use fleet::{FleetView, Route};
 
@@ -74,6 +75,9 @@ pub struct SyncOptions {
     pub max_snapshot_bytes: u64,
     /// The size of each ranged read of a snapshot download (what a restart loses at most).
     pub snapshot_chunk_bytes: u64,
+    /// Whether a model rollover may be followed (not with the Pinecone backend, whose index
+    /// holds vectors of the bundle's model).
+    pub model_rollover: bool,
 }
 
 /// The default [`SyncOptions::snapshot_after_deltas`].
@@ -104,6 +108,7 @@ impl SyncOptions {
             snapshot_after_deltas: DEFAULT_SNAPSHOT_AFTER_DELTAS,
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
+            model_rollover: true,
         }
     }
 
@@ -304,8 +309,9 @@ pub struct Syncer {
     binding: TrustBinding,
     /// The bundle the state dir descends from (to rebuild an older seq from).
     bundle: Bundle,
-    /// The bundle's model (deltas are embedded with it).
-    pub model: Arc<TfidfModel>,
+    /// The bundle's model and those of rolled-over versions (a version's deltas are
+    /// embedded with its model).
+    pub models: Arc<Models>,
     /// The bundle's id and text fields.
     fields: ItemFields,
     /// The fields the bundle's filter index covers.
@@ -325,7 +331,7 @@ impl Syncer {
     pub async fn open(
         options: SyncOptions,
         bundle: &Bundle,
-        model: Arc<TfidfModel>,
+        models: Arc<Models>,
     ) -> anyhow::Result<Self> {
         let trusted_root = read_trusted_root(&options.trusted_root)?;
         let seed = instance_seed(options.instance_seed)?;
@@ -342,7 +348,7 @@ impl Syncer {
             store,
             trusted_root,
             bundle: bundle.clone(),
-            model,
+            models,
             fields: bundle.manifest.item_fields(),
             filter_fields: bundle.manifest.filter_fields.clone(),
             seed,
@@ -400,21 +406,26 @@ impl Syncer {
             seq: newest.meta.seq,
             issued_at: newest.meta.created_at,
         };
-        let route = self.route(state, &policy, &deltas, current).await?;
+        let snapshots = snapshot::listed(&targets);
+        let route = self
+            .route(state, &policy, &deltas, &snapshots, current)
+            .await?;
         let outcome = match route {
             Route::Stay(outcome) => outcome,
             Route::Take {
                 deltas: planned,
+                rollovers,
                 base,
                 gated,
             } => {
                 let head_seq = newest.meta.seq;
                 let gate_against = gated.then_some(current.info.n_items);
+                let base_name = base.info.name.clone();
                 let (base, planned) = self
-                    .catch_up(state, &targets, base, planned, cancel)
+                    .catch_up(state, &snapshots, base, planned, &rollovers, cancel)
                     .await?;
                 let plan_seconds = started.elapsed().as_secs_f64();
-                let snapshot_seq = (base.info.seq > current.info.seq).then_some(base.info.seq);
+                let snapshot_seq = (base.info.name != base_name).then_some(base.info.seq);
                 let mut making = self
                     .make(state, &base, &repo, &planned, gate_against, &policy, cancel)
                     .await?;
@@ -471,8 +482,10 @@ impl Syncer {
     ) -> anyhow::Result<Making> {
         let started = Instant::now();
         let last_seq = planned.last().map_or(base.info.seq, |d| d.meta.seq);
+        let (models, base_for_model) = (self.models.clone(), base.clone());
+        let model = blocking(move || models.for_version(&base_for_model)).await?;
         let inputs = ApplyInputs {
-            model: self.model.clone(),
+            model,
             fields: self.fields.clone(),
             filter_fields: self.filter_fields.clone(),
             head_issued_at: planned
@@ -568,12 +581,13 @@ impl Syncer {
     ) -> anyhow::Result<Arc<Catalog>> {
         let view = finished.view();
         let index = finished.take_index();
-        let (state, model, shards) = (
+        let (state, models, shards) = (
             state.clone(),
-            self.model.clone(),
+            self.models.clone(),
             self.options.reader_shards,
         );
         blocking(move || {
+            let model = models.for_version(&view)?;
             Catalog::open_with_index(&view, model, index, &state.reader_dir(&view), shards)
                 .map(Arc::new)
         })

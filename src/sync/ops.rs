@@ -25,7 +25,7 @@ pub async fn sync_once(
     let local =
         tokio::task::spawn_blocking(move || LocalState::open(&bundle_dir, &state_dir)).await??;
     let keep_versions = options.keep_versions;
-    let syncer = Syncer::open(options, &local.bundle, local.model.clone()).await?;
+    let syncer = Syncer::open(options, &local.bundle, local.models.clone()).await?;
     let cancel = Cancel::default();
     let outcome = with_deadline(
         deadline,
@@ -174,7 +174,8 @@ pub async fn verify_repository(
     bundle: Option<&Path>,
     max_delta_bytes: u64,
 ) -> anyhow::Result<VerifyReport> {
-    use crate::delta::chain::{ChainPosition, delta_targets, plan, verify_delta};
+    use crate::delta::chain::{ChainPosition, delta_targets, verify_delta};
+    use crate::delta::snapshot::{plan_across, snapshot_targets};
     let root = super::read_trusted_root(trusted_root)?;
     let store = Arc::new(crate::delta_store::DeltaStore::open(store_url, remote).await?);
     let datastore = tempfile::tempdir().context("create a scratch directory")?;
@@ -183,7 +184,9 @@ pub async fn verify_repository(
         ..Default::default()
     };
     let repo = crate::tuf::client::load(store, &root, datastore.path(), limits).await?;
-    let deltas = delta_targets(&repo.targets())?;
+    let targets = repo.targets();
+    let deltas = delta_targets(&targets)?;
+    let snapshots = snapshot_targets(&targets)?;
     let position = match (bundle, deltas.first()) {
         (Some(dir), _) => ChainPosition::of_bundle(&Bundle::open(dir)?.manifest),
         (None, Some(first)) => ChainPosition::new(
@@ -195,7 +198,8 @@ pub async fn verify_repository(
         ),
         (None, None) => ChainPosition::new("", 0, "", 0, ""),
     };
-    let planned = plan(&deltas, &position)?;
+    // Across model rollovers: the deltas after one are checked against its model.
+    let planned = plan_across(&deltas, &snapshots, &position)?.deltas;
     let mut report = VerifyReport {
         root_version: repo.root_version(),
         targets_version: repo.targets_version(),
@@ -255,7 +259,13 @@ pub async fn compact(
             stop_words: Some(crate::search::tfidf::StopWords::Named("english".into())),
         })
     } else {
-        ModelSource::File(bundle.dir.join(MODEL_FILE))
+        // After a model rollover the version has its own model.
+        let own = version.dir.join(MODEL_FILE);
+        ModelSource::File(if own.is_file() {
+            own
+        } else {
+            bundle.dir.join(MODEL_FILE)
+        })
     };
     let options = BuildOptions {
         input: items,

@@ -8,8 +8,11 @@
 //! The deltas after it are applied on top and the result gated as any new version is.
 //!
 //! A snapshot that cannot be used (over the size cap, damaged, not what its metadata says)
-//! is logged and counted, and the chain is replayed instead: the chain alone is always
-//! enough.
+//! is logged and counted, and the chain is replayed instead: the chain alone is enough.
+//!
+//! A model rollover is a snapshot of a new model (`compact --refit --publish`): the chain
+//! after it is built for that model, so an instance crossing it must install it (or a later
+//! snapshot of that model); nothing else can take its place, and failing to is an error.
 //!
 //! [`SyncOptions::snapshot_after_deltas`]: super::SyncOptions::snapshot_after_deltas
 
@@ -39,33 +42,55 @@ pub(super) enum Choice {
     TooLarge(SnapshotTarget),
 }
 
-/// The snapshot to catch up with, if any: the newest one after `base_seq` that stands on the
-/// planned chain (same delta at its seq), of this dataset, model and a known db schema, when
-/// the chain is longer than `after_deltas` deltas or larger than the snapshot in bytes.
-/// `after_deltas` 0 turns snapshots off.
+/// The snapshots verified metadata lists (none, with a warning, when their metadata does
+/// not parse: the chain alone is enough then, and a rollover's chain is refused later by
+/// its model).
+pub(super) fn listed(targets: &[TargetInfo]) -> Vec<SnapshotTarget> {
+    snapshot_targets(targets).unwrap_or_else(|error| {
+        tracing::warn!(error = %error, "ignoring the repository's snapshots");
+        Vec::new()
+    })
+}
+
+/// The snapshot to catch up with, if any. Across a model rollover: the newest snapshot of
+/// the newest rollover's model standing on the planned chain, whatever the chain's length.
+/// Otherwise: the newest one after `base` that stands on the planned chain (same delta at
+/// its seq), of this dataset, model and a known db schema, when the chain is longer than
+/// `after_deltas` deltas or larger than the snapshot in bytes; `after_deltas` 0 turns
+/// these off.
 pub(super) fn choose(
     snapshots: &[SnapshotTarget],
     planned: &[DeltaTarget],
+    rollovers: &[SnapshotTarget],
     base: &StoreVersion,
     after_deltas: u64,
     max_bytes: u64,
 ) -> Choice {
-    if after_deltas == 0 || planned.is_empty() {
-        return Choice::Replay;
-    }
     let info = &base.info;
+    let (model, from_seq) = match rollovers.last() {
+        Some(rollover) => (&rollover.meta.model_fingerprint, rollover.meta.seq),
+        None if after_deltas == 0 => return Choice::Replay,
+        None => (&info.model_fingerprint, info.seq + 1),
+    };
+    // A rollover at the served seq stands on the served version itself.
+    let on_base = |s: &SnapshotTarget| {
+        s.meta.seq == info.seq
+            && s.meta.chain_digest == info.chain_digest
+            && s.meta.chain_len == info.chain_len
+            && s.meta.model_fingerprint != info.model_fingerprint
+    };
     let newest = snapshots.iter().rev().find(|s| {
-        s.meta.seq > info.seq
+        s.meta.seq >= from_seq
             && s.meta.dataset == info.dataset
-            && s.meta.model_fingerprint == info.model_fingerprint
+            && &s.meta.model_fingerprint == model
             && s.meta.schema_version <= SCHEMA_VERSION
-            && planned.iter().any(|d| s.continues_as(d))
+            && (planned.iter().any(|d| s.continues_as(d)) || on_base(s))
     });
     let Some(snapshot) = newest else {
         return Choice::Replay;
     };
     let chain_bytes: u64 = planned.iter().map(|d| d.len).sum();
-    if planned.len() as u64 <= after_deltas && chain_bytes <= snapshot.len {
+    if rollovers.is_empty() && planned.len() as u64 <= after_deltas && chain_bytes <= snapshot.len {
         return Choice::Replay;
     }
     if snapshot.len > max_bytes {
@@ -78,30 +103,47 @@ impl Syncer {
     /// Where to apply `planned` from: `base` and the whole chain, or a snapshot installed as
     /// a version and the deltas after it. Only a cancellation is an error here; anything
     /// else that stops the snapshot is logged and the chain is replayed.
+    // long: the choice, its three refusals and the install, each a few lines.
     pub(super) async fn catch_up(
         &self,
         state: &Arc<StateDir>,
-        targets: &[TargetInfo],
+        snapshots: &[SnapshotTarget],
         base: StoreVersion,
         planned: Vec<DeltaTarget>,
+        rollovers: &[SnapshotTarget],
         cancel: &Cancel,
     ) -> anyhow::Result<(StoreVersion, Vec<DeltaTarget>)> {
-        let snapshots = match snapshot_targets(targets) {
-            Ok(snapshots) => snapshots,
-            Err(error) => {
-                tracing::warn!(error = %error, "ignoring the repository's snapshots; replaying the chain");
-                return Ok((base, planned));
-            }
-        };
         let options = &self.options;
-        let snapshot = match choose(
-            &snapshots,
+        if let Some(rollover) = rollovers.last()
+            && !options.model_rollover
+        {
+            bail!(
+                "{} moves the chain to a new model at seq {}; the Pinecone backend holds vectors of the bundle's model, so this instance does not follow it: bake an image from the new bundle (and fill a Pinecone namespace for it), or pin the fleet before seq {}",
+                rollover.name,
+                rollover.meta.seq,
+                rollover.meta.seq
+            );
+        }
+        let choice = choose(
+            snapshots,
             &planned,
+            rollovers,
             &base,
             options.snapshot_after_deltas,
             options.max_snapshot_bytes,
-        ) {
+        );
+        let snapshot = match choice {
+            Choice::Replay if !rollovers.is_empty() => bail!(
+                "the chain moves to a new model at seq {}, and no snapshot of that model stands on it: this instance cannot follow (the snapshot is missing or of another dataset or db schema)",
+                rollovers[rollovers.len() - 1].meta.seq
+            ),
             Choice::Replay => return Ok((base, planned)),
+            Choice::TooLarge(snapshot) if !rollovers.is_empty() => bail!(
+                "{} ({} bytes) moves the chain to a new model, and it is larger than --max-snapshot-bytes {}: raise the cap to follow",
+                snapshot.name,
+                snapshot.len,
+                options.max_snapshot_bytes
+            ),
             Choice::TooLarge(snapshot) => {
                 tracing::warn!(
                     snapshot = %snapshot.name,
@@ -121,7 +163,12 @@ impl Syncer {
             .cloned()
             .collect();
         if let Some(kept) = self
-            .kept(state, snapshot.meta.seq, &snapshot.meta.chain_digest)
+            .kept(
+                state,
+                snapshot.meta.seq,
+                &snapshot.meta.chain_digest,
+                &snapshot.meta.model_fingerprint,
+            )
             .await?
         {
             return Ok((kept, rest));
@@ -132,7 +179,9 @@ impl Syncer {
             .map_or(0, |d| d.meta.created_at);
         match self.install(state, &snapshot, issued_at, cancel).await {
             Ok(version) => Ok((version, rest)),
-            Err(error) if error.downcast_ref::<Cancelled>().is_some() => Err(error),
+            Err(error) if error.downcast_ref::<Cancelled>().is_some() || !rollovers.is_empty() => {
+                Err(error.context(format!("install {}", snapshot.name)))
+            }
             Err(error) => {
                 tracing::warn!(
                     snapshot = %snapshot.name,
@@ -176,6 +225,7 @@ impl Syncer {
             snapshot = %snapshot.name,
             seq = snapshot.meta.seq,
             version = %version.info.name,
+            model = crate::state::short_fingerprint(&snapshot.meta.model_fingerprint),
             seconds = started.elapsed().as_secs_f64(),
             "installed the catch-up snapshot as a version"
         );

@@ -750,12 +750,12 @@ async fn filtered_search_equals_brute_force_filter_then_rank() {
     assert_eq!(local.version.info.seq, 1);
     let catalog = Catalog::open(
         &local.version,
-        local.model.clone(),
+        local.models.bundle().clone(),
         &local.state.reader_dir(&local.version),
         1,
     )
     .unwrap();
-    let model = local.model.clone();
+    let model = local.models.bundle().clone();
     let embedded: Vec<_> = state_items
         .iter()
         .map(|i| model.embed(i["text"].as_str().unwrap()))

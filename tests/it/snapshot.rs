@@ -8,7 +8,9 @@ use std::process::Command;
 
 use super::forge::{exported, put, snapshot};
 use super::s3::S3Server;
-use super::support::{Trust, binary, build_bundle, publish_changes, sample_items};
+use super::support::{
+    Daemon, Trust, binary, build_bundle, post_search, publish_changes, sample_items,
+};
 use deltacache::delta_store::RemoteSettings;
 
 /// A bundle, a repository in a store and the deltas published to it.
@@ -302,4 +304,211 @@ async fn a_snapshot_over_the_cap_damaged_or_not_from_the_chain_is_never_used() {
     assert!(!log.contains("installed the catch-up snapshot"), "{log}");
     assert!(downloads(&chain.state("damaged")).is_empty());
     assert_eq!(exported(&chain.state("damaged")), expected);
+}
+
+/// Polls `check` (every 20 ms, up to a minute) until it holds; panics naming `what`.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The ids `/search` answers for `query` on `daemon`.
+async fn found(client: &reqwest::Client, daemon: &Daemon, query: &str) -> Vec<String> {
+    let (status, body) = post_search(
+        client,
+        &daemon.url,
+        serde_json::json!({"query_text": query, "top_k": 10}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Model rollover on a local fleet of 3 instances following a file store. Items with words
+/// the model does not know are published (`publish-delta` reports them) and cannot be found
+/// by those words; `compact --refit --publish` rolls the model over; every instance moves to
+/// it through the health gate while searches run against all three with none failing, and
+/// finds the items by their new words. Later deltas are built for the new model: the old
+/// bundle is refused for publishing, the new one works, and every instance applies them. A
+/// restarted instance keeps the new model.
+// long: one scenario, step by step.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_rollover_reaches_every_instance_with_no_failed_request() {
+    let chain = Chain::new(None).await;
+    let serve = |i: usize| {
+        let state = chain.state(&format!("instance-{i}"));
+        Daemon::start(&[
+            "serve",
+            "--bundle",
+            chain.bundle.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &chain.store,
+            "--trusted-root",
+            chain.trust.root.to_str().unwrap(),
+            "--instance-seed",
+            &i.to_string(),
+        ])
+    };
+    let mut fleet: Vec<Daemon> = (0..3).map(serve).collect();
+    let client = reqwest::Client::new();
+    for daemon in &fleet {
+        daemon.wait_ready(&client).await;
+    }
+    let walruses = chain.dir.path().join("walruses.jsonl");
+    std::fs::write(
+        &walruses,
+        [
+            put("walrus-1", "quantum walrus migration"),
+            put("walrus-2", "a walrus colony, quantum tunnelling"),
+        ]
+        .iter()
+        .map(|c| format!("{c}\n"))
+        .collect::<String>(),
+    )
+    .unwrap();
+    let publish = |bundle: &Path| {
+        chain.cli(
+            &[
+                "publish-delta",
+                "--store",
+                &chain.store,
+                "--key",
+                chain.trust.key.to_str().unwrap(),
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "--changes",
+                walruses.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let (ok, stdout, stderr) = publish(&chain.bundle);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("out of vocabulary: 2 of the added or changed items carry"),
+        "{stdout}"
+    );
+    for daemon in &fleet {
+        eventually("seq 1 everywhere", || async {
+            daemon.status(&client).await["seq"] == 1
+        })
+        .await;
+        assert!(found(&client, daemon, "quantum walrus").await.is_empty());
+    }
+    let old_model = fleet[0].status(&client).await["model_fingerprint"].clone();
+
+    // Searches against the whole fleet while it rolls over; every answer must be a 200.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls: Vec<String> = fleet.iter().map(|d| d.url.clone()).collect();
+    let load = tokio::spawn({
+        let (stop, client) = (stop.clone(), client.clone());
+        async move {
+            let (mut answered, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for url in &urls {
+                    let response = client
+                        .post(format!("{url}/search"))
+                        .json(&serde_json::json!({"query_text": "quantum walrus espresso"}))
+                        .send()
+                        .await;
+                    match response {
+                        Ok(r) if r.status() == 200 => answered += 1,
+                        Ok(r) => failed.push(format!("{url}: {}", r.status())),
+                        Err(e) => failed.push(format!("{url}: {e}")),
+                    }
+                }
+            }
+            (answered, failed)
+        }
+    });
+    let (ok, stdout, stderr) = chain.cli(
+        &[
+            "compact",
+            "--bundle",
+            chain.bundle.to_str().unwrap(),
+            "--store",
+            &chain.store,
+            "--trusted-root",
+            chain.trust.root.to_str().unwrap(),
+            "--out",
+            chain.dir.path().join("refit").to_str().unwrap(),
+            "--refit",
+            "--publish",
+            "--key",
+            chain.trust.key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("published snapshot 000000000001.snapshot.tar"),
+        "{stdout}"
+    );
+    for daemon in &fleet {
+        eventually("every instance finds the walruses", || async {
+            found(&client, daemon, "quantum walrus").await.len() == 2
+        })
+        .await;
+        let status = daemon.status(&client).await;
+        assert_ne!(status["model_fingerprint"], old_model);
+        assert_eq!(status["seq"], 1);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (answered, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "failed requests during the rollover: {failed:?}"
+    );
+    assert!(answered > 0);
+
+    // Later deltas: built for the new model, from the new bundle only.
+    std::fs::write(
+        &walruses,
+        format!("{}\n", put("walrus-3", "walrus tunnelling colony")),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = publish(&chain.bundle);
+    assert!(!ok, "published against the old model:\n{stdout}");
+    assert!(stderr.contains("moved to model"), "{stderr}");
+    let (ok, stdout, stderr) = publish(&chain.dir.path().join("refit"));
+    assert!(ok, "{stdout}{stderr}");
+    assert!(!stdout.contains("out of vocabulary"), "{stdout}");
+    for daemon in &fleet {
+        eventually("seq 2 everywhere", || async {
+            daemon.status(&client).await["seq"] == 2
+        })
+        .await;
+        assert!(
+            found(&client, daemon, "walrus tunnelling")
+                .await
+                .contains(&"walrus-3".to_owned())
+        );
+    }
+
+    // A restart keeps the rolled-over version (its own model), not a fresh bundle clone.
+    let restarted = fleet.remove(0);
+    assert!(restarted.terminate().success());
+    let again = serve(0);
+    again.wait_ready(&client).await;
+    assert_eq!(again.status(&client).await["seq"], 2);
+    assert_eq!(found(&client, &again, "quantum walrus").await.len(), 3);
 }

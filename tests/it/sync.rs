@@ -182,7 +182,7 @@ async fn check_fold(s3: Option<&S3Server>, prefix: &str, seed: u64, rounds: usiz
     let local = deltacache::state::LocalState::open(&world.bundle, &state_dir).unwrap();
     let catalog = deltacache::catalog::Catalog::open(
         &local.version,
-        local.model.clone(),
+        local.models.bundle().clone(),
         &local.state.reader_dir(&local.version),
         1,
     )

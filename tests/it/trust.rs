@@ -859,7 +859,7 @@ impl Instance {
         .unwrap()
         .unwrap();
         let syncer =
-            deltacache::sync::Syncer::open(repo.options(), &local.bundle, local.model.clone())
+            deltacache::sync::Syncer::open(repo.options(), &local.bundle, local.models.clone())
                 .await
                 .unwrap();
         Instance { local, syncer }
