@@ -5,6 +5,7 @@
 #
 #   scripts/bench_trust.sh --old-binary PATH [--items N] [--deltas D] [--sync-changes C]
 #                          [--publish-changes P] [--runs R] [--out DIR] [--no-build]
+#                          [--binary PATH]
 #   scripts/bench_trust.sh --old-commit REV ...   (builds REV's release binary in a worktree)
 #
 # On an N-item bundle (default 100,000 items from scripts/gen_corpus.py --seed 42), each binary
@@ -19,6 +20,8 @@
 # The old binary (e.g. commit dbdc854) is run with the earlier commands: `keygen`,
 # `publish-delta --key K`, `sync --trusted-keys K.pub`. Medians and ratios (new / old) are
 # printed at the end and written to OUT/results.md; every run is in OUT/figures.tsv.
+# The new binary is target/release/deltacache, built unless --no-build; --binary PATH uses
+# that release binary instead (and builds nothing).
 set -euo pipefail
 
 ITEMS=100000
@@ -30,6 +33,7 @@ OUT=target/bench/trust
 BUILD=1
 OLD_BIN=
 OLD_COMMIT=
+NEW_BIN=
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -40,6 +44,7 @@ while [[ $# -gt 0 ]]; do
         --runs) RUNS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --binary) NEW_BIN=$2; BUILD=0; shift 2 ;;
         --old-binary) OLD_BIN=$2; shift 2 ;;
         --old-commit) OLD_COMMIT=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
@@ -47,6 +52,10 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ -n $OLD_BIN || -n $OLD_COMMIT ]] || { echo "give --old-binary PATH or --old-commit REV (see --help)" >&2; exit 2; }
+if [[ -n $NEW_BIN ]]; then
+    [[ -x $NEW_BIN ]] || { echo "--binary $NEW_BIN is not an executable file" >&2; exit 2; }
+    NEW_BIN=$(cd "$(dirname "$NEW_BIN")" && pwd)/$(basename "$NEW_BIN")
+fi
 for tool in python3 strace; do
     command -v "$tool" >/dev/null || { echo "$tool is required (apt-get install $tool)" >&2; exit 1; }
 done
@@ -64,8 +73,8 @@ fi
 [[ -x $OLD_BIN ]] || { echo "--old-binary $OLD_BIN is not an executable file" >&2; exit 2; }
 OLD_BIN=$(cd "$(dirname "$OLD_BIN")" && pwd)/$(basename "$OLD_BIN")
 if [[ $BUILD == 1 ]]; then cargo build --release --locked; fi
-NEW_BIN=$ROOT/target/release/deltacache
-[[ -x $NEW_BIN ]] || { echo "no release binary at $NEW_BIN: run without --no-build" >&2; exit 1; }
+NEW_BIN=${NEW_BIN:-$ROOT/target/release/deltacache}
+[[ -x $NEW_BIN ]] || { echo "no release binary at $NEW_BIN: run without --no-build, or give --binary PATH" >&2; exit 1; }
 
 now_ms() { date +%s%3N; }
 FIGURES=$OUT/figures.tsv
