@@ -123,7 +123,8 @@ pub async fn load(
         limits.max_metadata_bytes,
         limits.max_targets_metadata_bytes,
         limits.max_target_bytes,
-    );
+    )
+    .reusing(datastore.to_path_buf());
     let loaded = RepositoryLoader::new(&root, metadata_url(), targets_url())
         .transport(transport.clone())
         .limits(Limits {

@@ -512,3 +512,31 @@ async fn a_model_rollover_reaches_every_instance_with_no_failed_request() {
     assert_eq!(again.status(&client).await["seq"], 2);
     assert_eq!(found(&client, &again, "quantum walrus").await.len(), 3);
 }
+
+/// A poll with nothing new reads the timestamp and probes for the next root, nothing more:
+/// the snapshot and targets files it already trusts (the targets file grows with the chain)
+/// are not read again. A new delta is still seen and applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poll_with_nothing_new_reads_only_the_timestamp_on_s3() {
+    let server = S3Server::start();
+    let mut chain = Chain::new(Some(&server)).await;
+    chain.publish(3).await;
+    let (ok, log) = chain.sync("polling", &[], &[]);
+    assert!(ok, "{log}");
+    let before = server.gets();
+    let (ok, log) = chain.sync("polling", &[], &[]);
+    assert!(ok, "{log}");
+    assert!(log.contains("up to date at seq 3"), "{log}");
+    assert_eq!(
+        server.gets() - before,
+        2,
+        "a poll reads timestamp.json and asks for the next root version only"
+    );
+    chain.publish(1).await;
+    let (ok, log) = chain.sync("polling", &[], &[]);
+    assert!(ok, "{log}");
+    assert_eq!(
+        exported(&chain.state("polling")),
+        chain.replayed("replayed")
+    );
+}
