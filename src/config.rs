@@ -19,6 +19,8 @@ pub struct ConfigFile {
     pub listen: Option<String>,
     /// Number of LevelDB read handles.
     pub reader_shards: Option<usize>,
+    /// Bytes of item JSON each served version caches (0: none).
+    pub cache_bytes: Option<u64>,
     /// Seconds in-flight requests may take to finish after SIGTERM.
     pub drain_timeout_secs: Option<u64>,
     /// Delta store URL.

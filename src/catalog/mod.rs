@@ -8,6 +8,7 @@
 //! counts an id the database lacks as a join miss, whichever backend ranked it.
 
 pub mod backend;
+pub mod cache;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct Catalog {
     metadata: MetadataReaders,
     /// The version's filter index, in memory.
     filters: FilterIndex,
+    /// Item JSON read so far (bounded; seeded from the previous version's on a swap).
+    cache: cache::ItemCache,
 }
 
 /// One search result: the item's id, its score and its stored JSON.
@@ -135,6 +138,7 @@ impl Catalog {
             index,
             metadata,
             filters,
+            cache: cache::ItemCache::new(),
         })
     }
 
@@ -227,7 +231,7 @@ impl Catalog {
             missing: 0,
         };
         for (id, score) in ranked {
-            match self.metadata.get(&id)? {
+            match self.get(&id)? {
                 Some(metadata) => outcome.hits.push(SearchHit {
                     id,
                     score,
@@ -247,7 +251,24 @@ impl Catalog {
 
     /// One item's stored JSON.
     pub fn get(&self, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        self.metadata.get(id)
+        Ok(self
+            .cache
+            .get_or_read(id, || self.metadata.get(id))?
+            .map(|json| json.to_vec()))
+    }
+
+    /// Starts this catalog's cache with `older`'s entries but those of the ids in `touched`
+    /// (the ids the deltas from `older`'s version to this one put or deleted).
+    pub fn seed_cache_from(&self, older: &Catalog, touched: &std::collections::HashSet<String>) {
+        let started = std::time::Instant::now();
+        let copied = self.cache.seed_from(&older.cache, touched);
+        metrics::gauge!("deltacache_item_cache_carried_entries").set(copied as f64);
+        tracing::debug!(
+            copied,
+            touched = touched.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "carried the item cache over to the new version"
+        );
     }
 }
 

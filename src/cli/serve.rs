@@ -37,6 +37,11 @@ pub(super) struct ServeArgs {
     /// Number of LevelDB read handles, each on its own clone [default: number of CPUs].
     #[arg(long, env = "DELTACACHE_READER_SHARDS", value_name = "N")]
     reader_shards: Option<usize>,
+    /// Bytes of item JSON each served version keeps in memory in front of its LevelDB
+    /// reads; carried over a swap but for the ids the deltas touched; 0 for none
+    /// [default: 268435456].
+    #[arg(long, env = "DELTACACHE_CACHE_BYTES", value_name = "BYTES")]
+    cache_bytes: Option<u64>,
     /// Seconds in-flight requests may take to finish after SIGTERM [default: 10].
     #[arg(long, env = "DELTACACHE_DRAIN_TIMEOUT_SECS", value_name = "SECS")]
     drain_timeout_secs: Option<u64>,
@@ -219,6 +224,11 @@ impl ServeArgs {
         let listen: SocketAddr = listen.parse().with_context(|| {
             format!("listen address {listen:?} is not IP:PORT (for example 127.0.0.1:8080)")
         })?;
+        crate::catalog::cache::set_budget(
+            self.cache_bytes
+                .or(file.cache_bytes)
+                .unwrap_or(crate::catalog::cache::DEFAULT_CACHE_BYTES),
+        );
         let reader_shards = self
             .reader_shards
             .or(file.reader_shards)

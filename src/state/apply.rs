@@ -11,7 +11,7 @@
 //!
 //! Every step is blocking: run it on a blocking thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -57,6 +57,8 @@ pub struct Applied {
     /// The new version's index, as written (so serving need not read it back), unless it
     /// was taken before the commit.
     pub index: Option<VectorIndex>,
+    /// Every id the deltas put or deleted (what a cache of the base version must drop).
+    pub touched: HashSet<String>,
 }
 
 /// A new version being made from the current one, delta by delta.
@@ -83,6 +85,8 @@ pub struct Applying {
     stage_seconds: Vec<(&'static str, f64)>,
     /// When applying started (the first `apply`).
     apply_started: Option<Instant>,
+    /// Every id put or deleted so far.
+    touched: HashSet<String>,
 }
 
 impl StateDir {
@@ -111,6 +115,7 @@ impl StateDir {
             n_records: 0,
             stage_seconds: vec![("clone", started.elapsed().as_secs_f64())],
             apply_started: None,
+            touched: HashSet::new(),
         })
     }
 }
@@ -139,6 +144,7 @@ impl Applying {
             let (id, new_json, held) = self
                 .record(&mut batch, record)
                 .map_err(|e| anyhow!("delta seq {} record {}: {e:#}", delta.seq, record_idx + 1))?;
+            self.touched.insert(id.clone());
             if !self.indexed.is_empty() {
                 let old = match pending.get(&id) {
                     Some(old) => old.clone(),
@@ -212,6 +218,7 @@ impl Applying {
             n_deltas: self.n_deltas,
             n_records: self.n_records,
             stage_seconds: self.stage_seconds,
+            touched: self.touched,
         })
     }
 
@@ -270,6 +277,8 @@ pub struct Finished {
     n_records: u64,
     /// Wall time per stage so far.
     stage_seconds: Vec<(&'static str, f64)>,
+    /// Every id put or deleted.
+    touched: HashSet<String>,
 }
 
 impl Finished {
@@ -305,6 +314,7 @@ impl Finished {
             n_records: self.n_records,
             stage_seconds: self.stage_seconds,
             index: self.index,
+            touched: self.touched,
         })
     }
 }

@@ -348,6 +348,7 @@ impl Syncer {
             gate: None,
             back,
             snapshot_seq: None,
+            touched: None,
         })))
     }
 }

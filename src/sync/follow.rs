@@ -146,8 +146,15 @@ impl Follower {
 
     /// Swaps in a version a sync made (its catalog open), and records how long after their
     /// publication its deltas came to be served.
-    async fn swap_made(&self, served: &mut StoreVersion, made: Made) -> anyhow::Result<bool> {
+    async fn swap_made(&self, served: &mut StoreVersion, mut made: Made) -> anyhow::Result<bool> {
         let published_ms = made.published_ms.clone();
+        // The served catalog's cache carries over, but for the ids the deltas touched.
+        if let (Some(touched), Some(old)) = (made.touched.take(), self.current.load())
+            && old.info.name == served.info.name
+        {
+            let new = made.catalog.clone();
+            let _ = tokio::task::spawn_blocking(move || new.seed_cache_from(&old, &touched)).await;
+        }
         self.swap_to(
             served,
             made.version,

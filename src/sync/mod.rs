@@ -205,6 +205,9 @@ pub struct Made {
     pub back: bool,
     /// The seq of the catch-up snapshot this version was made from, if any.
     pub snapshot_seq: Option<u64>,
+    /// The ids the deltas from the served version to this one put or deleted; `None` when
+    /// it was not made from the served version (a kept one, a snapshot, going back).
+    pub touched: Option<std::collections::HashSet<String>>,
 }
 
 impl SyncOutcome {
@@ -431,6 +434,9 @@ impl Syncer {
                     .await?;
                 if let Making::Made(made) = &mut making {
                     made.snapshot_seq = snapshot_seq;
+                    if base.info.name != current.info.name {
+                        made.touched = None;
+                    }
                 }
                 making.finish(head_seq, plan_seconds)
             }
@@ -569,6 +575,7 @@ impl Syncer {
             gate,
             back: last_seq < base.info.seq,
             snapshot_seq: None,
+            touched: Some(applied.touched),
         })))
     }
 

@@ -1511,3 +1511,70 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(from.join(&rel), &target).unwrap();
     }
 }
+
+/// The item cache of a following daemon: an item read twice is read from LevelDB once; after
+/// a delta updates it, the new version serves the new JSON, and of the two cached items only
+/// the one the delta did not touch is carried over the swap.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_item_cache_survives_a_swap_except_for_the_ids_a_delta_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = build_bundle(dir.path(), &sample_items());
+    let trust = Trust::new(dir.path());
+    let store = format!("file://{}", dir.path().join("store").display());
+    trust.init_store(&store, &RemoteSettings::default()).await;
+    let state = dir.path().join("state");
+    let daemon = Daemon::start(&[
+        "serve",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        &store,
+        "--trusted-root",
+        trust.root.to_str().unwrap(),
+    ]);
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    let item = |id: &'static str| {
+        let client = client.clone();
+        let url = format!("{}/items/{id}", daemon.url);
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let counts = || async {
+        (
+            metric(&daemon, &client, "deltacache_item_cache_hits_total").await,
+            metric(&daemon, &client, "deltacache_item_cache_misses_total").await,
+        )
+    };
+    let old_kit = item("kit-1").await;
+    let db = item("db-1").await;
+    assert_eq!(item("kit-1").await, old_kit);
+    assert_eq!(counts().await, (1.0, 2.0));
+
+    let new_kit =
+        serde_json::json!({"id": "kit-1", "category": "kitchen", "text": "lever espresso machine"});
+    super::support::publish_changes(
+        &dir.path().join("changes.jsonl"),
+        &store,
+        &trust.key,
+        &bundle,
+        RemoteSettings::default(),
+        &[serde_json::json!({"op": "put", "item": new_kit})],
+    )
+    .await;
+    wait_for_status(&daemon, &client, "seq 1", |s| s["seq"] == 1).await;
+    assert_eq!(item("kit-1").await, new_kit, "the touched id is read again");
+    assert_eq!(item("db-1").await, db);
+    assert_eq!(
+        metric(&daemon, &client, "deltacache_item_cache_carried_entries").await,
+        1.0,
+        "db-1 carried over, kit-1 dropped"
+    );
+}
