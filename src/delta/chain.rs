@@ -225,22 +225,40 @@ impl ChainError {
     }
 }
 
+/// `target`'s custom metadata as a `T` (`what`: whose metadata it should be, for the
+/// refusal), refused by name unless its seq gives the target's name (`name_for`).
+pub fn custom_of<T: serde::de::DeserializeOwned>(
+    target: &TargetInfo,
+    what: &str,
+    seq_of: impl Fn(&T) -> u64,
+    name_for: impl Fn(u64) -> String,
+) -> Result<T, ChainError> {
+    let custom = serde_json::Value::Object(target.custom.clone().into_iter().collect());
+    let meta: T = serde_json::from_value(custom).map_err(|e| ChainError::Refused {
+        object: target.name.clone(),
+        reason: format!("its custom metadata is not {what}: {e}"),
+    })?;
+    let seq = seq_of(&meta);
+    if target.name != name_for(seq) {
+        return Err(ChainError::Refused {
+            object: target.name.clone(),
+            reason: format!("its metadata places it at seq {seq}"),
+        });
+    }
+    Ok(meta)
+}
+
 /// The delta targets among `targets`, by seq (other targets, such as a fleet policy, are not
 /// deltas). A `.delta` target whose custom metadata does not parse is refused by name.
 pub fn delta_targets(targets: &[TargetInfo]) -> Result<Vec<DeltaTarget>, ChainError> {
     let mut deltas = Vec::new();
     for target in targets.iter().filter(|t| t.name.ends_with(".delta")) {
-        let custom = serde_json::Value::Object(target.custom.clone().into_iter().collect());
-        let meta: DeltaMeta = serde_json::from_value(custom).map_err(|e| ChainError::Refused {
-            object: target.name.clone(),
-            reason: format!("its custom metadata is not a delta's: {e}"),
-        })?;
-        if target.name != delta_target_name(meta.seq) {
-            return Err(ChainError::Refused {
-                object: target.name.clone(),
-                reason: format!("its metadata places it at seq {}", meta.seq),
-            });
-        }
+        let meta: DeltaMeta = custom_of(
+            target,
+            "a delta's",
+            |m: &DeltaMeta| m.seq,
+            delta_target_name,
+        )?;
         deltas.push(DeltaTarget {
             name: target.name.clone(),
             digest: target.sha256.clone(),

@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use super::chain::delta_targets;
-use super::publish::{listed_targets, read_listed};
+use super::publish::{published_targets, read_listed};
 use crate::delta_store::{DeltaStore, RemoteSettings};
 use crate::tuf::keys::load_signers;
 use crate::tuf::repo::{NewTarget, RepoState};
@@ -364,11 +364,7 @@ pub async fn read_published(
     store: &DeltaStore,
     state: &RepoState,
 ) -> anyhow::Result<(Option<FleetPolicy>, Vec<u64>)> {
-    let targets = state
-        .current
-        .as_ref()
-        .map(|current| listed_targets(&current.targets))
-        .unwrap_or_default();
+    let targets = published_targets(state);
     let mut seqs: Vec<u64> = Vec::new();
     for delta in delta_targets(&targets)? {
         if seqs.is_empty() {

@@ -281,11 +281,7 @@ impl ChainTip {
     async fn read(store: &DeltaStore, state: &RepoState, bundle: &Bundle) -> anyhow::Result<Self> {
         let position = ChainPosition::of_bundle(&bundle.manifest);
         let fields = bundle.manifest.item_fields();
-        let targets = state
-            .current
-            .as_ref()
-            .map(|current| listed_targets(&current.targets))
-            .unwrap_or_default();
+        let targets = published_targets(state);
         let deltas = delta_targets(&targets)?;
         let snapshots = snapshot_targets(&targets)?;
         let planned = plan_across(&deltas, &snapshots, &position).with_context(|| {
@@ -371,6 +367,15 @@ impl ChainTip {
             records,
         }
     }
+}
+
+/// The targets the repository's newest metadata lists (none before `repo init`).
+pub fn published_targets(state: &RepoState) -> Vec<TargetInfo> {
+    state
+        .current
+        .as_ref()
+        .map(|current| listed_targets(&current.targets))
+        .unwrap_or_default()
 }
 
 /// The targets signed metadata lists, as the client reads them.

@@ -16,9 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use super::chain::{ChainError, ChainPosition, DeltaTarget, delta_targets, plan};
+use super::chain::{ChainError, ChainPosition, DeltaTarget, custom_of, delta_targets, plan};
 use super::fleet::FleetStore;
-use super::publish::listed_targets;
+use super::publish::published_targets;
 use crate::bundle::{Bundle, MANIFEST_FILE, Manifest};
 use crate::tuf::client::TargetInfo;
 use crate::tuf::keys::load_signers;
@@ -120,18 +120,12 @@ impl SnapshotTarget {
 pub fn snapshot_targets(targets: &[TargetInfo]) -> Result<Vec<SnapshotTarget>, ChainError> {
     let mut found = Vec::new();
     for target in targets.iter().filter(|t| t.name.ends_with(SNAPSHOT_SUFFIX)) {
-        let custom = serde_json::Value::Object(target.custom.clone().into_iter().collect());
-        let meta: SnapshotMeta =
-            serde_json::from_value(custom).map_err(|e| ChainError::Refused {
-                object: target.name.clone(),
-                reason: format!("its custom metadata is not a snapshot's: {e}"),
-            })?;
-        if target.name != snapshot_target_name(meta.seq) {
-            return Err(ChainError::Refused {
-                object: target.name.clone(),
-                reason: format!("its metadata places it at seq {}", meta.seq),
-            });
-        }
+        let meta: SnapshotMeta = custom_of(
+            target,
+            "a snapshot's",
+            |m: &SnapshotMeta| m.seq,
+            snapshot_target_name,
+        )?;
         found.push(SnapshotTarget {
             name: target.name.clone(),
             sha256: target.sha256.clone(),
@@ -307,11 +301,7 @@ pub async fn publish(
     let manifest = &bundle.manifest;
     let (store, state) = at.read().await?;
     state.check_authorised(&key_ids, &[Role::Targets, Role::Snapshot, Role::Timestamp])?;
-    let targets = state
-        .current
-        .as_ref()
-        .map(|current| listed_targets(&current.targets))
-        .unwrap_or_default();
+    let targets = published_targets(&state);
     let deltas = delta_targets(&targets)?;
     let Some(delta) = deltas.iter().find(|d| d.meta.seq == manifest.seq) else {
         bail!(

@@ -181,18 +181,7 @@ fn seq_is(seq: u64) -> impl Fn(&serde_json::Value) -> bool {
 
 /// One counter or gauge from `/metrics` (the sum of its series; 0 when absent).
 async fn metric(instance: &Instance, client: &reqwest::Client, name: &str) -> f64 {
-    let text = client
-        .get(format!("{}/metrics", instance.daemon.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum()
+    instance.daemon.metric(client, name).await
 }
 
 fn sighup(instance: &Instance) {

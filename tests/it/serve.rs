@@ -160,22 +160,11 @@ async fn query_words_outside_the_vocabulary_are_counted() {
         .await;
         assert_eq!(status, 200);
     }
-    let metrics = client
-        .get(format!("{}/metrics", daemon.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let count = |vocabulary: &str| -> String {
-        let series = format!("deltacache_query_terms_total{{vocabulary=\"{vocabulary}\"}} ");
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-            .to_owned()
+    let count = |vocabulary: &'static str| {
+        let series = format!("deltacache_query_terms_total{{vocabulary=\"{vocabulary}\"}}");
+        let (daemon, client) = (&daemon, &client);
+        async move { daemon.metric(client, &series).await }
     };
-    assert_eq!(count("known"), "3");
-    assert_eq!(count("unknown"), "2");
+    assert_eq!(count("known").await, 3.0);
+    assert_eq!(count("unknown").await, 2.0);
 }

@@ -10,6 +10,7 @@ use super::forge::{exported, put, snapshot};
 use super::s3::S3Server;
 use super::support::{
     Daemon, Trust, binary, build_bundle, post_search, publish_changes, sample_items,
+    serve_following,
 };
 use deltacache::delta_store::RemoteSettings;
 
@@ -351,22 +352,13 @@ async fn found(client: &reqwest::Client, daemon: &Daemon, query: &str) -> Vec<St
 async fn a_model_rollover_reaches_every_instance_with_no_failed_request() {
     let chain = Chain::new(None).await;
     let serve = |i: usize| {
-        let state = chain.state(&format!("instance-{i}"));
-        Daemon::start(&[
-            "serve",
-            "--bundle",
-            chain.bundle.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
+        serve_following(
+            &chain.bundle,
+            &chain.state(&format!("instance-{i}")),
             &chain.store,
-            "--trusted-root",
-            chain.trust.root.to_str().unwrap(),
-            "--instance-seed",
-            &i.to_string(),
-        ])
+            &chain.trust.root,
+            &["--instance-seed", &i.to_string()],
+        )
     };
     let mut fleet: Vec<Daemon> = (0..3).map(serve).collect();
     let client = reqwest::Client::new();

@@ -132,6 +132,22 @@ impl Daemon {
         (Daemon { child, url }, preamble)
     }
 
+    /// One counter or gauge from `/metrics` (the sum of its series; 0 when absent).
+    pub async fn metric(&self, client: &reqwest::Client, name: &str) -> f64 {
+        let text = client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// `GET /status` as JSON.
     pub async fn status(&self, client: &reqwest::Client) -> serde_json::Value {
         client
@@ -187,6 +203,32 @@ pub fn serve_local(bundle: &Path, state: &Path) -> Daemon {
         "--listen",
         "127.0.0.1:0",
     ])
+}
+
+/// `deltacache serve` of `bundle` on `state`, following `store` from the root `trusted_root`,
+/// on a free loopback port, with `extra` flags.
+pub fn serve_following(
+    bundle: &Path,
+    state: &Path,
+    store: &str,
+    trusted_root: &Path,
+    extra: &[&str],
+) -> Daemon {
+    let mut args = vec![
+        "serve",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        store,
+        "--trusted-root",
+        trusted_root.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(&args)
 }
 
 /// `POST {url}/search` with `body`: the status and the JSON answer.

@@ -1051,18 +1051,7 @@ async fn wait_for_status(
 
 /// One counter or gauge from `/metrics` (0 when absent).
 async fn metric(daemon: &Daemon, client: &reqwest::Client, name: &str) -> f64 {
-    let text = client
-        .get(format!("{}/metrics", daemon.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum()
+    daemon.metric(client, name).await
 }
 
 fn sighup(daemon: &Daemon) {
@@ -1523,19 +1512,7 @@ async fn the_item_cache_survives_a_swap_except_for_the_ids_a_delta_touched() {
     let store = format!("file://{}", dir.path().join("store").display());
     trust.init_store(&store, &RemoteSettings::default()).await;
     let state = dir.path().join("state");
-    let daemon = Daemon::start(&[
-        "serve",
-        "--bundle",
-        bundle.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        &store,
-        "--trusted-root",
-        trust.root.to_str().unwrap(),
-    ]);
+    let daemon = super::support::serve_following(&bundle, &state, &store, &trust.root, &[]);
     let client = reqwest::Client::new();
     daemon.wait_ready(&client).await;
     let item = |id: &'static str| {
