@@ -4,6 +4,7 @@ mod build_base;
 mod delta;
 mod fleet;
 mod forge;
+mod fuzz_http;
 mod http_api;
 mod interop;
 mod limits;
