@@ -65,8 +65,9 @@ Options:
   -h, --help             show this help
 
 Needs: python3, curl, wrk (Debian: apt-get install wrk), cargo, and for disk-full root or
-unprivileged user namespaces (mount -t tmpfs). With the defaults: crash ~40 min, disk-full
-~5 min, slow-clients ~8 min, bad-input ~2 min, swaps ~3 min, soak 30 min (2 cores).
+unprivileged user namespaces (mount -t tmpfs). With the defaults, on 2 cores: crash ~25 min,
+disk-full ~5 min, slow-clients ~7 min, bad-input ~1 min, swaps ~3 min, soak 30 min;
+--quick ~6 min.
 EOF
 }
 
@@ -1023,12 +1024,12 @@ for what, n in rows:
 print("", file=md)
 print("Statuses: " + ", ".join(f"{s} × {n}" for s, n in sorted(d["statuses"].items())) + ".", file=md)
 print("Error codes: " + ", ".join(f"`{c}` × {n}" for c, n in sorted(d["error_codes"].items())) + ".", file=md)
-print("Unanswered: " + ", ".join(f"{o} × {n}" for o, n in sorted(d["outcomes"].items()) if o != "answered") + ".\n", file=md)
+print("Unanswered: " + ", ".join(f"{o} × {n}" for o, n in sorted(d["outcomes"].items()) if o != "answered")
+      + " (by case kind: " + ", ".join(f"{k} {n}" for k, n in sorted(d["unanswered_by_kind"].items())) + ").\n", file=md)
 if d["violations"]:
-    print("Answers breaking the error shape, by kind:", file=md)
-    for what, n in sorted(d["violations_by_what"].items()):
-        print(f"- {n} × {what}", file=md)
-    print("", file=md)
+    print("Answers breaking the error shape, by status: "
+          + ", ".join(f"{n} × {what}" for what, n in sorted(d["violations_by_what"].items()))
+          + "; by case kind: " + ", ".join(f"{k} {n}" for k, n in sorted(d["violations_by_kind"].items())) + ".\n", file=md)
 EOF
     local v5 violations
     v5=$(json_get "$dir/fuzz.json" "d['answers_5xx']")

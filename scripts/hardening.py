@@ -831,6 +831,8 @@ def cmd_fuzz(args: argparse.Namespace) -> None:
     kinds: dict[str, int] = {}
     violations = []
     unanswered = []
+    unanswered_by_kind: dict[str, int] = {}
+    violations_by_kind: dict[str, int] = {}
     status_by_kind: dict[str, dict[str, int]] = {}
     t0 = time.monotonic()
     done = 0
@@ -851,10 +853,13 @@ def cmd_fuzz(args: argparse.Namespace) -> None:
                     by_kind[str(status)] = by_kind.get(str(status), 0) + 1
                     if code:
                         codes[code] = codes.get(code, 0) + 1
+                if result["outcome"] != "answered":
+                    unanswered_by_kind[kind] = unanswered_by_kind.get(kind, 0) + 1
                 if result["outcome"] != "answered" and len(unanswered) < args.examples:
                     unanswered.append({"kind": kind, "outcome": result["outcome"],
                                        "request": raw[:300].decode("latin-1"), "request_bytes": len(raw)})
                 if result["violation"]:
+                    violations_by_kind[kind] = violations_by_kind.get(kind, 0) + 1
                     violations.append({"kind": kind, "violation": result["violation"],
                                        "request": raw[:300].decode("latin-1"), "request_bytes": len(raw)})
             if args.progress and done % 5000 == 0:
@@ -882,6 +887,8 @@ def cmd_fuzz(args: argparse.Namespace) -> None:
             "status_by_kind": status_by_kind,
             "violation_examples": violations[: args.examples],
             "unanswered_examples": unanswered,
+            "unanswered_by_kind": unanswered_by_kind,
+            "violations_by_kind": violations_by_kind,
         },
         args.out,
     )
