@@ -59,12 +59,19 @@ Options:
   --soak-minutes M       soak length [default: 30]
   --soak-sample-minutes M  RSS/fd sample interval in the soak [default: 5]
   --seed S               seed of the random choices [default: 42]
+  --binary PATH          the deltacache binary to measure (no build; e.g. a release build of
+                         the commit under test made elsewhere)
   --no-build             use target/release/deltacache as it is (default: cargo build --release)
   --quick                check the harness: a few kills, 3 disk runs, 6 s slow-client runs
                          with 2/1/3 s timeouts, 2,000 fuzz cases, 10 s of swaps, a 2-minute soak
   -h, --help             show this help
 
-Needs: python3, curl, wrk (Debian: apt-get install wrk), cargo, and for disk-full root or
+Every store is a TUF repository (`root init` with one key for every role, `repo init`); the
+crash chain's store carries a fleet policy with --max-removed-percent 50: with the defaults a
+trial removes at most 15 % of the items (seq 0 -> 6), under the health gate's default 25 %,
+but a longer --chain would cross it, and the gate is not what this part measures.
+
+Needs: python3, curl, wrk (Debian: apt-get install wrk), cargo (unless --binary), and for disk-full root or
 unprivileged user namespaces (mount -t tmpfs). With the defaults, on 2 cores: crash ~25 min,
 disk-full ~5 min, slow-clients ~7 min, bad-input ~1 min, swaps ~3 min, soak 30 min;
 --quick ~6 min.
@@ -85,6 +92,7 @@ SOAK_MINUTES=30
 SOAK_SAMPLE_MINUTES=5
 SEED=42
 BUILD=1
+BINARY=""
 QUICK=0
 PARTS=()
 # Timeouts of the slow-clients runs (stated in the summary).
@@ -113,6 +121,7 @@ while [[ $# -gt 0 ]]; do
         --soak-sample-minutes) SOAK_SAMPLE_MINUTES=${2:?--soak-sample-minutes needs minutes}; shift 2 ;;
         --seed) SEED=${2:?--seed needs a number}; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --binary) BINARY=${2:?--binary needs a path}; BUILD=0; shift 2 ;;
         --quick) QUICK=1; shift ;;
         -h|--help) usage; exit 0 ;;
         crash|disk-full|slow-clients|bad-input|swaps|soak) PARTS+=("$1"); shift ;;
@@ -139,7 +148,12 @@ need() {
 need python3 "install Python 3"
 need curl "install curl (Debian: apt-get install curl)"
 need wrk "install wrk (Debian: apt-get install wrk)"
-need cargo "install the Rust toolchain (https://rustup.rs)"
+if [[ -n $BINARY ]]; then
+    [[ -x $BINARY ]] || die "--binary $BINARY is not an executable file"
+    BINARY=$(cd "$(dirname "$BINARY")" && pwd)/$(basename "$BINARY")
+elif [[ $BUILD -eq 1 ]]; then
+    need cargo "install the Rust toolchain (https://rustup.rs), or pass --binary PATH"
+fi
 
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
@@ -224,14 +238,17 @@ if [[ $BUILD -eq 1 ]]; then
     log "cargo build --release --locked"
     cargo build --release --locked --quiet || die "cargo build --release failed"
 fi
-[[ -x target/release/deltacache ]] || die "no release binary at target/release/deltacache; drop --no-build"
-# A private copy, so a concurrent `cargo build` cannot swap the binary in the middle of a run.
-cp target/release/deltacache "$OUT_DIR/deltacache"
+[[ -n $BINARY ]] || BINARY=$REPO/target/release/deltacache
+[[ -x $BINARY ]] || die "no release binary at $BINARY; drop --no-build or pass --binary PATH"
+# A private copy, so a concurrent build cannot swap the binary in the middle of a run.
+cp "$BINARY" "$OUT_DIR/deltacache.new"
+mv "$OUT_DIR/deltacache.new" "$OUT_DIR/deltacache"
 BIN=$OUT_DIR/deltacache
 ITEMS=$OUT_DIR/items-10k.jsonl
 QUERIES=$OUT_DIR/queries-10k.txt
 BUNDLE=$OUT_DIR/bundle-10k
 KEY=$OUT_DIR/publisher.key
+ROOT_JSON=$OUT_DIR/root.json
 want="n=10000 seed=42 gen=$(sha256sum scripts/gen_corpus.py | cut -c1-16) bin=$(sha256sum "$BIN" | cut -c1-16)"
 if [[ ! -f $OUT_DIR/bundle.stamp || $(cat "$OUT_DIR/bundle.stamp") != "$want" ]]; then
     log "corpus and bundle of 10,000 items"
@@ -241,7 +258,43 @@ if [[ ! -f $OUT_DIR/bundle.stamp || $(cat "$OUT_DIR/bundle.stamp") != "$want" ]]
         || { cat "$OUT_DIR/build-base.log" >&2; die "build-base failed"; }
     echo "$want" >"$OUT_DIR/bundle.stamp"
 fi
-[[ -f $KEY ]] || "$BIN" keygen --out "$KEY" >/dev/null
+# One key for every role (threshold 1) and the root instances trust, made together (a key
+# left by a run of the earlier format, with no root beside it, is replaced).
+if [[ ! -f $ROOT_JSON ]]; then
+    rm -f "$KEY" "$KEY.pub"
+    "$BIN" keygen --out "$KEY" >/dev/null
+    "$BIN" root init --out "$ROOT_JSON" --root-key "$KEY.pub" --targets-key "$KEY.pub" \
+        --online-key "$KEY.pub" --sign-with "$KEY" >/dev/null
+fi
+
+# init_store DIR [MAX_REMOVED_PERCENT]: a TUF repository in the file:// store DIR (root 1,
+# empty targets), and with a percent a fleet policy whose health gate allows that share of
+# the served items removed by one sync.
+init_store() {
+    RUST_LOG=error "$BIN" repo init --store "file://$1" --root "$ROOT_JSON" --key "$KEY" \
+        >>"$OUT_DIR/publish.log" 2>&1 || die "repo init of $1 failed (see $OUT_DIR/publish.log)"
+    if [[ -n ${2:-} ]]; then
+        RUST_LOG=error "$BIN" fleet set --store "file://$1" --key "$KEY" --max-removed-percent "$2" \
+            >>"$OUT_DIR/publish.log" 2>&1 || die "fleet set on $1 failed (see $OUT_DIR/publish.log)"
+    fi
+}
+# advance_store FROM TO: the file:// store TO (an earlier copy of FROM) becomes FROM, in the
+# order a publisher writes: targets, then versioned metadata, then timestamp.json replaced
+# by a rename (the commit point a follower watches).
+advance_store() {
+    local from=$1 to=$2 f
+    mkdir -p "$to/targets" "$to/metadata"
+    for f in "$from/targets/"*; do
+        [[ -e $f ]] || continue
+        [[ -e $to/targets/${f##*/} ]] || cp "$f" "$to/targets/"
+    done
+    for f in "$from/metadata/"*; do
+        [[ ${f##*/} != timestamp.json ]] || continue
+        cmp -s "$f" "$to/metadata/${f##*/}" || cp "$f" "$to/metadata/"
+    done
+    cp "$from/metadata/timestamp.json" "$to/metadata/.timestamp.json.new"
+    mv "$to/metadata/.timestamp.json.new" "$to/metadata/timestamp.json"
+}
 
 # publish DIR CHANGES: publishes one delta to the file:// store DIR.
 publish() {
@@ -314,6 +367,8 @@ part_crash() {
     mkdir -p "$dir"
     local d changes=()
     log "a chain of $CHAIN deltas of $CHAIN_CHANGES changes"
+    init_store "$dir/store" 50
+    cp -a "$dir/store" "$dir/store-0"
     for ((d = 1; d <= CHAIN; d++)); do
         python3 "$HELPER" changes --out "$dir/changes-$d.jsonl" --delta "$d" --n "$CHAIN_CHANGES" \
             --prefix crash --seed "$SEED"
@@ -321,10 +376,9 @@ part_crash() {
         cp -a "$dir/store" "$dir/store-$d"
         changes+=("$dir/changes-$d.jsonl")
     done
-    mkdir -p "$dir/store-0"
     python3 "$HELPER" model --corpus "$ITEMS" --changes "${changes[@]}" --out "$dir/model.json" >/dev/null
     sync_to() { # sync_to STATE STORE_DIR: one clean sync
-        "$BIN" sync --bundle "$BUNDLE" --state-dir "$1" --store "file://$2" --trusted-keys "$KEY.pub" \
+        "$BIN" sync --bundle "$BUNDLE" --state-dir "$1" --store "file://$2" --trusted-root "$ROOT_JSON" \
             >>"$dir/sync-clean.log" 2>&1
     }
     # Reference state dirs, one per seq, each checked against the model.
@@ -419,15 +473,9 @@ part_crash() {
         fi
     }
     # advance_live: the followed store moves from head s to head t, as a publisher would leave
-    # it (deltas first, then the head replaced by a rename).
+    # it (targets first, then metadata, timestamp.json last by a rename).
     advance_live() {
-        mkdir -p "$live/deltas"
-        local delta
-        for delta in "$dir/store-$t/deltas/"*; do
-            [[ -e $live/deltas/${delta##*/} ]] || cp "$delta" "$live/deltas/"
-        done
-        cp "$dir/store-$t/head" "$live/head.new"
-        mv "$live/head.new" "$live/head"
+        advance_store "$dir/store-$t" "$live"
     }
     prepare() { # fresh state dir at seq s, followed store at head s
         rm -rf "$state" "$live"
@@ -444,7 +492,7 @@ part_crash() {
         prepare
         delay=$((RANDOM * $(window_ms) / 32768))
         "$BIN" sync --bundle "$BUNDLE" --state-dir "$state" --store "file://$dir/store-$t" \
-            --trusted-keys "$KEY.pub" >"$dir/sync-killed.log" 2>&1 &
+            --trusted-root "$ROOT_JSON" >"$dir/sync-killed.log" 2>&1 &
         pid=$!
         sleep_ms "$delay"
         kill -KILL "$pid" 2>/dev/null || true
@@ -466,7 +514,7 @@ part_crash() {
         pick_pair
         prepare
         RUST_LOG=warn start_serve "$dir/serve" --state-dir "$state" --store "file://$live" \
-            --trusted-keys "$KEY.pub" --follow-interval 1h || { serve_died_early=$((serve_died_early + 1)); continue; }
+            --trusted-root "$ROOT_JSON" --follow-interval 1h || { serve_died_early=$((serve_died_early + 1)); continue; }
         if ! wait_ready; then
             serve_died_early=$((serve_died_early + 1))
             wait "$SERVE_PID" 2>/dev/null || true
@@ -489,14 +537,14 @@ part_crash() {
 
     log "failpoints, $FP_ROUNDS runs each with sync and with serve"
     local fp round
-    for fp in after-clone after-first-batch after-close after-fsync after-rename before-pointer-rename; do
+    for fp in after-clone after-first-batch after-close after-fsync after-rename before-pointer-rename after-commit; do
         for ((round = 1; round <= FP_ROUNDS; round++)); do
             pick_pair
             prepare
             rc=0
             # (The braces keep bash's "Aborted" notice out of the output.)
             { DELTACACHE_FAILPOINT=$fp "$BIN" sync --bundle "$BUNDLE" --state-dir "$state" \
-                --store "file://$dir/store-$t" --trusted-keys "$KEY.pub" >"$dir/sync-fp.log" 2>&1; } 2>/dev/null || rc=$?
+                --store "file://$dir/store-$t" --trusted-root "$ROOT_JSON" >"$dir/sync-fp.log" 2>&1; } 2>/dev/null || rc=$?
             if grep -q "failpoint $fp: aborting" "$dir/sync-fp.log"; then
                 fp_fired=$((fp_fired + 1))
             else
@@ -508,7 +556,7 @@ part_crash() {
             pick_pair
             prepare
             DELTACACHE_FAILPOINT=$fp RUST_LOG=warn start_serve "$dir/serve-fp" --state-dir "$state" \
-                --store "file://$live" --trusted-keys "$KEY.pub" --follow-interval 1h || true
+                --store "file://$live" --trusted-root "$ROOT_JSON" --follow-interval 1h || true
             if [[ -n $SERVE_PORT ]] && wait_ready; then
                 advance_live
                 kill -HUP "$SERVE_PID"
@@ -519,7 +567,12 @@ part_crash() {
                 done
                 kill -KILL "$SERVE_PID" 2>/dev/null || true
             else
+                # It fired in the boot-time sync (before-pointer-rename guards every atomic
+                # file replacement, and each sync rewrites the trusted TUF metadata): the
+                # store still moves to head t, so that the rerun has somewhere to go.
                 fp_boot=$((fp_boot + 1))
+                echo "serve $fp seq $s -> $t: fired in the boot-time sync" >>"$dir/boot-fired.log"
+                advance_live
             fi
             rc=0; wait "$SERVE_PID" 2>/dev/null || rc=$?
             forget_pid "$SERVE_PID"
@@ -562,6 +615,7 @@ part_crash() {
     md "| \`sync\` runs that finished before the kill (checked all the same) | $sync_finished_first |"
     md "| SIGKILLs of \`serve\` after a new head + SIGHUP | $serve_landed |"
     md "| failpoint runs that fired (sync and serve; $FP_ROUNDS each per failpoint) | $fp_fired |"
+    md "| ... of which \`serve\` runs where it fired in the boot-time sync, before the new head (the store advanced for the rerun all the same) | $fp_boot |"
     md "| failpoint runs that did not fire | $fp_not_fired |"
     md "| state dirs checked | $total |"
     md "| ... holding the old version | $n_old |"
@@ -600,11 +654,13 @@ part_disk_full() {
     fi
     # A large delta: every bundle item rewritten with a longer text, and as many added.
     local big=$dir/big-store
+    init_store "$dir/big-store-0"
+    cp -a "$dir/big-store-0" "$big"
     python3 "$HELPER" changes --out "$dir/big.jsonl" --delta 1 --n 20000 --prefix big --no-deletes \
         --text-words 60 --seed "$SEED"
     publish "$big" "$dir/big.jsonl" || die "publish-delta of the large delta failed"
     local big_delta_kb
-    big_delta_kb=$(du -sk "$big/deltas" | cut -f1)
+    big_delta_kb=$(du -sk "$big/targets" | cut -f1)
 
     mount_tmpfs() { # mount_tmpfs SIZE_KB
         mount -t tmpfs -o "size=${1}k" tmpfs "$mnt"
@@ -612,18 +668,15 @@ part_disk_full() {
     }
     unmount() { umount "$mnt"; MOUNTED=""; }
     used_kb() { df -k --output=used "$mnt" | tail -1 | tr -d ' '; }
-    # serve_on_tmpfs: serve with the state dir on the tmpfs, following an empty store.
+    # serve_on_tmpfs: serve with the state dir on the tmpfs, following a store with no delta.
     serve_on_tmpfs() {
         rm -rf "$dir/live"
-        mkdir -p "$dir/live"
+        cp -a "$dir/big-store-0" "$dir/live"
         RUST_LOG=info start_serve "$dir/serve" --state-dir "$mnt/state" --store "file://$dir/live" \
-            --trusted-keys "$KEY.pub" --follow-interval 1h --status-detail true
+            --trusted-root "$ROOT_JSON" --follow-interval 1h --status-detail true
     }
     publish_big() {
-        mkdir -p "$dir/live/deltas"
-        cp "$big/deltas/"* "$dir/live/deltas/"
-        cp "$big/head" "$dir/live/head.new"
-        mv "$dir/live/head.new" "$dir/live/head"
+        advance_store "$big" "$dir/live"
         kill -HUP "$SERVE_PID"
     }
 
@@ -1049,12 +1102,13 @@ part_swaps() {
     begin_part swaps
     local dir=$OUT_DIR/swaps
     rm -rf "$dir"
-    mkdir -p "$dir/live"
+    mkdir -p "$dir"
+    init_store "$dir/live"
     # --search-queue 64: 64 connections may all be searching at once; the default admission
     # (running + queued: 2 + 16 on 2 cores) would answer the excess 503 `overloaded`, which
     # is admission control working, not a swap failing.
     RUST_LOG=warn start_serve "$dir/serve" --state-dir "$dir/state" --store "file://$dir/live" \
-        --trusted-keys "$KEY.pub" --follow-interval 1h --search-queue 64 || die "serve did not start"
+        --trusted-root "$ROOT_JSON" --follow-interval 1h --search-queue 64 || die "serve did not start"
     wait_ready || die "serve not ready (see $SERVE_ERR)"
     local i
     log "  baseline: 64 connections, /search and /items, ${SWAP_SECONDS} s, no publishing"
@@ -1137,9 +1191,10 @@ part_soak() {
     begin_part soak
     local dir=$OUT_DIR/soak
     rm -rf "$dir"
-    mkdir -p "$dir/live"
+    mkdir -p "$dir"
+    init_store "$dir/live"
     RUST_LOG=warn start_serve "$dir/serve" --state-dir "$dir/state" --store "file://$dir/live" \
-        --trusted-keys "$KEY.pub" --follow-interval 1h || die "serve did not start"
+        --trusted-root "$ROOT_JSON" --follow-interval 1h || die "serve did not start"
     wait_ready || die "serve not ready (see $SERVE_ERR)"
     local secs=$((SOAK_MINUTES * 60)) sample=$((SOAK_SAMPLE_MINUTES * 60)) rate=200
     local samples=$dir/samples.tsv
