@@ -198,7 +198,11 @@ impl Table {
 
         let handle;
         if let Some((last_in_block, h)) = current_key_val(&index_iter) {
-            if self.opt.cmp.cmp(key, &last_in_block) == Ordering::Less {
+            // deltacache patch: the block may hold `key` when `key` equals its separator (the
+            // separator between two entries of one user key is the first one's internal key,
+            // which is the lookup key when that entry was the newest write); 4.0.2 required
+            // `key < separator` and fell through to older tables.
+            if self.opt.cmp.cmp(key, &last_in_block) != Ordering::Greater {
                 handle = BlockHandle::decode(&h).unwrap().0;
             } else {
                 return Ok(None);
