@@ -395,6 +395,30 @@ part_crash() {
         want=$(json_get "$dir/model.json" "d['$d']['digest']")
         [[ $digest == "$want" ]] || die "seq $d: the clean sync's export differs from the model (a defect or a harness bug)"
     done
+    # Every pair s < t without a crash: a sync from the reference at s to head t must reach the
+    # model's seq t (the trials below start from these same pairs).
+    log "clean syncs of every pair s -> t"
+    local pairs_ok=0 pairs_failed=0
+    for ((s = 0; s < CHAIN; s++)); do
+        for ((t = s + 1; t <= CHAIN; t++)); do
+            rm -rf "$dir/pair"
+            cp -a "$dir/ref-$s" "$dir/pair"
+            digest=none
+            if sync_to "$dir/pair" "$dir/store-$t" \
+                && "$BIN" export --state-dir "$dir/pair" --out "$dir/export.jsonl" 2>/dev/null; then
+                digest=$(python3 "$HELPER" digest "$dir/export.jsonl" | cut -d' ' -f1)
+            fi
+            if [[ $digest == "$(json_get "$dir/model.json" "d['$t']['digest']")" ]]; then
+                pairs_ok=$((pairs_ok + 1))
+            else
+                pairs_failed=$((pairs_failed + 1))
+                echo "clean sync seq $s -> $t: $(tail -1 "$dir/sync-clean.log" | cut -c1-300)" >>"$dir/anomalies.log"
+            fi
+        done
+    done
+    rm -rf "$dir/pair"
+    record clean_pairs_ok "$pairs_ok"
+    record clean_pairs_failed "$pairs_failed"
     # How long a clean sync takes, to spread the kills over it.
     local t0 noop_ms full_ms
     cp -a "$dir/ref-$CHAIN" "$dir/calib"
@@ -611,6 +635,7 @@ part_crash() {
     md ""
     md "| what | count |"
     md "|---|---:|"
+    md "| clean syncs of every pair s -> t (no crash) that reached the model's seq t | $pairs_ok of $((pairs_ok + pairs_failed)) |"
     md "| SIGKILLs of \`sync\` that landed (exit 137) | $sync_landed |"
     md "| \`sync\` runs that finished before the kill (checked all the same) | $sync_finished_first |"
     md "| SIGKILLs of \`serve\` after a new head + SIGHUP | $serve_landed |"
@@ -624,6 +649,7 @@ part_crash() {
     md "| state dirs with a leftover in \`staging/\` right after the crash (cleared by the next run) | $staging_after_kill |"
     md "| reruns of \`sync\` that converged to the head (export = model, \`staging/\` empty) | $converged of $((converged + not_converged)) |"
     md ""
+    check "clean syncs that did not reach the head: $pairs_failed (see $dir/anomalies.log)" "$((pairs_failed > 0))"
     check "state dirs holding neither the old nor the new version: $n_other (see $dir/anomalies.log)" "$((n_other > 0))"
     check "reruns that did not converge: $not_converged (see $dir/anomalies.log)" "$((not_converged > 0))"
     check "fewer landed kills than asked (sync $sync_landed, serve $serve_landed of $KILLS)" \
