@@ -28,6 +28,19 @@ pub fn prometheus() -> PrometheusHandle {
                         0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
                     ],
                 )
+                // A histogram, as the README says, so that a fleet's quantiles can be summed
+                // over its instances (without buckets it would be a summary: quantiles of
+                // one instance over the last minute only). From a watched directory's
+                // fraction of a second to waves of a day.
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full("deltacache_publish_to_serve_seconds".into()),
+                        &[
+                            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                            1800.0, 3600.0, 14400.0, 86400.0,
+                        ],
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(handle) => {
@@ -50,4 +63,28 @@ pub fn prometheus() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    /// `deltacache_publish_to_serve_seconds` is exported as a histogram (buckets that sum over
+    /// instances), not as a summary.
+    #[test]
+    fn publish_to_serve_is_a_histogram() {
+        let handle = super::prometheus();
+        metrics::histogram!("deltacache_publish_to_serve_seconds").record(0.3);
+        let text = handle.render();
+        assert!(
+            text.contains("# TYPE deltacache_publish_to_serve_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("deltacache_publish_to_serve_seconds_bucket{le=\"0.5\"}"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("deltacache_publish_to_serve_seconds{quantile"),
+            "{text}"
+        );
+    }
 }

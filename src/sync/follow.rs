@@ -412,6 +412,9 @@ impl Follower {
                 reason = wake_rx.recv() => reason.unwrap_or("timer"),
                 _ = self.wake.notified() => "asked",
             };
+            // Wake-ups queued before this sync starts are covered by it: one sync for them
+            // all (those that arrive while it runs still get their own).
+            while wake_rx.try_recv().is_ok() {}
             tracing::debug!(trigger, "syncing");
             match self.sync_and_swap().await {
                 Ok(_) => {
@@ -462,20 +465,8 @@ fn watch_directory(
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Only a new or replaced timestamp matters. Reads are events too (inotify reports
-        // opens and closes): reacting to them would make every sync's own read of it
-        // trigger the next sync.
         let Ok(event) = event else { return };
-        let changes_head = matches!(
-            event.kind,
-            notify::EventKind::Create(_)
-                | notify::EventKind::Modify(_)
-                | notify::EventKind::Remove(_)
-        ) && event.paths.iter().any(|path| {
-            path.file_name()
-                .is_some_and(|name| name == "timestamp.json")
-        });
-        if changes_head {
+        if changes_head(&event) {
             let _ = wake.send("store changed");
         }
     })
@@ -489,6 +480,29 @@ fn watch_directory(
     }
 }
 
+/// Whether a watch event on the store's metadata directory means a new or replaced
+/// `timestamp.json`. Reads are events too (inotify reports opens and closes): reacting to
+/// them would make every sync's own read of it trigger the next sync. A publish replaces the
+/// file by renaming a temporary file over it and then makes it readable (chmod); notify
+/// reports that rename twice (`Name(To)` with the new name, then `Name(Both)` with both) and
+/// the chmod as `Metadata`: only the first means new contents, so the others are ignored,
+/// or each publish would cost every follower three syncs.
+fn changes_head(event: &notify::Event) -> bool {
+    use notify::event::{ModifyKind, RenameMode};
+    let kind_may_change_contents = match event.kind {
+        notify::EventKind::Create(_) | notify::EventKind::Remove(_) => true,
+        notify::EventKind::Modify(ModifyKind::Metadata(_))
+        | notify::EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => false,
+        notify::EventKind::Modify(_) => true,
+        _ => false,
+    };
+    kind_may_change_contents
+        && event.paths.iter().any(|path| {
+            path.file_name()
+                .is_some_and(|name| name == "timestamp.json")
+        })
+}
+
 /// Pins the newest kept version with `seq` and makes it current (the state dir's lock or
 /// the follower's must be held). Blocking.
 pub fn pin_kept_version(state: &StateDir, seq: u64) -> anyhow::Result<StoreVersion> {
@@ -500,4 +514,84 @@ pub fn pin_kept_version(state: &StateDir, seq: u64) -> anyhow::Result<StoreVersi
     state.set_pinned(Some(&version.info.name))?;
     state.set_current(&version.info.name)?;
     Ok(version.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changes_head;
+    use crate::delta_store::{Condition, DeltaStore, RemoteSettings};
+
+    /// Every event a raw watcher of `dir` reports while `act` runs, up to the creation of a
+    /// fence file made after it (inotify keeps one watch's events in order, so the fence's
+    /// event comes after all of `act`'s).
+    fn events_of(dir: &std::path::Path, act: impl FnOnce()) -> Vec<notify::Event> {
+        use notify::Watcher;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            let _ = tx.send(event);
+        })
+        .unwrap();
+        watcher
+            .watch(dir, notify::RecursiveMode::NonRecursive)
+            .unwrap();
+        act();
+        let fence = dir.join("fence");
+        std::fs::write(&fence, b"").unwrap();
+        let mut events = Vec::new();
+        loop {
+            let event: notify::Event = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("the fence's event")
+                .unwrap();
+            if event.paths.iter().any(|p| p == &fence) {
+                return events;
+            }
+            events.push(event);
+        }
+    }
+
+    /// A publish replaces `timestamp.json` through the file store (temporary file, rename,
+    /// chmod): that must wake a follower once, not once per event notify reports for it.
+    #[test]
+    fn a_replaced_timestamp_wakes_the_follower_once() {
+        let root = tempfile::tempdir().unwrap();
+        let metadata = root.path().join("metadata");
+        std::fs::create_dir(&metadata).unwrap();
+        let timestamp = metadata.join("timestamp.json");
+        std::fs::write(&timestamp, b"{\"version\": 1}").unwrap();
+        let tag = crate::digest::sha256_hex(b"{\"version\": 1}");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let url = format!("file://{}", root.path().display());
+        let store = runtime
+            .block_on(DeltaStore::open(&url, &RemoteSettings::default()))
+            .unwrap();
+        let events = events_of(&metadata, || {
+            runtime
+                .block_on(store.replace(
+                    "metadata/timestamp.json",
+                    b"{\"version\": 2}",
+                    Condition::Matches(tag),
+                ))
+                .unwrap();
+        });
+        let wakes: Vec<_> = events.iter().filter(|e| changes_head(e)).collect();
+        assert_eq!(
+            wakes.len(),
+            1,
+            "wake-ups {wakes:?} of all events {events:?}"
+        );
+        assert_eq!(std::fs::read(&timestamp).unwrap(), b"{\"version\": 2}");
+
+        // A writer that rewrites the file in place still wakes it; reading it does not.
+        let events = events_of(&metadata, || {
+            std::fs::write(&timestamp, b"{\"version\": 3}").unwrap();
+        });
+        assert!(events.iter().any(changes_head), "{events:?}");
+        let events = events_of(&metadata, || {
+            std::fs::read(&timestamp).unwrap();
+        });
+        assert!(!events.iter().any(changes_head), "{events:?}");
+    }
 }
