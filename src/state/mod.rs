@@ -438,7 +438,8 @@ impl StateDir {
                 let bytes = std::fs::read(entry.path())
                     .with_context(|| format!("read {}", entry.path().display()))?;
                 let target = kept.join(entry.file_name());
-                if std::fs::read(&target).ok().as_deref() != Some(bytes.as_slice()) {
+                let old = std::fs::read(&target).ok();
+                if !same_metadata(old.as_deref(), &bytes) {
                     durable::write_atomically(&target, &bytes)?;
                 }
             }
@@ -505,6 +506,23 @@ impl StateDir {
             }
         }
     }
+}
+
+/// Whether a kept metadata file already says what `new` says: the same bytes, or the same
+/// JSON (tough re-serialises what it keeps, and the order of its keys changes from one
+/// write to the next), so that a poll with nothing new rewrites and fsyncs nothing.
+fn same_metadata(old: Option<&[u8]>, new: &[u8]) -> bool {
+    let Some(old) = old else {
+        return false;
+    };
+    old == new
+        || matches!(
+            (
+                serde_json::from_slice::<serde_json::Value>(old),
+                serde_json::from_slice::<serde_json::Value>(new),
+            ),
+            (Ok(a), Ok(b)) if a == b
+        )
 }
 
 fn read_name(path: &Path) -> anyhow::Result<Option<String>> {

@@ -507,7 +507,8 @@ async fn a_model_rollover_reaches_every_instance_with_no_failed_request() {
 
 /// A poll with nothing new reads the timestamp and probes for the next root, nothing more:
 /// the snapshot and targets files it already trusts (the targets file grows with the chain)
-/// are not read again. A new delta is still seen and applied.
+/// are not read again, and the trusted metadata kept in the state dir is not rewritten. A
+/// new delta is still seen and applied.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poll_with_nothing_new_reads_only_the_timestamp_on_s3() {
     let server = S3Server::start();
@@ -516,9 +517,33 @@ async fn a_poll_with_nothing_new_reads_only_the_timestamp_on_s3() {
     let (ok, log) = chain.sync("polling", &[], &[]);
     assert!(ok, "{log}");
     let before = server.gets();
+    let trusted = || {
+        let mut files = Vec::new();
+        for dir in std::fs::read_dir(chain.state("polling").join("trust")).unwrap() {
+            let dir = dir.unwrap().path();
+            if dir.is_dir() {
+                for file in std::fs::read_dir(&dir).unwrap() {
+                    let file = file.unwrap();
+                    // The latest time tough saw moves on every load, by design (it is what
+                    // refuses a clock set back); everything else must stay as it was.
+                    if file.file_name() != "latest_known_time.json" {
+                        files.push((file.path(), file.metadata().unwrap().modified().unwrap()));
+                    }
+                }
+            }
+        }
+        files.sort();
+        files
+    };
+    let kept = trusted();
     let (ok, log) = chain.sync("polling", &[], &[]);
     assert!(ok, "{log}");
     assert!(log.contains("up to date at seq 3"), "{log}");
+    assert_eq!(
+        trusted(),
+        kept,
+        "a poll with nothing new rewrote the trusted metadata"
+    );
     assert_eq!(
         server.gets() - before,
         2,
