@@ -71,7 +71,7 @@ mod tests {
     /// instances), not as a summary.
     #[test]
     fn publish_to_serve_is_a_histogram() {
-        let handle = super::prometheus();
+        let handle = crate::telemetry::prometheus();
         metrics::histogram!("deltacache_publish_to_serve_seconds").record(0.3);
         let text = handle.render();
         assert!(

@@ -651,18 +651,13 @@ async fn unreachable_store_at_boot_serves_stale_or_fails_by_policy() {
                 .contains("head"),
         "{status}"
     );
-    let metrics = client
-        .get(format!("{}/metrics", daemon.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("deltacache_sync_failures_total{reason=\"unreachable\"}"),
-        "{metrics}"
-    );
+    let unreachable = daemon
+        .metric(
+            &client,
+            "deltacache_sync_failures_total{reason=\"unreachable\"}",
+        )
+        .await;
+    assert!(unreachable > 0.0, "no unreachable failure counted");
     assert!(daemon.terminate().success());
 
     let args = serve_args(
