@@ -96,8 +96,19 @@ pub(super) async fn search(
         ));
     }
     let outcome = match &state.vectors {
-        // Ranking scores every posting of every query term: CPU work, run off the async
-        // workers, a bounded number at once.
+        // Ranking scores every posting of every query term. A search that reads few postings
+        // (and needs no filter bitmap) costs microseconds: it runs here, which spares the two
+        // thread hand-offs that would cost more than it. Any other is CPU work, run off the
+        // async workers, a bounded number at once.
+        VectorBackend::Local
+            if filter.is_none()
+                && catalog.index().postings_of(&query) <= INLINE_SEARCH_POSTINGS =>
+        {
+            metrics::counter!("deltacache_searches_inline_total").increment(1);
+            catalog
+                .search_embedded(&query, top_k as usize, None)
+                .map_err(ApiError::internal)?
+        }
         VectorBackend::Local => {
             let searched = catalog.clone();
             state
@@ -130,6 +141,10 @@ pub(super) async fn search(
         catalog.seq(),
     ))
 }
+
+/// The most postings a search may read on the async worker that received it (a few
+/// microseconds of scoring); more goes to the search pool.
+const INLINE_SEARCH_POSTINGS: usize = 4096;
 
 /// The `/search` answer, written from the stored JSON as it is: no re-parsing on the hot
 /// path.

@@ -175,6 +175,14 @@ impl VectorIndex {
         self.n_retired = 0;
     }
 
+    /// How many postings a search for `query` reads: what its ranking costs.
+    pub fn postings_of(&self, query: &SparseVector) -> usize {
+        query
+            .iter()
+            .map(|&(term, _)| self.postings.get(term as usize).map_or(0, Vec::len))
+            .sum()
+    }
+
     /// The `k` live documents most similar to `query`, best first; only scores > 0; ties by
     /// corpus order. `accept` filters slots before ranking.
     pub fn top_k(&self, query: &SparseVector, k: usize) -> Vec<Hit> {

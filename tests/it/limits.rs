@@ -753,3 +753,59 @@ async fn searches_beyond_the_pool_get_a_quick_503_and_livez_stays_answerable() {
     let (status, body) = super::support::post_search(&client, url, body).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// A search that reads a handful of postings runs on the worker that received it, so it is
+/// answered even while the search pool is full and refusing heavy searches with 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cheap_search_is_answered_while_the_search_pool_refuses_heavy_ones() {
+    let served = serve(
+        &heavy_items(),
+        &["--search-threads", "1", "--search-queue", "0"],
+        &[],
+    );
+    let url = served.daemon.url.clone();
+    let client = reqwest::Client::new();
+    served.daemon.wait_ready(&client).await;
+    let heavy_query = (0..24)
+        .map(|w| format!("common{w}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let heavy = serde_json::json!({"query_text": heavy_query, "top_k": 1000});
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no heavy search was refused");
+        let searching = Arc::new(AtomicBool::new(true));
+        let cheap = tokio::spawn({
+            let (url, client, searching) = (url.clone(), client.clone(), searching.clone());
+            async move {
+                let mut statuses = Vec::new();
+                while searching.load(Ordering::SeqCst) {
+                    let (status, body) = super::support::post_search(
+                        &client,
+                        &url,
+                        serde_json::json!({"query_text": "unique7", "top_k": 1}),
+                    )
+                    .await;
+                    if status == 200 {
+                        assert_eq!(body["results"][0]["id"], "heavy-00007", "{body}");
+                    }
+                    statuses.push(status);
+                }
+                statuses
+            }
+        });
+        let (answers, _) = search_round(&url, &heavy).await;
+        searching.store(false, Ordering::SeqCst);
+        let statuses = cheap.await.unwrap();
+        let refused = answers.iter().filter(|a| a.0 == 503).count();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        if refused > 0 && !statuses.is_empty() {
+            let inline = served
+                .daemon
+                .metric(&client, "deltacache_searches_inline_total")
+                .await;
+            assert!(inline >= statuses.len() as f64, "{inline}");
+            break;
+        }
+    }
+}
