@@ -374,23 +374,8 @@ pub fn published_targets(state: &RepoState) -> Vec<TargetInfo> {
     state
         .current
         .as_ref()
-        .map(|current| listed_targets(&current.targets))
+        .map(|current| crate::tuf::client::target_infos(&current.targets))
         .unwrap_or_default()
-}
-
-/// The targets signed metadata lists, as the client reads them.
-pub fn listed_targets(targets: &tough::schema::Signed<tough::schema::Targets>) -> Vec<TargetInfo> {
-    targets
-        .signed
-        .targets
-        .iter()
-        .map(|(name, target)| TargetInfo {
-            name: name.raw().to_owned(),
-            length: target.length,
-            sha256: hex::encode(&target.hashes.sha256),
-            custom: target.custom.clone(),
-        })
-        .collect()
 }
 
 /// Reads a delta target's bytes from the store, checking its length and sha256.

@@ -162,21 +162,26 @@ fn starting_root(trusted_root: &[u8], datastore: &Path) -> Vec<u8> {
     }
 }
 
+/// Every target `targets` metadata lists, with its custom metadata (the client's view and
+/// the publisher's read the same way).
+pub fn target_infos(targets: &tough::schema::Signed<tough::schema::Targets>) -> Vec<TargetInfo> {
+    targets
+        .signed
+        .targets
+        .iter()
+        .map(|(name, target)| TargetInfo {
+            name: name.raw().to_owned(),
+            length: target.length,
+            sha256: hex::encode(&target.hashes.sha256),
+            custom: target.custom.clone(),
+        })
+        .collect()
+}
+
 impl TrustedRepo {
     /// Every target, with its custom metadata.
     pub fn targets(&self) -> Vec<TargetInfo> {
-        self.repo
-            .targets()
-            .signed
-            .targets
-            .iter()
-            .map(|(name, target)| TargetInfo {
-                name: name.raw().to_owned(),
-                length: target.length,
-                sha256: hex::encode(&target.hashes.sha256),
-                custom: target.custom.clone(),
-            })
-            .collect()
+        target_infos(self.repo.targets())
     }
 
     /// The trusted root's version.

@@ -194,20 +194,6 @@ pub fn pkcs8_der_from_seed(seed: [u8; 32]) -> anyhow::Result<Zeroizing<Vec<u8>>>
     ))
 }
 
-/// Writes a DER secret key (mode 0600, never overwriting) and its `.pub`, for tests.
-pub fn write_key_files(path: &Path, der: &[u8]) -> anyhow::Result<String> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("create secret key {}", path.display()))?;
-    file.write_all(der)?;
-    let key = public_key_of_secret(der)?;
-    std::fs::write(public_path(path), serde_json::to_vec_pretty(&key)?)?;
-    key_id(&key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -303,7 +303,7 @@ impl Repo {
 
     /// The delta target `seq` as the current targets metadata lists it.
     pub async fn delta(&self, seq: u64) -> DeltaTarget {
-        let targets = deltacache::delta::publish::listed_targets(&self.current().await.targets);
+        let targets = deltacache::tuf::client::target_infos(&self.current().await.targets);
         delta_targets(&targets)
             .unwrap()
             .into_iter()

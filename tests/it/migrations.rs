@@ -595,8 +595,7 @@ async fn publish_newer_schema_delta(legacy: &Legacy, schema: u32) {
         .await
         .unwrap();
     let state = RepoState::read(&store, None).await.unwrap();
-    let targets =
-        deltacache::delta::publish::listed_targets(&state.current.as_ref().unwrap().targets);
+    let targets = deltacache::delta::publish::published_targets(&state);
     let newest = delta_targets(&targets).unwrap().pop().unwrap();
     let item =
         serde_json::value::RawValue::from_string("{\"id\":\"n\",\"text\":\"newer\"}".to_owned())

@@ -259,8 +259,7 @@ async fn refused_deltas_leave_the_state_dir_byte_identical() {
     let keys = vec![key];
     let bundle = deltacache::bundle::Bundle::open(&world.bundle).unwrap();
     let state = RepoState::read(&store, None).await.unwrap();
-    let targets =
-        deltacache::delta::publish::listed_targets(&state.current.as_ref().unwrap().targets);
+    let targets = deltacache::delta::publish::published_targets(&state);
     let tip = deltacache::delta::chain::delta_targets(&targets)
         .unwrap()
         .pop()
