@@ -63,6 +63,30 @@ enum Command {
 
 /// The trusted root to use; a trusted-keys file given the earlier way is refused with what
 /// to pass instead.
+/// The TUF root a one-shot sync trusts.
+#[derive(Debug, clap::Args)]
+struct TrustedRootArgs {
+    /// The trusted TUF root (the root.json the image bakes; a newer root the delta store
+    /// publishes, signed by enough of its keys, takes over).
+    #[arg(
+        long,
+        env = "DELTACACHE_TRUSTED_ROOT",
+        value_name = "FILE",
+        required_unless_present = "trusted_keys"
+    )]
+    trusted_root: Option<std::path::PathBuf>,
+    /// No longer read: instances trust a TUF root. Refused with what to pass instead.
+    #[arg(long, hide = true, value_name = "FILE")]
+    trusted_keys: Option<std::path::PathBuf>,
+}
+
+impl TrustedRootArgs {
+    /// The root file, refusing the old `--trusted-keys` with what to pass instead.
+    fn path(&self) -> anyhow::Result<std::path::PathBuf> {
+        trusted_root(self.trusted_root.clone(), self.trusted_keys.clone())
+    }
+}
+
 fn trusted_root(
     trusted_root: Option<std::path::PathBuf>,
     trusted_keys: Option<std::path::PathBuf>,

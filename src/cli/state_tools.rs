@@ -146,18 +146,8 @@ pub(super) struct CompactArgs {
     /// Delta store: file:///dir or s3://bucket/prefix.
     #[arg(long, env = "DELTACACHE_STORE", value_name = "URL")]
     store: String,
-    /// The trusted TUF root (the root.json the image bakes; a newer root the delta store
-    /// publishes, signed by enough of its keys, takes over).
-    #[arg(
-        long,
-        env = "DELTACACHE_TRUSTED_ROOT",
-        value_name = "FILE",
-        required_unless_present = "trusted_keys"
-    )]
-    trusted_root: Option<PathBuf>,
-    /// No longer read: instances trust a TUF root. Refused with what to pass instead.
-    #[arg(long, hide = true, value_name = "FILE")]
-    trusted_keys: Option<PathBuf>,
+    #[command(flatten)]
+    trust: super::TrustedRootArgs,
     /// The new bundle directory (must not exist).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -183,10 +173,7 @@ pub(super) struct CompactArgs {
 }
 
 pub(super) fn compact(args: CompactArgs) -> anyhow::Result<()> {
-    let mut options = SyncOptions::new(
-        args.store,
-        super::trusted_root(args.trusted_root, args.trusted_keys)?,
-    );
+    let mut options = SyncOptions::new(args.store, args.trust.path()?);
     options.remote = args.remote.settings();
     let at = crate::delta::fleet::FleetStore {
         store: options.store.clone(),

@@ -20,18 +20,8 @@ pub(super) struct SyncArgs {
     /// Delta store: file:///dir or s3://bucket/prefix.
     #[arg(long, env = "DELTACACHE_STORE", value_name = "URL")]
     store: String,
-    /// The trusted TUF root (the root.json the image bakes; a newer root the delta store
-    /// publishes, signed by enough of its keys, takes over).
-    #[arg(
-        long,
-        env = "DELTACACHE_TRUSTED_ROOT",
-        value_name = "FILE",
-        required_unless_present = "trusted_keys"
-    )]
-    trusted_root: Option<PathBuf>,
-    /// No longer read: instances trust a TUF root. Refused with what to pass instead.
-    #[arg(long, hide = true, value_name = "FILE")]
-    trusted_keys: Option<PathBuf>,
+    #[command(flatten)]
+    trust: super::TrustedRootArgs,
     /// The most memory one delta's decoded records may take, in bytes (deltas are applied
     /// one at a time).
     #[arg(long, default_value_t = crate::sync::DEFAULT_MEMORY_BUDGET_BYTES, value_name = "BYTES")]
@@ -62,10 +52,7 @@ pub(super) struct SyncArgs {
 }
 
 pub(super) fn run(args: SyncArgs) -> anyhow::Result<()> {
-    let mut options = SyncOptions::new(
-        args.store,
-        super::trusted_root(args.trusted_root, args.trusted_keys)?,
-    );
+    let mut options = SyncOptions::new(args.store, args.trust.path()?);
     options.remote = args.remote.settings();
     options.memory_budget_bytes = args.apply_memory_budget;
     options.instance_seed = args.instance_seed;
