@@ -203,6 +203,7 @@ fn main() {
                 dry_run: false,
                 force: false,
                 remote: Default::default(),
+                tip_cache: None,
             }))
             .unwrap();
         let publish_seconds = started.elapsed().as_secs_f64();

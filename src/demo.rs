@@ -143,6 +143,7 @@ pub async fn prepare(dir: &Path, say: impl Fn(String)) -> anyhow::Result<DemoFil
             dry_run: false,
             force: false,
             remote: Default::default(),
+            tip_cache: None,
         })
         .await?;
         say(format!(

@@ -61,6 +61,15 @@ pub(super) struct PublishDeltaArgs {
     /// ids, then upsert the put items' vectors (see the README, "Pinecone users").
     #[arg(long)]
     pinecone: bool,
+    /// Folder where the publisher keeps the chain's tip (the ids live after the newest
+    /// delta) between runs, so a publish reads only the deltas published since the last one
+    /// instead of the whole chain [default: $XDG_CACHE_HOME/deltacache/tips, else
+    /// ~/.cache/deltacache/tips].
+    #[arg(long, env = "DELTACACHE_TIP_CACHE", value_name = "DIR")]
+    tip_cache: Option<PathBuf>,
+    /// Read the tip from the chain, and keep nothing (wins over --tip-cache).
+    #[arg(long)]
+    no_tip_cache: bool,
     #[command(flatten)]
     pinecone_args: PineconeArgs,
     #[command(flatten)]
@@ -103,6 +112,7 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
         dry_run: args.dry_run,
         force: args.force,
         remote: args.remote.settings(),
+        tip_cache: crate::delta::tip_cache::chosen(args.tip_cache.as_deref(), args.no_tip_cache),
     };
     let runtime = super::runtime()?;
     let (report, mirrored) = match &client {
@@ -145,6 +155,13 @@ fn print_report(report: &crate::delta::publish::PublishReport) {
         "items: {} before, {} after",
         report.items_before, report.items_after
     );
+    match report.tip_cached_seq {
+        Some(seq) => println!(
+            "tip: from the tip cache at seq {seq}, {} newer deltas read",
+            report.deltas_read
+        ),
+        None => println!("tip: {} deltas read from the bundle on", report.deltas_read),
+    }
     if let Some(check) = &report.count_check {
         println!(
             "warning: fails the fleet policy's count checks ({check}){}",

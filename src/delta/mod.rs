@@ -8,3 +8,4 @@ pub mod format;
 pub mod legacy;
 pub mod publish;
 pub mod snapshot;
+pub mod tip_cache;

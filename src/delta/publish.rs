@@ -14,6 +14,7 @@ use super::chain::{
 };
 use super::format::{DeltaBatch, DeltaHeader, DeltaRecord, MAX_RECORDS_BYTES};
 use super::snapshot::{plan_across, snapshot_targets};
+use super::tip_cache::{CachedTip, TipCache};
 use crate::bundle::items::{ItemFields, ItemReader, parse_item};
 use crate::bundle::{Bundle, INDEX_FILE};
 use crate::clock::now_secs;
@@ -62,6 +63,9 @@ pub struct PublishOptions {
     pub force: bool,
     /// Remote timeouts and retries.
     pub remote: RemoteSettings,
+    /// Where the publisher keeps the chain's tip between runs (`None`: read it from the
+    /// chain every time).
+    pub tip_cache: Option<TipCache>,
 }
 
 /// What a publish did (or would do).
@@ -99,6 +103,10 @@ pub struct PublishReport {
     pub oov_items: u64,
     /// Those words, distinct, sorted.
     pub oov_terms: Vec<String>,
+    /// The seq of the tip read from the publisher's tip cache, if one was used.
+    pub tip_cached_seq: Option<u64>,
+    /// How many deltas were read from the store to know the tip.
+    pub deltas_read: u64,
 }
 
 /// Publishes the next delta.
@@ -123,11 +131,17 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
     }
     // Before anything is written: the keys must be the ones the newest root authorises.
     state.check_authorised(&key_ids, &[Role::Targets, Role::Snapshot, Role::Timestamp])?;
-    let tip = ChainTip::read(&store, &state, &bundle).await?;
+    let cache = options
+        .tip_cache
+        .as_ref()
+        .map(|c| (c, options.store.as_str()));
+    let tip = ChainTip::read(&store, &state, &bundle, cache).await?;
 
     let mut report = PublishReport {
         seq: tip.next_seq(),
         dry_run: options.dry_run,
+        tip_cached_seq: tip.cached_seq,
+        deltas_read: tip.deltas_read,
         ..Default::default()
     };
     let records = match &options.changes {
@@ -173,7 +187,19 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
         ..Expiries::default()
     };
     tuf::repo::publish(&store, &state, &keys, vec![target], expiries).await?;
+    if let Some((cache, url)) = cache {
+        let next = tip.after(&batch, &report.digest, &fields)?;
+        save_tip(cache, url, &tip.position, &next);
+    }
     Ok(report)
+}
+
+/// Saves the tip for the next publish; a failure only costs that publish a read of the
+/// chain, so it is a warning.
+fn save_tip(cache: &TipCache, store: &str, bundle: &ChainPosition, tip: &CachedTip) {
+    if let Err(e) = cache.save(store, bundle, tip) {
+        tracing::warn!(error = %format!("{e:#}"), "could not save the publisher's tip cache; the next publish reads the chain");
+    }
 }
 
 /// Fills in what the report says beyond counts: the puts and deletes (for mirroring), the
@@ -273,12 +299,23 @@ struct ChainTip {
     newest: Option<DeltaTarget>,
     /// Every id live at the tip.
     live_ids: HashSet<String>,
+    /// The seq the tip cache started from, if it was used.
+    cached_seq: Option<u64>,
+    /// Deltas read from the store.
+    deltas_read: u64,
 }
 
 impl ChainTip {
     /// Checks the chain's metadata from the bundle on, and reads every delta since the
-    /// bundle (each checked against its hash) to know which ids exist.
-    async fn read(store: &DeltaStore, state: &RepoState, bundle: &Bundle) -> anyhow::Result<Self> {
+    /// bundle (each checked against its hash) to know which ids exist; with a tip cache
+    /// (and the store URL it is kept under) whose tip the metadata lists, only the deltas
+    /// after that tip. A tip newer than the cached one is saved back.
+    async fn read(
+        store: &DeltaStore,
+        state: &RepoState,
+        bundle: &Bundle,
+        cache: Option<(&TipCache, &str)>,
+    ) -> anyhow::Result<Self> {
         let position = ChainPosition::of_bundle(&bundle.manifest);
         let fields = bundle.manifest.item_fields();
         let targets = published_targets(state);
@@ -304,8 +341,23 @@ impl ChainTip {
             );
         }
         let planned = planned.deltas;
-        let mut live_ids = bundle_ids(bundle)?;
-        for delta in &planned {
+        let cached = cache
+            .and_then(|(cache, url)| cache.load(url, &position))
+            .filter(|tip| {
+                planned
+                    .iter()
+                    .any(|d| d.meta.seq == tip.seq && d.digest == tip.digest)
+            });
+        let cached_seq = cached.as_ref().map(|tip| tip.seq);
+        let mut live_ids = match cached {
+            Some(tip) => tip.ids,
+            None => bundle_ids(bundle)?,
+        };
+        let unread: Vec<&DeltaTarget> = planned
+            .iter()
+            .filter(|d| cached_seq.is_none_or(|seq| d.meta.seq > seq))
+            .collect();
+        for delta in &unread {
             let bytes = read_target(store, delta).await?;
             let verified = verify_delta(&bytes, delta, MAX_RECORDS_BYTES)?;
             for record in &verified.batch.records {
@@ -321,13 +373,51 @@ impl ChainTip {
                 }
             }
         }
-        Ok(ChainTip {
+        let tip = ChainTip {
             newest: planned
                 .last()
                 .cloned()
                 .or_else(|| deltas.iter().find(|d| d.meta.seq == position.seq).cloned()),
             position,
             live_ids,
+            cached_seq,
+            deltas_read: unread.len() as u64,
+        };
+        if let (Some((cache, url)), Some(newest)) = (cache, planned.last())
+            && !unread.is_empty()
+        {
+            let cached = CachedTip {
+                seq: newest.meta.seq,
+                digest: newest.digest.clone(),
+                ids: tip.live_ids.clone(),
+            };
+            save_tip(cache, url, &tip.position, &cached);
+        }
+        Ok(tip)
+    }
+
+    /// The tip after `batch` (whose encoding has sha256 `digest`) continues this one.
+    fn after(
+        &self,
+        batch: &DeltaBatch,
+        digest: &str,
+        fields: &ItemFields,
+    ) -> anyhow::Result<CachedTip> {
+        let mut ids = self.live_ids.clone();
+        for record in &batch.records {
+            match record {
+                DeltaRecord::Put { item } => {
+                    ids.insert(parse_item(item.get(), fields)?.id);
+                }
+                DeltaRecord::Delete { id } => {
+                    ids.remove(id);
+                }
+            }
+        }
+        Ok(CachedTip {
+            seq: batch.header.seq,
+            digest: digest.to_owned(),
+            ids,
         })
     }
 

@@ -231,6 +231,7 @@ impl Repo {
             dry_run: false,
             force: false,
             remote: self.remote.clone(),
+            tip_cache: None,
         })
         .await
         .unwrap();

@@ -84,6 +84,7 @@ impl Publisher {
                 self.bundle.to_str().unwrap(),
             ])
             .args(extra)
+            .env("DELTACACHE_TIP_CACHE", self.dir.path().join("tips-default"))
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
         command
     }
@@ -1071,4 +1072,99 @@ fn repo_refresh_racing_publish_delta_never_breaks_the_repository() {
         );
     }
     println!("refresh racing publish: 8 rounds, {n_published} publishes won, {n_lost} losses");
+}
+
+/// The publisher's tip cache: a publish reads only the deltas published since the cached
+/// tip, and still counts right when another publisher moved the chain on, when the cache
+/// file is damaged, and when the store was recreated at the same URL with another chain.
+#[test]
+fn the_tip_cache_reads_only_newer_deltas_and_never_miscounts() {
+    let publisher = Publisher::new(Vec::new());
+    let store_dir = publisher.dir.path().join("store");
+    let store = format!("file://{}", store_dir.display());
+    assert!(publisher.init(&store).status.success());
+    let tips = publisher.dir.path().join("tips");
+    let other_tips = publisher.dir.path().join("other-tips");
+    let publish = |cache: &std::path::Path, name: &str, lines: &[serde_json::Value]| {
+        let changes = publisher.changes(name, lines);
+        let output = publisher.publish(
+            &store,
+            &[
+                "--changes",
+                changes.to_str().unwrap(),
+                "--tip-cache",
+                cache.to_str().unwrap(),
+            ],
+        );
+        assert!(output.status.success(), "{}", stderr(&output));
+        (stdout(&output), stderr(&output))
+    };
+    let (out, _) = publish(&tips, "1.jsonl", &[put("a", "kafka")]);
+    assert!(
+        out.contains("tip: 0 deltas read from the bundle on"),
+        "{out}"
+    );
+    let (out, _) = publish(&tips, "2.jsonl", &[put("b", "kafka")]);
+    assert!(
+        out.contains("1 adds, 0 updates") && out.contains("from the tip cache at seq 1, 0 newer"),
+        "{out}"
+    );
+    // Another publisher (another cache) adds z; this one then puts z: an update, read from
+    // the one delta it had not seen.
+    let (out, _) = publish(&other_tips, "3.jsonl", &[put("z", "kafka")]);
+    assert!(out.contains("2 deltas read from the bundle on"), "{out}");
+    let (out, _) = publish(&tips, "4.jsonl", &[put("z", "redis")]);
+    assert!(
+        out.contains("0 adds, 1 updates") && out.contains("from the tip cache at seq 2, 1 newer"),
+        "{out}"
+    );
+    // A damaged cache file is named, ignored, and rewritten.
+    let file = std::fs::read_dir(&tips)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&file, &bytes).unwrap();
+    let (out, err) = publish(
+        &tips,
+        "5.jsonl",
+        &[
+            put("a", "storage"),
+            serde_json::json!({"op": "delete", "id": "b"}),
+        ],
+    );
+    assert!(
+        err.contains(&file.display().to_string())
+            && err.contains("ignoring the publisher's tip cache"),
+        "{err}"
+    );
+    assert!(
+        out.contains("0 adds, 1 updates, 1 deletes")
+            && out.contains("4 deltas read from the bundle on"),
+        "{out}"
+    );
+    let (out, _) = publish(&tips, "6.jsonl", &[put("b", "kafka")]);
+    assert!(
+        out.contains("1 adds, 0 updates") && out.contains("from the tip cache at seq 5, 0 newer"),
+        "{out}"
+    );
+    // The store recreated at the same URL: the cached seq 6 is not in its chain.
+    std::fs::remove_dir_all(&store_dir).unwrap();
+    assert!(publisher.init(&store).status.success());
+    for (i, id) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
+        publish(
+            &other_tips,
+            &format!("new-{i}.jsonl"),
+            &[put(&format!("other-{id}"), "kafka")],
+        );
+    }
+    let (out, _) = publish(&tips, "7.jsonl", &[put("z", "kafka"), put("a", "kafka")]);
+    assert!(
+        out.contains("2 adds, 0 updates") && out.contains("6 deltas read from the bundle on"),
+        "{out}"
+    );
 }

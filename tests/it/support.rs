@@ -342,6 +342,7 @@ pub async fn publish_changes(
         dry_run: false,
         force: false,
         remote,
+        tip_cache: None,
     })
     .await
     .unwrap();

@@ -1,0 +1,225 @@
+//! The publisher's memory of the chain's tip: the ids live after the newest delta it
+//! published or read, kept in a local folder, so the next `publish-delta` reads only the
+//! deltas published since instead of the bundle's ids and every delta from the bundle on.
+//!
+//! A cached tip is used only when the repository's verified targets metadata lists a delta
+//! at the cached seq with the cached digest (so another chain, a rebased one or a cache of a
+//! chain that moved on is never mistaken for this one); a file that does not check out
+//! (truncated, edited, another format) is ignored with a warning and the tip is read from
+//! the chain as before. The folder is as trusted as the publisher's key files beside it.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::chain::ChainPosition;
+use crate::digest::sha256_hex;
+
+/// The on-disk format's version; another version is ignored.
+const FORMAT: u32 = 1;
+
+/// A folder of cached tips, one file per (store, bundle) pair.
+#[derive(Debug, Clone)]
+pub struct TipCache {
+    dir: PathBuf,
+}
+
+/// A tip: the ids live after delta `seq`, whose digest is `digest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedTip {
+    /// The seq of the newest delta included.
+    pub seq: u64,
+    /// That delta's sha256, as the targets metadata lists it.
+    pub digest: String,
+    /// The ids live after it.
+    pub ids: HashSet<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    format: u32,
+    store: String,
+    dataset: String,
+    bundle_seq: u64,
+    bundle_digest: String,
+    model_fingerprint: String,
+    seq: u64,
+    digest: String,
+    ids: Vec<String>,
+}
+
+impl TipCache {
+    /// The cache in `dir` (created on first save).
+    pub fn new(dir: PathBuf) -> Self {
+        TipCache { dir }
+    }
+
+    /// The default folder: `$XDG_CACHE_HOME/deltacache/tips`, else `$HOME/.cache/deltacache/tips`;
+    /// `None` when neither variable is set.
+    pub fn default_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|home| PathBuf::from(home).join(".cache"))
+            })?;
+        Some(base.join("deltacache").join("tips"))
+    }
+
+    /// The file that holds the tip of the chain in `store` that starts at `bundle`.
+    pub fn path(&self, store: &str, bundle: &ChainPosition) -> PathBuf {
+        let key = sha256_hex(key_text(store, bundle).as_bytes());
+        self.dir.join(format!("{}.tip", &key[..32]))
+    }
+
+    /// The cached tip of that chain, if a file for it exists and checks out.
+    pub fn load(&self, store: &str, bundle: &ChainPosition) -> Option<CachedTip> {
+        let path = self.path(store, bundle);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read the publisher's tip cache; reading the chain instead");
+                return None;
+            }
+        };
+        match decode(&bytes, store, bundle) {
+            Ok(tip) => Some(tip),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %format!("{e:#}"), "ignoring the publisher's tip cache; reading the chain instead (the file is rewritten after this publish)");
+                None
+            }
+        }
+    }
+
+    /// Saves `tip` as the tip of that chain, atomically (a unique temporary file renamed
+    /// over the old one), so racing publishers leave one whole file.
+    pub fn save(&self, store: &str, bundle: &ChainPosition, tip: &CachedTip) -> anyhow::Result<()> {
+        let path = self.path(store, bundle);
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("create the tip cache folder {}", self.dir.display()))?;
+        let mut ids: Vec<String> = tip.ids.iter().cloned().collect();
+        ids.sort_unstable();
+        let stored = Stored {
+            format: FORMAT,
+            store: store.to_owned(),
+            dataset: bundle.dataset.clone(),
+            bundle_seq: bundle.seq,
+            bundle_digest: bundle.digest.clone(),
+            model_fingerprint: bundle.model_fingerprint.clone(),
+            seq: tip.seq,
+            digest: tip.digest.clone(),
+            ids,
+        };
+        let body = zstd::encode_all(serde_json::to_vec(&stored)?.as_slice(), 3)?;
+        let mut file = tempfile::NamedTempFile::new_in(&self.dir)
+            .with_context(|| format!("create a file in {}", self.dir.display()))?;
+        file.write_all(format!("{}\n", sha256_hex(&body)).as_bytes())
+            .and_then(|_| file.write_all(&body))
+            .with_context(|| format!("write {}", file.path().display()))?;
+        file.persist(&path)
+            .with_context(|| format!("replace {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// What names one chain: the store and the bundle it starts from.
+fn key_text(store: &str, bundle: &ChainPosition) -> String {
+    format!(
+        "{}\n{}\n{}\n{}\n{}",
+        store, bundle.dataset, bundle.seq, bundle.digest, bundle.model_fingerprint
+    )
+}
+
+/// Checks and decodes a tip file: its digest line, its format, and that it is the tip of
+/// this store's chain from this bundle.
+fn decode(bytes: &[u8], store: &str, bundle: &ChainPosition) -> anyhow::Result<CachedTip> {
+    let newline = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .context("no digest line")?;
+    let (digest_line, body) = (&bytes[..newline], &bytes[newline + 1..]);
+    anyhow::ensure!(
+        digest_line == sha256_hex(body).as_bytes(),
+        "its sha256 does not match its contents (truncated or edited)"
+    );
+    let json = zstd::decode_all(body).context("not zstd")?;
+    let stored: Stored = serde_json::from_slice(&json).context("not a tip")?;
+    anyhow::ensure!(
+        stored.format == FORMAT,
+        "format {} (this binary writes {FORMAT})",
+        stored.format
+    );
+    let same_chain = stored.store == store
+        && stored.dataset == bundle.dataset
+        && stored.bundle_seq == bundle.seq
+        && stored.bundle_digest == bundle.digest
+        && stored.model_fingerprint == bundle.model_fingerprint;
+    anyhow::ensure!(
+        same_chain,
+        "it is the tip of another chain ({} from seq {})",
+        stored.store,
+        stored.bundle_seq
+    );
+    Ok(CachedTip {
+        seq: stored.seq,
+        digest: stored.digest,
+        ids: stored.ids.into_iter().collect(),
+    })
+}
+
+/// The cache folder a publish uses: `dir` when given, else the default, else none.
+pub fn chosen(dir: Option<&Path>, disabled: bool) -> Option<TipCache> {
+    if disabled {
+        return None;
+    }
+    dir.map(Path::to_path_buf)
+        .or_else(TipCache::default_dir)
+        .map(TipCache::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position() -> ChainPosition {
+        ChainPosition::new("items", 0, "ab", 0, "fp")
+    }
+
+    #[test]
+    fn a_saved_tip_loads_back_and_a_damaged_or_foreign_one_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = TipCache::new(dir.path().join("tips"));
+        let tip = CachedTip {
+            seq: 7,
+            digest: "d7".into(),
+            ids: ["a".to_owned(), "b\nc".to_owned()].into_iter().collect(),
+        };
+        assert_eq!(cache.load("file:///s", &position()), None);
+        cache.save("file:///s", &position(), &tip).unwrap();
+        assert_eq!(cache.load("file:///s", &position()), Some(tip.clone()));
+        // Another store or bundle has another file.
+        assert_eq!(cache.load("file:///other", &position()), None);
+        let rebased = ChainPosition::new("items", 5, "cd", 10, "fp");
+        assert_eq!(cache.load("file:///s", &rebased), None);
+        // A file copied over from another chain is refused by its contents.
+        std::fs::copy(
+            cache.path("file:///s", &position()),
+            cache.path("file:///other", &position()),
+        )
+        .unwrap();
+        assert_eq!(cache.load("file:///other", &position()), None);
+        // A flipped byte is caught by the digest line.
+        let path = cache.path("file:///s", &position());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(cache.load("file:///s", &position()), None);
+    }
+}
