@@ -41,6 +41,21 @@ pub enum ChangeSource {
     },
 }
 
+impl ChangeSource {
+    /// The records these changes make against the ids live at the tip, counted in `report`.
+    fn read(
+        &self,
+        fields: &ItemFields,
+        live_ids: &HashSet<String>,
+        report: &mut PublishReport,
+    ) -> anyhow::Result<Vec<DeltaRecord>> {
+        match self {
+            ChangeSource::Changes(path) => read_changes(path, fields, live_ids, report),
+            ChangeSource::Diff { old, new } => diff_snapshots(old, new, fields, live_ids, report),
+        }
+    }
+}
+
 /// Everything `publish-delta` needs.
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
@@ -115,13 +130,7 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
     let bundle = Bundle::open(&options.bundle)?;
     let fields = bundle.manifest.item_fields();
     let store = DeltaStore::open(&options.store, &options.remote).await?;
-    let trusted_root = match &options.trusted_root {
-        Some(path) => Some(
-            std::fs::read(path).with_context(|| format!("read trusted root {}", path.display()))?,
-        ),
-        None => None,
-    };
-    let state = RepoState::read(&store, trusted_root.as_deref()).await?;
+    let state = RepoState::read(&store, read_trusted_root(options)?.as_deref()).await?;
     if state.current.is_none() {
         bail!(
             "{} holds no published metadata: create the repository first with `deltacache repo init --store {}` (publish-delta never creates one)",
@@ -144,12 +153,7 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
         deltas_read: tip.deltas_read,
         ..Default::default()
     };
-    let records = match &options.changes {
-        ChangeSource::Changes(path) => read_changes(path, &fields, &tip.live_ids, &mut report)?,
-        ChangeSource::Diff { old, new } => {
-            diff_snapshots(old, new, &fields, &tip.live_ids, &mut report)?
-        }
-    };
+    let records = options.changes.read(&fields, &tip.live_ids, &mut report)?;
     if records.is_empty() {
         if options.dry_run {
             return Ok(report);
@@ -173,14 +177,14 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
     if options.dry_run {
         return Ok(report);
     }
-    let meta = DeltaMeta {
-        published_at_ms: crate::clock::now_millis(),
-        ..DeltaMeta::of_batch(&batch)
-    };
     let target = NewTarget {
         name: delta_target_name(report.seq),
         bytes,
-        custom: meta.to_custom(),
+        custom: DeltaMeta {
+            published_at_ms: crate::clock::now_millis(),
+            ..DeltaMeta::of_batch(&batch)
+        }
+        .to_custom(),
     };
     let expiries = Expiries {
         timestamp: options.expires_in,
@@ -188,10 +192,46 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
     };
     tuf::repo::publish(&store, &state, &keys, vec![target], expiries).await?;
     if let Some((cache, url)) = cache {
-        let next = tip.after(&batch, &report.digest, &fields)?;
-        save_tip(cache, url, &tip.position, &next);
+        save_tip(
+            cache,
+            url,
+            &tip.position,
+            &tip.after(&batch, &report.digest, &fields)?,
+        );
     }
     Ok(report)
+}
+
+/// The root the publisher trusts, when one is given.
+fn read_trusted_root(options: &PublishOptions) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(path) = &options.trusted_root else {
+        return Ok(None);
+    };
+    let bytes =
+        std::fs::read(path).with_context(|| format!("read trusted root {}", path.display()))?;
+    Ok(Some(bytes))
+}
+
+/// The ids the chain's tip is read from, and the seq they stand at when they come from the
+/// tip cache: the cached tip when the verified `planned` deltas name its seq and digest,
+/// else the bundle's ids.
+fn starting_ids(
+    bundle: &Bundle,
+    planned: &[DeltaTarget],
+    position: &ChainPosition,
+    cache: Option<(&TipCache, &str)>,
+) -> anyhow::Result<(HashSet<String>, Option<u64>)> {
+    let cached = cache
+        .and_then(|(cache, url)| cache.load(url, position))
+        .filter(|tip| {
+            planned
+                .iter()
+                .any(|d| d.meta.seq == tip.seq && d.digest == tip.digest)
+        });
+    Ok(match cached {
+        Some(tip) => (tip.ids, Some(tip.seq)),
+        None => (bundle_ids(bundle)?, None),
+    })
 }
 
 /// Saves the tip for the next publish; a failure only costs that publish a read of the
@@ -341,18 +381,7 @@ impl ChainTip {
             );
         }
         let planned = planned.deltas;
-        let cached = cache
-            .and_then(|(cache, url)| cache.load(url, &position))
-            .filter(|tip| {
-                planned
-                    .iter()
-                    .any(|d| d.meta.seq == tip.seq && d.digest == tip.digest)
-            });
-        let cached_seq = cached.as_ref().map(|tip| tip.seq);
-        let mut live_ids = match cached {
-            Some(tip) => tip.ids,
-            None => bundle_ids(bundle)?,
-        };
+        let (mut live_ids, cached_seq) = starting_ids(bundle, &planned, &position, cache)?;
         let unread: Vec<&DeltaTarget> = planned
             .iter()
             .filter(|d| cached_seq.is_none_or(|seq| d.meta.seq > seq))
