@@ -33,7 +33,8 @@ any failure):
   through Prometheus's API; every dashboard query ($job and $instance as .*,
   $__rate_interval as 1m) must parse and return at least one number, every alert
   expression must parse, every rule must be healthy and no alert may fire on the healthy
-  daemon.
+  daemon (but DeltacacheStateDirDiskNearlyFull, pending exactly when the state dir's real
+  filesystem is under 10 % free).
 EOF
 }
 
@@ -369,8 +370,17 @@ for rule in rules:
         print(f"ok   alert {rule['name']}: parses, healthy, {len(answer['data']['result'])} series now ({rule['state']})")
     else:
         print(f"FAIL alert {rule['name']}: {answer.get('error') or rule.get('lastError')}")
-firing = [a["labels"]["alertname"] + " " + a["state"] for a in api("/api/v1/alerts")["data"]["alerts"]]
-print(("ok   " if not firing else "FAIL ") + f"no alert pending or firing on the healthy daemon{': ' + ', '.join(firing) if firing else ''}")
+# The disk alert watches the machine's real filesystem: pending when it is under 10 % free
+# (it fires only after 10 minutes), silent otherwise. Every other alert stays silent.
+free = numbers(api("/api/v1/query", query="deltacache_state_dir_filesystem_available_bytes / deltacache_state_dir_filesystem_size_bytes")["data"])
+disk_alert = "DeltacacheStateDirDiskNearlyFull"
+active = [a["labels"]["alertname"] + " " + a["state"] for a in api("/api/v1/alerts")["data"]["alerts"]]
+expected = [f"{disk_alert} pending"] if free and free[0] < 0.10 else []
+others = [a for a in active if not a.startswith(disk_alert + " ")]
+print(("ok   " if not others else "FAIL ") + f"no alert pending or firing on the healthy daemon{': ' + ', '.join(others) if others else ''}")
+disk_active = [a for a in active if a.startswith(disk_alert + " ")]
+state = ", ".join(disk_active) or f"{disk_alert} silent"
+print(("ok   " if disk_active == expected else "FAIL ") + f"{state}, the state dir's filesystem being {free[0] if free else float('nan'):.1%} free (the alert: under 10 % for 10 minutes)")
 print(f"SUMMARY {n_queries} {n_ok} {n_data} {n_alerts} {n_alerts_ok}")
 PY
 while IFS= read -r line; do
