@@ -34,7 +34,8 @@ any failure):
   $__rate_interval as 1m) must parse and return at least one number, every alert
   expression must parse, every rule must be healthy and no alert may fire on the healthy
   daemon (but DeltacacheStateDirDiskNearlyFull, pending exactly when the state dir's real
-  filesystem is under 10 % free).
+  filesystem is under 10 % free); last, a delta deleting a third of the items, published
+  with --force, must make DeltacacheHealthGateRefused fire in that Prometheus.
 EOF
 }
 
@@ -394,6 +395,26 @@ while IFS= read -r line; do
     esac
 done <"$work/evaluate.out"
 grep -q '^SUMMARY ' "$work/evaluate.out" || fail "the dashboard queries and alert expressions were evaluated (see $work/evaluate.out)"
+
+# One alert end to end: a delta removing a third of the items, published with --force past
+# publish-delta's own count check, is refused by the instance's health gate (at most 25 %
+# removed by default); DeltacacheHealthGateRefused must fire with reason removed, and the
+# daemon keep serving seq 2.
+python3 -c 'import json
+for i in range(1, 101):
+    print(json.dumps({"op": "delete", "id": f"demo-{i:04d}"}))' >"$work/changes-3.jsonl"
+if "$dc" publish-delta --store "$store_url" --key "$keys/targets.key" --key "$keys/online.key" \
+    --trusted-root "$work/root.json" --bundle "$work/bundle" --changes "$work/changes-3.jsonl" \
+    --expires-in 1h --force >>"$work/publish.log" 2>&1; then
+    gate_alert_fires() {
+        curl -s --max-time 5 "$prom/api/v1/alerts" | jq -e '[.data.alerts[] | select(.labels.alertname == "DeltacacheHealthGateRefused" and .labels.reason == "removed" and .state == "firing")] | length == 1' >/dev/null 2>&1
+    }
+    check "a delta removing a third of the items: DeltacacheHealthGateRefused fires (reason removed) in prometheus" \
+        wait_for "DeltacacheHealthGateRefused firing" gate_alert_fires
+    check "the daemon keeps serving seq 2 after the refusal" seq_is 2
+else
+    fail "deltacache publish-delta --force of a delta deleting 100 items (see $work/publish.log)"
+fi
 
 summary
 [[ $n_failed -eq 0 ]]
