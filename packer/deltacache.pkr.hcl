@@ -1,6 +1,6 @@
 # Bakes the deltacache AMI: a stock Debian 12 (or Ubuntu 24.04 LTS) image plus the prebuilt
 # artefacts from scripts/prepare_artifacts.sh (binary, bundle, config, TUF root, systemd
-# unit). Nothing is compiled or packaged on the builder: provisioners copy files into
+# unit, the monitoring of packer/monitoring/). Nothing is compiled or packaged on the builder: provisioners copy files into
 # /tmp/deltacache-artifacts and run scripts/provision.sh --root / from there.
 #
 # Run it through scripts/bake.sh, which prepares the artefacts and reads the dataset, bundle
@@ -80,6 +80,11 @@ variable "trusted_root_file" {
 variable "service_file" {
   type        = string
   description = "The systemd unit installed as /etc/systemd/system/deltacache.service (OUT/deltacache.service)."
+}
+
+variable "monitoring_dir" {
+  type        = string
+  description = "Prometheus rules and the Grafana dashboard (OUT/monitoring, from packer/monitoring/), installed under /usr/share/doc/deltacache/monitoring/."
 }
 
 variable "provision_script" {
@@ -184,7 +189,7 @@ build {
   sources = ["source.amazon-ebs.deltacache"]
 
   provisioner "shell" {
-    inline = ["mkdir -p ${local.artifacts}/bin ${local.artifacts}/bundle ${local.artifacts}/scripts"]
+    inline = ["mkdir -p ${local.artifacts}/bin ${local.artifacts}/bundle ${local.artifacts}/scripts ${local.artifacts}/monitoring"]
   }
 
   provisioner "file" {
@@ -214,6 +219,11 @@ build {
   }
 
   provisioner "file" {
+    source      = "${var.monitoring_dir}/"
+    destination = "${local.artifacts}/monitoring"
+  }
+
+  provisioner "file" {
     source      = var.provision_script
     destination = "${local.artifacts}/scripts/provision.sh"
   }
@@ -226,6 +236,7 @@ build {
       "sudo -n bash ${local.artifacts}/scripts/provision.sh --root / --artifacts ${local.artifacts}",
       "/usr/local/bin/deltacache --version",
       "systemctl is-enabled deltacache.service",
+      "test -s /usr/share/doc/deltacache/monitoring/alerts.yml",
       "sudo -n rm -rf ${local.artifacts}",
     ]
   }

@@ -109,6 +109,7 @@ vars=(
     -var "trusted_root_file=$artifacts/root.json"
     -var "service_file=$artifacts/deltacache.service"
     -var "provision_script=$artifacts/scripts/provision.sh"
+    -var "monitoring_dir=$artifacts/monitoring"
     -var "image_version=$image_version"
     -var "git_revision=$git_revision"
     -var "binary_version=$binary_version"

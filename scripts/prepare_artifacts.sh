@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Lays out everything an image bake copies: the release binary, a bundle checked against the
 # delta store's TUF repository, the config with the store filled in, the trusted TUF root
-# (root.json, public keys only), the systemd unit and the provisioning script. Packer then only
-# copies these files.
+# (root.json, public keys only), the systemd unit, the provisioning script and the monitoring
+# (Prometheus rules, Grafana dashboard). Packer then only copies these files.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,7 +31,7 @@ Usage: prepare_artifacts.sh (--catalogue items.jsonl | --bundle DIR) --store URL
 
 Output:
   OUT/bin/deltacache  OUT/bundle/  OUT/config.toml  OUT/root.json
-  OUT/deltacache.service  OUT/scripts/provision.sh
+  OUT/deltacache.service  OUT/scripts/provision.sh  OUT/monitoring/ (packer/monitoring/)
 
 The bundle is checked with `deltacache verify --trusted-root FILE --bundle`: the store's TUF
 metadata must verify from the root (a newer root in the store, signed by enough of the
@@ -180,6 +180,8 @@ echo "$verify_output"
 install -m 0644 "$trusted_root" "$out/root.json"
 install -m 0644 "$repo/packer/deltacache.service" "$out/deltacache.service"
 install -m 0755 "$repo/scripts/provision.sh" "$out/scripts/provision.sh"
+install -d -m 0755 "$out/monitoring"
+install -m 0644 "$repo"/packer/monitoring/* "$out/monitoring/"
 # Fill in the store; every other key keeps the installed paths of packer/config.toml.
 python3 - "$repo/packer/config.toml" "$out/config.toml" "$store" <<'PY'
 import json, re, sys

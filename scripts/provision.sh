@@ -13,6 +13,8 @@ Installs the artefacts laid out by prepare_artifacts.sh under ROOT:
   config.toml          -> ROOT/etc/deltacache/config.toml                 0644 root
   root.json            -> ROOT/etc/deltacache/root.json                   0644 root
   deltacache.service   -> ROOT/etc/systemd/system/deltacache.service      0644 root
+  monitoring/          -> ROOT/usr/share/doc/deltacache/monitoring/       files 0644, dirs 0755, root
+                          (Prometheus alerting rules, their tests, the Grafana dashboard)
 and makes ROOT/var/lib/deltacache (0750) and ROOT/var/lib/deltacache/state (0750), owned by OWNER.
 
   --root DIR        root filesystem to install into [default: /]
@@ -67,6 +69,8 @@ if [[ ! -f "$artifacts/root.json" ]]; then
     fi
 fi
 [[ -f "$artifacts/deltacache.service" ]] || missing+=("deltacache.service (the systemd unit)")
+[[ -f "$artifacts/monitoring/alerts.yml" && -f "$artifacts/monitoring/dashboard.json" ]] ||
+    missing+=("monitoring/alerts.yml and monitoring/dashboard.json (packer/monitoring/: the Prometheus rules and the Grafana dashboard)")
 if [[ ${#missing[@]} -gt 0 ]]; then
     for item in "${missing[@]}"; do
         echo "provision.sh: missing in $artifacts: $item" >&2
@@ -102,6 +106,7 @@ lib_dir="$prefix/var/lib/deltacache"
 bundle_path="$lib_dir/bundle"
 state_path="$lib_dir/state"
 etc_dir="$prefix/etc/deltacache"
+doc_dir="$prefix/usr/share/doc/deltacache"
 unit_path="$prefix/etc/systemd/system/deltacache.service"
 
 is_root=false
@@ -141,6 +146,13 @@ install_file 0644 "$artifacts/root.json" "$etc_dir/root.json"
 # before TUF under the same root: removed so that the image holds one trust anchor.
 rm -f "$etc_dir/trusted-keys.pub"
 install_file 0644 "$artifacts/deltacache.service" "$unit_path"
+# The monitoring as code, for operators to copy into their Prometheus and Grafana; replaced
+# whole so a file dropped from packer/monitoring/ does not linger.
+rm -rf "$doc_dir/monitoring"
+install -d -m 0755 "$doc_dir/monitoring"
+for f in "$artifacts"/monitoring/*; do
+    install_file 0644 "$f" "$doc_dir/monitoring/$(basename "$f")"
+done
 
 # The bundle: copied beside its final place, modes set, then swapped in, so a re-run
 # replaces a previous bundle whole.

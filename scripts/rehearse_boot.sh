@@ -271,6 +271,7 @@ provision_refuses() { # ARTEFACT-FILE CONTENT-FILE: provision.sh fails on artefa
     mkdir -p "$fake/bin" "$fake/bundle" "$fake_root"
     cp "$tmp/artifacts/bundle/manifest.json" "$fake/bundle/manifest.json"
     for f in bin/deltacache config.toml root.json deltacache.service; do cp "$tmp/artifacts/$f" "$fake/$f"; done
+    cp -R "$tmp/artifacts/monitoring" "$fake/monitoring"
     cp "$2" "$fake/$1"
     "$repo/scripts/provision.sh" --root "$fake_root" --artifacts "$fake" "${provision_owner[@]}" \
         >"$work/provision-refused.log" 2>&1 || rc=$?
@@ -306,6 +307,15 @@ check "trusted root installed 0644 at /etc/deltacache/root.json" mode_is 644 "$i
 check "the installed root is the root made by root init (byte-identical)" cmp -s "$work/root.json" "$installed_root"
 check "no earlier trust file installed (/etc/deltacache/trusted-keys.pub)" test ! -e "$root/etc/deltacache/trusted-keys.pub"
 check "unit installed 0644" mode_is 644 "$unit_path"
+monitoring_installed() { # every file of packer/monitoring/, byte-identical and 0644, and nothing else
+    local dir="$root/usr/share/doc/deltacache/monitoring" f
+    [[ "$(find "$dir" -type f | wc -l)" -eq "$(find "$repo/packer/monitoring" -type f | wc -l)" ]] || return 1
+    for f in "$repo"/packer/monitoring/*; do
+        cmp -s "$f" "$dir/$(basename "$f")" && mode_is 644 "$dir/$(basename "$f")" || return 1
+    done
+}
+check "every file of packer/monitoring/ installed byte-identical, 0644, under /usr/share/doc/deltacache/monitoring/" \
+    monitoring_installed
 check "bundle owned by the service user ($run_as)" \
     test -z "$(find "$bundle_path" "$state_path" ! -user "$run_as" -print -quit)"
 check "no run-time environment file baked (/etc/deltacache/env)" test ! -e "$root/etc/deltacache/env"

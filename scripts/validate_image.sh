@@ -104,8 +104,8 @@ echo "validate_image.sh: $(packer version | head -n 1), $(shellcheck --version |
 check "packer fmt -check packer/" packer fmt -check -diff "$repo/packer"
 
 dummy="$tmp/artifacts"
-mkdir -p "$dummy/bin" "$dummy/bundle" "$dummy/scripts"
-for f in bin/deltacache bundle/manifest.json config.toml root.json deltacache.service scripts/provision.sh; do
+mkdir -p "$dummy/bin" "$dummy/bundle" "$dummy/scripts" "$dummy/monitoring"
+for f in bin/deltacache bundle/manifest.json config.toml root.json deltacache.service scripts/provision.sh monitoring/alerts.yml; do
     echo "dummy artefact for packer validate" >"$dummy/$f"
 done
 packer_vars() { # ARTEFACTS-DIR
@@ -113,6 +113,7 @@ packer_vars() { # ARTEFACTS-DIR
         -var "binary_path=$1/bin/deltacache" -var "bundle_dir=$1/bundle" \
         -var "config_file=$1/config.toml" -var "trusted_root_file=$1/root.json" \
         -var "service_file=$1/deltacache.service" -var "provision_script=$1/scripts/provision.sh" \
+        -var "monitoring_dir=$1/monitoring" \
         -var "image_version=validate" -var "git_revision=0000000" -var "binary_version=0.0.0" \
         -var "dataset=items" -var "bundle_seq=0" -var "model_fingerprint=00"
 }

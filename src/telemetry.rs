@@ -15,6 +15,224 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// What a metric is, for its `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (a `_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Buckets, sum and count.
+    Histogram,
+}
+
+/// Every metric the process exports, with its `# HELP` text (README's metrics list names the
+/// same; `tests/it/tidy.rs` checks that every name used in `src/` is here and there).
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "deltacache_http_requests_total",
+        Kind::Counter,
+        "HTTP requests answered, by route pattern, method and status.",
+    ),
+    (
+        "deltacache_http_request_duration_seconds",
+        Kind::Histogram,
+        "Time to answer an HTTP request, by route pattern.",
+    ),
+    (
+        "deltacache_http_connections_over_limit_total",
+        Kind::Counter,
+        "Connections beyond max-connections, by listener and action (answered 503 or closed).",
+    ),
+    (
+        "deltacache_http_accept_errors_total",
+        Kind::Counter,
+        "Errors accepting a connection (file descriptors exhausted, for instance).",
+    ),
+    (
+        "deltacache_items_served_total",
+        Kind::Counter,
+        "Items returned by /search, /items/{id} and /items/batch.",
+    ),
+    (
+        "deltacache_searches_inline_total",
+        Kind::Counter,
+        "Light searches answered where they arrived rather than on the search pool.",
+    ),
+    (
+        "deltacache_query_terms_total",
+        Kind::Counter,
+        "Words of search queries inside (known) and outside (unknown) the model's vocabulary.",
+    ),
+    (
+        "deltacache_join_misses_total",
+        Kind::Counter,
+        "Ranked ids the metadata db lacked (a search's `missing`; normally 0).",
+    ),
+    (
+        "deltacache_item_cache_hits_total",
+        Kind::Counter,
+        "Item lookups answered from the item cache.",
+    ),
+    (
+        "deltacache_item_cache_misses_total",
+        Kind::Counter,
+        "Item lookups that read LevelDB.",
+    ),
+    (
+        "deltacache_item_cache_carried_entries",
+        Kind::Gauge,
+        "Item cache entries the last swap carried over from the served version.",
+    ),
+    (
+        "deltacache_ready",
+        Kind::Gauge,
+        "1 once a version is swapped in and /readyz answers 200, else 0.",
+    ),
+    (
+        "deltacache_current_seq",
+        Kind::Gauge,
+        "Seq of the data version served.",
+    ),
+    (
+        "deltacache_head_seq",
+        Kind::Gauge,
+        "Newest seq the delta store's verified metadata names.",
+    ),
+    (
+        "deltacache_items",
+        Kind::Gauge,
+        "Items in the version served.",
+    ),
+    (
+        "deltacache_staleness_seconds",
+        Kind::Gauge,
+        "Seconds since the newest delta of the served version was published.",
+    ),
+    (
+        "deltacache_stale",
+        Kind::Gauge,
+        "1 when the last sync failed (the version served may be behind the delta store), else 0.",
+    ),
+    (
+        "deltacache_sync_attempts_total",
+        Kind::Counter,
+        "Sync attempts that ended, whatever their result.",
+    ),
+    (
+        "deltacache_sync_failures_total",
+        Kind::Counter,
+        "Sync attempts that failed, by reason.",
+    ),
+    (
+        "deltacache_gate_refusals_total",
+        Kind::Counter,
+        "New versions the health gate refused, by reason.",
+    ),
+    (
+        "deltacache_deltas_applied_total",
+        Kind::Counter,
+        "Deltas applied to new versions.",
+    ),
+    (
+        "deltacache_records_applied_total",
+        Kind::Counter,
+        "Delta records (puts and deletes) applied.",
+    ),
+    (
+        "deltacache_swaps_total",
+        Kind::Counter,
+        "Versions swapped in for readers.",
+    ),
+    (
+        "deltacache_apply_duration_seconds",
+        Kind::Histogram,
+        "Time to apply a sync's deltas to a new version, up to its commit.",
+    ),
+    (
+        "deltacache_fetched_bytes_total",
+        Kind::Counter,
+        "Delta bytes fetched from the delta store.",
+    ),
+    (
+        "deltacache_metadata_reused_total",
+        Kind::Counter,
+        "Snapshot and targets metadata a poll did not read again.",
+    ),
+    (
+        "deltacache_publish_to_serve_seconds",
+        Kind::Histogram,
+        "Time from a delta's publication to its swap on this instance.",
+    ),
+    (
+        "deltacache_snapshot_bytes_total",
+        Kind::Counter,
+        "Catch-up snapshot bytes downloaded.",
+    ),
+    (
+        "deltacache_snapshots_installed_total",
+        Kind::Counter,
+        "Catch-up snapshots installed as versions.",
+    ),
+    (
+        "deltacache_snapshot_skipped_total",
+        Kind::Counter,
+        "Catch-up snapshots not used, by reason (too_large, failed).",
+    ),
+    (
+        "deltacache_fleet_wave",
+        Kind::Gauge,
+        "Wave of the fleet policy this instance is in.",
+    ),
+    (
+        "deltacache_held_back_seq",
+        Kind::Gauge,
+        "Newest seq the fleet policy holds back from this instance (0: none).",
+    ),
+    (
+        "deltacache_fleet_pin_seq",
+        Kind::Gauge,
+        "Seq the fleet policy pins (-1: none).",
+    ),
+    (
+        "deltacache_fleet_halted",
+        Kind::Gauge,
+        "1 when the fleet policy halts updates, else 0.",
+    ),
+    (
+        "deltacache_state_dir_filesystem_available_bytes",
+        Kind::Gauge,
+        "Bytes available to the daemon on the state dir's filesystem.",
+    ),
+    (
+        "deltacache_state_dir_filesystem_size_bytes",
+        Kind::Gauge,
+        "Size in bytes of the state dir's filesystem.",
+    ),
+    (
+        "deltacache_vector_backend_failures_total",
+        Kind::Counter,
+        "Failed calls to the Pinecone backend, by reason.",
+    ),
+    (
+        "deltacache_vector_backend_circuit_open",
+        Kind::Gauge,
+        "1 while the Pinecone backend's circuit breaker is open, else 0.",
+    ),
+];
+
+/// Gives every metric of [`METRICS`] its `# HELP` line (the recorder prints it once the
+/// metric has a value).
+fn describe_metrics() {
+    for &(name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
 /// The process's Prometheus recorder, installed on first use.
 pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -44,6 +262,7 @@ pub fn prometheus() -> PrometheusHandle {
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(handle) => {
+                    describe_metrics();
                     // Histograms buffer samples until upkeep drains them; without a scraper
                     // they would grow with every request. Drain them on a timer.
                     let upkeep = handle.clone();

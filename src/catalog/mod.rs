@@ -351,3 +351,15 @@ impl CurrentCatalog {
         self.current.store(Some(catalog));
     }
 }
+
+/// Exports the join and item-cache counters at 0 before the first request, so that `rate()`
+/// and `increase()` see the first miss.
+pub fn zero_metrics() {
+    for name in [
+        "deltacache_join_misses_total",
+        "deltacache_item_cache_hits_total",
+        "deltacache_item_cache_misses_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}

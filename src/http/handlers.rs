@@ -259,9 +259,25 @@ pub(super) async fn readyz(
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    if let Some(catalog) = state.catalog.load() {
+    let catalog = state.catalog.load();
+    metrics::gauge!("deltacache_ready").set(if catalog.is_some() { 1.0 } else { 0.0 });
+    if let Some(catalog) = catalog {
         metrics::gauge!("deltacache_current_seq").set(catalog.seq() as f64);
         metrics::gauge!("deltacache_items").set(catalog.index().n_items() as f64);
+    }
+    if let Some(dir) = state.state_dir.clone() {
+        // statvfs(2) may block (a network filesystem): off the async workers.
+        let space = tokio::task::spawn_blocking(move || crate::state::filesystem_space(&dir));
+        match space.await {
+            Ok(Ok(space)) => {
+                metrics::gauge!("deltacache_state_dir_filesystem_available_bytes")
+                    .set(space.available as f64);
+                metrics::gauge!("deltacache_state_dir_filesystem_size_bytes")
+                    .set(space.size as f64);
+            }
+            Ok(Err(error)) => tracing::debug!(%error, "statvfs on the state dir failed"),
+            Err(error) => tracing::debug!(%error, "statvfs on the state dir did not finish"),
+        }
     }
     if let Some(staleness) = state.sync.read().staleness_seconds() {
         metrics::gauge!("deltacache_staleness_seconds").set(staleness as f64);

@@ -50,6 +50,8 @@ pub struct AppState {
     pub max_query_terms: usize,
     /// Request counters and histograms, by route, method and status.
     pub request_metrics: Arc<serve::RequestMetrics>,
+    /// The state dir, whose filesystem's room `/metrics` reports (None: not reported).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl AppState {
@@ -72,6 +74,7 @@ impl AppState {
             searches: serve::CpuPool::new(search.threads, search.queue),
             max_query_terms: search.max_query_terms,
             request_metrics: Default::default(),
+            state_dir: None,
         }
     }
 }

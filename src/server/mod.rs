@@ -162,6 +162,7 @@ pub async fn run(
     let app = AppState {
         sync: status.clone(),
         status_detail: options.status_detail,
+        state_dir: Some(options.state_dir.clone()),
         ..AppState::new(
             current.clone(),
             options.bundle.clone(),
@@ -169,6 +170,11 @@ pub async fn run(
             options.search,
         )
     };
+    // After AppState::new, which installs the metrics recorder.
+    if options.follow.is_some() {
+        crate::sync::zero_metrics();
+    }
+    crate::catalog::zero_metrics();
     let probe_addr = probe_listener.as_ref().and_then(on_listening_probes);
     on_listening(local_addr, probe_addr);
     let server = tokio::spawn(http::serve::run(

@@ -203,6 +203,25 @@ impl Cancel {
     }
 }
 
+/// Room on the filesystem that holds a directory, as `statvfs(2)` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilesystemSpace {
+    /// Bytes an unprivileged user (the service user) may still write.
+    pub available: u64,
+    /// Size of the filesystem in bytes.
+    pub size: u64,
+}
+
+/// The room left on the filesystem of `dir` (the state dir, where every new version is
+/// made): a read, never a write. Blocking (a `statvfs(2)`): call it off the async workers.
+pub fn filesystem_space(dir: &Path) -> std::io::Result<FilesystemSpace> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(FilesystemSpace {
+        available: stat.f_bavail.saturating_mul(stat.f_frsize),
+        size: stat.f_blocks.saturating_mul(stat.f_frsize),
+    })
+}
+
 /// An open state dir. Holding it (through [`StateDir::open`]) holds the state dir's lock.
 #[derive(Debug)]
 pub struct StateDir {

@@ -27,6 +27,9 @@ pub struct GateReport {
     pub median_ms: f64,
 }
 
+/// Every label of a refusal (`deltacache_gate_refusals_total{reason}`).
+pub const REFUSAL_REASONS: &[&str] = &["min-items", "removed", "canary", "latency", "search"];
+
 /// Why a version was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("health gate refused seq {seq}: {message}")]

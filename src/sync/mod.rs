@@ -702,7 +702,39 @@ async fn blocking<T: Send + 'static>(
         .context("join a blocking task")?
 }
 
-/// A short label for a sync failure, for metrics.
+/// Every label [`failure_reason`] gives (`deltacache_sync_failures_total{reason}`).
+pub const FAILURE_REASONS: &[&str] = &[
+    "unreachable",
+    "no-repository",
+    "expired",
+    "rollback",
+    "refused",
+    "deadline",
+    "other",
+];
+
+/// Exports the sync's counters at 0 before anything happens, one series per reason, so that
+/// `increase()` and `rate()` see the first failure, refusal or apply (a series first scraped
+/// at 1 has no earlier sample to compare with, and an alert on it would never fire).
+pub fn zero_metrics() {
+    for &reason in FAILURE_REASONS {
+        metrics::counter!("deltacache_sync_failures_total", "reason" => reason).increment(0);
+    }
+    for &reason in gate::REFUSAL_REASONS {
+        metrics::counter!("deltacache_gate_refusals_total", "reason" => reason).increment(0);
+    }
+    for name in [
+        "deltacache_sync_attempts_total",
+        "deltacache_swaps_total",
+        "deltacache_deltas_applied_total",
+        "deltacache_records_applied_total",
+        "deltacache_fetched_bytes_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}
+
+/// A short label for a sync failure, for metrics (one of [`FAILURE_REASONS`]).
 pub fn failure_reason(error: &anyhow::Error) -> &'static str {
     if error.downcast_ref::<Cancelled>().is_some() || error.downcast_ref::<Overran>().is_some() {
         return "deadline";

@@ -168,3 +168,54 @@ async fn query_words_outside_the_vocabulary_are_counted() {
     assert_eq!(count("known").await, 3.0);
     assert_eq!(count("unknown").await, 2.0);
 }
+
+/// `/metrics` gives every metric a `# HELP` line (what `promtool check metrics` asks), says
+/// the daemon is ready, reports the room on the state dir's filesystem, and exports the
+/// counters alerts watch at 0 before anything happened.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_describe_themselves_and_report_readiness_and_the_state_dir_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = build_bundle(dir.path(), &sample_items());
+    let daemon = super::support::serve_local(&bundle, &dir.path().join("state"));
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    let text = client
+        .get(format!("{}/metrics", daemon.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let types: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(types.len() > 5, "{text}");
+    for name in &types {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} "))),
+            "{name} has no HELP line:\n{text}"
+        );
+    }
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("deltacache_ready"), 1.0);
+    assert_eq!(value("deltacache_join_misses_total"), 0.0);
+    let available = value("deltacache_state_dir_filesystem_available_bytes");
+    let size = value("deltacache_state_dir_filesystem_size_bytes");
+    assert!(
+        available > 0.0 && available <= size,
+        "{available} of {size}"
+    );
+    // Without a delta store there is no sync to count.
+    assert!(!text.contains("deltacache_sync_failures_total"), "{text}");
+}

@@ -575,8 +575,22 @@ async fn nothing_is_served_before_the_boot_sync_swaps_in_the_deltas() {
             200
         );
     }
+    let metrics = |client: reqwest::Client, url: String| async move {
+        let text = client.get(format!("{url}/metrics")).send().await.unwrap();
+        text.text().await.unwrap()
+    };
+    let text = metrics(client.clone(), daemon.url.clone()).await;
+    assert!(text.lines().any(|l| l == "deltacache_ready 0"), "{text}");
+    // The counters alerts watch exist at 0 before the first sync ends.
+    assert!(
+        text.lines()
+            .any(|l| l == "deltacache_gate_refusals_total{reason=\"removed\"} 0"),
+        "{text}"
+    );
     server.release_reads();
     daemon.wait_ready(&client).await;
+    let text = metrics(client.clone(), daemon.url.clone()).await;
+    assert!(text.lines().any(|l| l == "deltacache_ready 1"), "{text}");
     let response = client
         .post(format!("{}/search", daemon.url))
         .json(&serde_json::json!({"query_text": "espresso", "top_k": 5}))

@@ -5,6 +5,8 @@
 //! - Every source file opens with a `//!` comment saying what it is.
 //! - No function is longer than [`MAX_FUNCTION_LINES`] lines unless a comment in or just
 //!   above it says why (`long:` followed by the reason).
+//! - Every metric name used in `src/` is described in `telemetry::METRICS` (its `# HELP`) and
+//!   listed in README.md, and every described metric is used.
 
 use std::path::{Path, PathBuf};
 
@@ -292,6 +294,83 @@ fn source_files() -> Vec<(PathBuf, String)> {
     walk(&root, &root, &mut out);
     out.sort();
     out
+}
+
+/// The `"deltacache_..."` string literals of `text` (metric names), with their line numbers.
+fn metric_names_in(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        for piece in line.split('"').skip(1).step_by(2) {
+            let is_name = piece.starts_with("deltacache_")
+                && piece.len() > "deltacache_".len()
+                && piece.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            if is_name {
+                out.push((n + 1, piece.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// Metric names used but not described or not in the README, and described ones not used.
+fn undocumented_metrics(files: &[(PathBuf, String)], readme: &str) -> Vec<String> {
+    let described: Vec<&str> = deltacache::telemetry::METRICS
+        .iter()
+        .map(|(name, _, _)| *name)
+        .collect();
+    let mut problems = Vec::new();
+    let mut used = std::collections::BTreeSet::new();
+    for (path, text) in files {
+        if path.ends_with("telemetry.rs") {
+            continue;
+        }
+        for (line, name) in metric_names_in(text) {
+            if !described.contains(&name.as_str()) {
+                problems.push(format!(
+                    "src/{}:{line}: metric {name} is not in telemetry::METRICS: add it with its HELP text",
+                    path.display()
+                ));
+            }
+            used.insert(name);
+        }
+    }
+    for name in described {
+        if !used.contains(name) {
+            problems.push(format!(
+                "src/telemetry.rs: {name} is described in METRICS but no code sets it: remove it"
+            ));
+        }
+        if !readme.contains(&format!("`{name}")) {
+            problems.push(format!(
+                "README.md: metric {name} is not in the metrics list (\"## Operations\"): add it"
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn metrics_are_described_and_documented() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let problems = undocumented_metrics(&source_files(), &readme);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn an_undescribed_metric_is_named_with_its_file_and_line() {
+    let files = vec![(
+        PathBuf::from("x.rs"),
+        "//! x\nfn f() {\n    metrics::counter!(\"deltacache_made_up_total\").increment(1);\n}\n"
+            .to_owned(),
+    )];
+    let problems = undocumented_metrics(&files, "");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("src/x.rs:3: metric deltacache_made_up_total")),
+        "{problems:?}"
+    );
 }
 
 #[test]
