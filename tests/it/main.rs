@@ -21,3 +21,4 @@ mod support;
 mod sync;
 mod tidy;
 mod trust;
+mod walkthrough;
