@@ -50,7 +50,8 @@ built with --stop-words none, scikit-learn's own default).
 
 Options:
   --out DIR        output directory [default: target/bench]
-  --corpora LIST   corpora to measure, of 10k, 200k, 10k-heavy, 200k-heavy [default: 10k,200k]
+  --corpora LIST   corpora to measure, of 10k, 200k, 10k-heavy, 200k-heavy, or none
+                   (with --serve-1m: the 1m figures alone) [default: 10k,200k]
   --peer           also serve each corpus with scripts/peer_service.py and measure /search
                    against it, interleaved (see above)
   --search-only    measure /search only (no /items, no redis)
@@ -131,7 +132,8 @@ done
 if [[ $QUICK -eq 1 ]]; then
     DURATION=2 RUNS=1 SKIP_1M=1 REDIS_REQUESTS=50000 CORPORA=10k
 fi
-IFS=, read -r -a CORPUS_LIST <<<"$CORPORA"
+CORPUS_LIST=()
+[[ $CORPORA == none ]] || IFS=, read -r -a CORPUS_LIST <<<"$CORPORA"
 for value in "${CORPUS_LIST[@]}"; do
     [[ $value =~ ^(10k|200k)(-heavy)?$ ]] \
         || { echo "bench.sh: --corpora takes 10k, 200k, 10k-heavy, 200k-heavy; got '$value'" >&2; exit 2; }
@@ -792,8 +794,9 @@ print(f'{s:.2f}')" "$wall")
         start_server 1m "$OUT_DIR/bundle-1m"
         record serve 1m - rss_mb_ready "$(server_rss_mb)"
         log "POST /search, 1m"
-        run_wrk 1m search 1 1 scripts/wrk_search.lua "$QUERIES" 10
-        run_wrk 1m search 2 32 scripts/wrk_search.lua "$QUERIES" 10
+        # This tree's binary alone (no --compare-binary or peer server at 1m).
+        COMPARE_BIN="" run_wrk 1m search 1 1 scripts/wrk_search.lua "$QUERIES" 10
+        COMPARE_BIN="" run_wrk 1m search 2 32 scripts/wrk_search.lua "$QUERIES" 10
         record serve 1m - rss_mb_after "$(server_rss_mb)"
         record serve 1m - peak_rss_mb "$(awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status")"
         stop_pid "$SERVER_PID"

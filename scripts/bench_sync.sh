@@ -21,7 +21,8 @@
 # With --leveldb-bound, each boot run of this tree's binary is followed by the LevelDB bound of
 # its apply (`cargo bench --bench leveldb_bound`: the same D deltas' records as plain
 # rusty-leveldb write batches, one per delta, into a clone of the bundle's db) and the ratio
-# apply rate / loop rate is printed (goal: >= 0.5). --boot-only skips part 2.
+# apply rate / loop rate is printed (goal: >= 0.5); LEVELDB_BOUND_BIN=PATH runs that bench's
+# executable as already built instead of through cargo. --boot-only skips part 2.
 set -euo pipefail
 
 ITEMS=1000000
@@ -46,7 +47,7 @@ while [[ $# -gt 0 ]]; do
         --label) MAIN_LABEL=$2; shift 2 ;;
         --leveldb-bound) LEVELDB_BOUND=1; shift ;;
         --boot-only) BOOT_ONLY=1; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -167,16 +168,21 @@ leveldb_bound_once() {
     local run=$1 changes line bound
     changes=$(for d in $(seq 1 "$DELTAS"); do printf '%s,' "$OUT/changes-$d.jsonl"; done)
     line=$(DELTACACHE_BENCH_DB=$BUNDLE/db DELTACACHE_BENCH_CHANGES=${changes%,} \
-        cargo bench --quiet --locked --bench leveldb_bound 2>"$OUT/leveldb-bound.err" | grep '^leveldb_bound:') \
-        || { cat "$OUT/leveldb-bound.err" >&2; echo "cargo bench --bench leveldb_bound failed" >&2; exit 1; }
+        "${BOUND_CMD[@]}" 2>"$OUT/leveldb-bound.err" | grep '^leveldb_bound:') \
+        || { cat "$OUT/leveldb-bound.err" >&2; echo "${BOUND_CMD[*]} failed" >&2; exit 1; }
     bound=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$line")
     echo "run $run: $line; apply ${APPLY_S}s: apply rate / loop rate = $(python3 -c "print(round($bound / $APPLY_S, 3))")"
     record bound "${MAIN_LABEL}" leveldb_loop_s "$bound"
     record bound "${MAIN_LABEL}" apply_s "$APPLY_S"
     record bound "${MAIN_LABEL}" apply_over_loop_rate "$(python3 -c "print(round($bound / $APPLY_S, 3))")"
 }
+if [[ -n ${LEVELDB_BOUND_BIN:-} ]]; then
+    BOUND_CMD=("$LEVELDB_BOUND_BIN")
+else
+    BOUND_CMD=(cargo bench --quiet --locked --bench leveldb_bound)
+fi
 if [[ $LEVELDB_BOUND == 1 ]]; then
-    cargo bench --quiet --locked --bench leveldb_bound --no-run 2>/dev/null \
+    [[ -n ${LEVELDB_BOUND_BIN:-} ]] || cargo bench --quiet --locked --bench leveldb_bound --no-run 2>/dev/null \
         || { echo "cargo bench --bench leveldb_bound --no-run failed" >&2; exit 1; }
     [[ -f $OUT/changes-$DELTAS.jsonl ]] \
         || { echo "--leveldb-bound needs $OUT/changes-*.jsonl: remove $STORE/done to publish them again" >&2; exit 1; }
