@@ -20,6 +20,9 @@ use std::io::BufRead;
 use std::path::Path;
 use std::time::Instant;
 
+/// One record of a delta: an item key and its new JSON, or `None` for a delete.
+type Record = (Vec<u8>, Option<Vec<u8>>);
+
 fn clone_db(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -49,7 +52,7 @@ fn main() {
         .map(str::to_owned)
         .collect();
     // Decoded before the clock starts, as apply's records are decoded by fetch + verify.
-    let deltas: Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>> = changes
+    let deltas: Vec<Vec<Record>> = changes
         .iter()
         .map(|path| {
             let file = std::fs::File::open(path)
