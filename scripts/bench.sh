@@ -36,8 +36,30 @@ see the same background load. The summary adds a table of each figure's median f
 binaries and their ratio (this tree's ÷ the other's). The other binary must read this
 tree's bundle format and db schema; it only serves (stages and builds are this tree's).
 
+With --peer, each corpus is also served by scripts/peer_service.py, the original design's
+query path in Python (scikit-learn TfidfVectorizer fitted on the same items with the same
+settings, exact cosine top-k with numpy/scipy, plyvel LevelDB for metadata, gunicorn with 2
+gthread workers), and every /search run of deltacache is followed by the same run against
+it; the summary adds the ratios deltacache / peer. Its Python packages are installed into a
+venv at target/peer-venv the first time (pip; plyvel's wheel carries LevelDB).
+
+Corpora (--corpora, comma-separated): 10k and 200k (gen_corpus.py's catalogue vocabulary,
+bundle with build-base's defaults: English stop words removed), 10k-heavy and 200k-heavy
+(gen_corpus.py --vocab heavy: far more frequent head words, 2-word queries; bundle and peer
+built with --stop-words none, scikit-learn's own default).
+
 Options:
   --out DIR        output directory [default: target/bench]
+  --corpora LIST   corpora to measure, of 10k, 200k, 10k-heavy, 200k-heavy, or none
+                   (with --serve-1m: the 1m figures alone) [default: 10k,200k]
+  --peer           also serve each corpus with scripts/peer_service.py and measure /search
+                   against it, interleaved (see above)
+  --search-only    measure /search only (no /items, no redis)
+  --serve-1m       after the 1,000,000-item build, serve that bundle: /search p50 and p99 at
+                   c=1, req/s at c=32, and the server's peak RSS (VmHWM)
+  --flame-dir DIR  with --profile, also write a CPU flame graph (SVG) of each profiled
+                   /search run there (needs inferno-collapse-perf and inferno-flamegraph:
+                   cargo install inferno)
   --duration SECS  seconds per wrk run [default: 10]
   --runs N         runs per configuration; the median is reported [default: 3]
   --seed S         corpus seed [default: 42]
@@ -48,8 +70,9 @@ Options:
   --skip-stages    skip the in-process stage timings (cargo bench)
   --no-build       use target/release/deltacache as it is (default: cargo build --release)
   --profile        also profile the server (perf record, software clock) during one extra
-                   c32 run of /search and of /items on the 10k corpus, and split its CPU
-                   time into buckets with scripts/perf_buckets.py (needs perf)
+                   c32 run of /search on every corpus (and of /items on 10k unless
+                   --search-only; with --compare-binary, both binaries), and split its
+                   CPU time into buckets with scripts/perf_buckets.py (needs perf)
   --quick          check the harness: 10,000 items only, 1 run of 2 s, no 1m build
   --compare-binary PATH  also measure this deltacache binary, interleaved (see above)
   --compare-label NAME   name of the --compare-binary figures [default: old]
@@ -76,6 +99,11 @@ PROFILE=0
 COMPARE_BIN=""
 COMPARE_LABEL=old
 MAIN_LABEL=new
+CORPORA=10k,200k
+PEER=0
+SEARCH_ONLY=0
+SERVE_1M=0
+FLAME_DIR=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT_DIR=${2:?--out needs a directory}; shift 2 ;;
@@ -92,13 +120,25 @@ while [[ $# -gt 0 ]]; do
         --compare-binary) COMPARE_BIN=${2:?--compare-binary needs a path}; shift 2 ;;
         --compare-label) COMPARE_LABEL=${2:?--compare-label needs a name}; shift 2 ;;
         --label) MAIN_LABEL=${2:?--label needs a name}; shift 2 ;;
+        --corpora) CORPORA=${2:?--corpora needs a list}; shift 2 ;;
+        --peer) PEER=1; shift ;;
+        --search-only) SEARCH_ONLY=1; shift ;;
+        --serve-1m) SERVE_1M=1; shift ;;
+        --flame-dir) FLAME_DIR=${2:?--flame-dir needs a directory}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 if [[ $QUICK -eq 1 ]]; then
-    DURATION=2 RUNS=1 SKIP_1M=1 REDIS_REQUESTS=50000
+    DURATION=2 RUNS=1 SKIP_1M=1 REDIS_REQUESTS=50000 CORPORA=10k
 fi
+CORPUS_LIST=()
+[[ $CORPORA == none ]] || IFS=, read -r -a CORPUS_LIST <<<"$CORPORA"
+for value in "${CORPUS_LIST[@]}"; do
+    [[ $value =~ ^(10k|200k)(-heavy)?$ ]] \
+        || { echo "bench.sh: --corpora takes 10k, 200k, 10k-heavy, 200k-heavy; got '$value'" >&2; exit 2; }
+done
+[[ $SERVE_1M -eq 0 || $SKIP_1M -eq 0 ]] || { echo "bench.sh: --serve-1m needs the 1m build (drop --skip-1m)" >&2; exit 2; }
 [[ $WAIT_IDLE =~ ^[0-9]+$ ]] || { echo "bench.sh: --wait-idle expects whole seconds, got '$WAIT_IDLE'" >&2; exit 2; }
 for value in "$DURATION" "$RUNS" "$SEED" "$REDIS_REQUESTS"; do
     [[ $value =~ ^[0-9]+$ && $value -gt 0 ]] || { echo "bench.sh: expected a positive whole number, got '$value'" >&2; exit 2; }
@@ -130,6 +170,13 @@ need redis-server "install Redis (Debian: apt-get install redis-server redis-too
 need redis-cli "install Redis tools (Debian: apt-get install redis-tools)"
 need redis-benchmark "install Redis tools (Debian: apt-get install redis-tools)"
 need cargo "install the Rust toolchain (https://rustup.rs)"
+if [[ -n $FLAME_DIR ]]; then
+    [[ $PROFILE -eq 1 ]] || die "--flame-dir needs --profile"
+    need inferno-collapse-perf "cargo install inferno (outside the repo), or drop --flame-dir"
+    need inferno-flamegraph "cargo install inferno (outside the repo), or drop --flame-dir"
+    mkdir -p "$FLAME_DIR"
+    FLAME_DIR=$(cd "$FLAME_DIR" && pwd)
+fi
 if [[ $PROFILE -eq 1 ]]; then
     need perf "install perf (Debian: apt-get install linux-perf), or drop --profile"
     perf record -e cpu-clock -o /dev/null -- true >/dev/null 2>&1 \
@@ -150,6 +197,7 @@ RESULTS_MD=$OUT_DIR/results.md
 # --- processes we start, stopped on exit -----------------------------------------------
 SERVER_PID=""
 COMPARE_PID=""
+PEER_PID=""
 REDIS_PID=""
 stop_pid() {
     local pid=$1
@@ -168,6 +216,7 @@ stop_pid() {
 cleanup() {
     stop_pid "$SERVER_PID"; SERVER_PID=""
     stop_pid "$COMPARE_PID"; COMPARE_PID=""
+    stop_pid "$PEER_PID"; PEER_PID=""
     stop_pid "$REDIS_PID"; REDIS_PID=""
 }
 trap cleanup EXIT
@@ -195,18 +244,22 @@ rows.sort()
 print(rows[len(rows) // 2][1])
 EOF
 }
-# cpu_run PID OUTFILE CMD...: runs CMD (output to OUTFILE) and prints, in cores (CPU-seconds
-# per second of wall time), what the server PID, CMD itself, and everything else on the
-# machine used meanwhile: "server_cores=.. client_cores=.. other_cores=..". Exits as CMD did.
+# cpu_run PIDS OUTFILE CMD...: runs CMD (output to OUTFILE) and prints, in cores (CPU-seconds
+# per second of wall time), what the server PIDS (comma-separated: a process and its workers),
+# CMD itself, and everything else on the machine used meanwhile: "server_cores=..
+# client_cores=.. other_cores=..". Exits as CMD did.
 cpu_run() {
     python3 - "$@" <<'EOF'
 import os, resource, subprocess, sys, time
-pid, outfile, cmd = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+pids, outfile, cmd = [int(p) for p in sys.argv[1].split(",")], sys.argv[2], sys.argv[3:]
 tick = os.sysconf("SC_CLK_TCK")
-def proc_cpu(p):
-    with open(f"/proc/{p}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / tick
+def proc_cpu(ps):
+    total = 0
+    for p in ps:
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
 def machine_busy():
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
@@ -214,10 +267,10 @@ def machine_busy():
 def children_cpu():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-s0, m0, c0, t0 = proc_cpu(pid), machine_busy(), children_cpu(), time.monotonic()
+s0, m0, c0, t0 = proc_cpu(pids), machine_busy(), children_cpu(), time.monotonic()
 with open(outfile, "w") as out:
     rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
-s1, m1, c1, t1 = proc_cpu(pid), machine_busy(), children_cpu(), time.monotonic()
+s1, m1, c1, t1 = proc_cpu(pids), machine_busy(), children_cpu(), time.monotonic()
 wall = t1 - t0
 server, client, machine = (s1 - s0) / wall, (c1 - c0) / wall, (m1 - m0) / wall
 print(f"server_cores={server:.2f} client_cores={client:.2f} other_cores={max(machine - server - client, 0):.2f}")
@@ -285,29 +338,31 @@ record meta all - loadavg_start "$(cut -d' ' -f1 /proc/loadavg)"
 record meta all - runs "$RUNS"
 
 # --- corpora and bundles -------------------------------------------------------------------
-# gen_corpus.py is deterministic in (--n, --seed, --queries): reuse files made with the same.
+# gen_corpus.py is deterministic in (--n, --seed, --queries, --vocab): reuse files made with
+# the same.
 gen_corpus() {
-    local n=$1 items=$2 queries=$3
+    local n=$1 items=$2 queries=$3 vocab=${4:-catalogue}
     local stamp="$items.stamp" gen_digest want
     gen_digest=$(sha256sum scripts/gen_corpus.py | cut -c1-16)
-    want="n=$n seed=$SEED queries=1000 gen=$gen_digest"
+    want="n=$n seed=$SEED queries=1000 vocab=$vocab gen=$gen_digest"
     if [[ -s $items && -s $queries && -f $stamp && $(cat "$stamp") == "$want" ]]; then
         log "corpus of $n items: reusing $items"
         return
     fi
-    log "generating a corpus of $n items (seed $SEED)"
+    log "generating a corpus of $n items (seed $SEED, vocabulary $vocab)"
     python3 scripts/gen_corpus.py --n "$n" --seed "$SEED" --out "$items" \
-        --queries 1000 --queries-out "$queries"
+        --queries 1000 --queries-out "$queries" --vocab "$vocab"
     echo "$want" >"$stamp"
 }
 
 build_bundle() {
-    local label=$1 items=$2 bundle=$3
+    local label=$1 items=$2 bundle=$3 stop_words=${4:-english}
     rm -rf "$bundle"
-    log "build-base $label -> $bundle"
+    log "build-base $label --stop-words $stop_words -> $bundle"
     local t0 t1
     t0=$(now)
-    "$BIN" build-base --input "$items" --out "$bundle" >"$OUT_DIR/build-$label.log" 2>&1 \
+    "$BIN" build-base --input "$items" --out "$bundle" --stop-words "$stop_words" \
+        >"$OUT_DIR/build-$label.log" 2>&1 \
         || { cat "$OUT_DIR/build-$label.log" >&2; die "build-base of $label failed"; }
     t1=$(now)
     local secs
@@ -353,6 +408,67 @@ start_server() {
     curl -sf "$SERVER_URL/items/item-000001" >/dev/null || die "GET /items/item-000001 failed"
 }
 
+# --- the Python peer (scripts/peer_service.py) -------------------------------------------
+PEER_PY=$REPO/target/peer-venv/bin/python
+# The versions the BENCHMARKS.md figures were measured with.
+PEER_PACKAGES=(scikit-learn==1.9.1 numpy==2.4.6 scipy==1.17.1 plyvel==1.5.1 gunicorn==27.0.1)
+peer_venv() {
+    if ! { [[ -x $PEER_PY ]] && "$PEER_PY" -c 'import sklearn, numpy, scipy, plyvel, gunicorn' 2>/dev/null; }; then
+        log "installing ${PEER_PACKAGES[*]} into target/peer-venv"
+        python3 -m venv "$REPO/target/peer-venv" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+        "$PEER_PY" -m pip install -q "${PEER_PACKAGES[@]}" \
+            || die "pip install of the peer's packages failed (plyvel without a wheel needs: apt-get install libleveldb-dev)"
+    fi
+    record meta all - peer_packages "$("$PEER_PY" -m pip list 2>/dev/null | awk '$1 ~ /^(scikit-learn|numpy|scipy|plyvel|gunicorn)$/ {printf "%s %s; ", $1, $2}')"
+}
+
+# start_peer LABEL ITEMS STOP_WORDS: builds the peer's model and LevelDB from ITEMS (timed)
+# and serves it on a free port; sets PEER_PID and PEER_URL.
+start_peer() {
+    local label=$1 items=$2 stop_words=$3
+    local dir=$OUT_DIR/peer-$label port t0
+    t0=$(now)
+    log "peer: fitting TfidfVectorizer (stop words $stop_words) and writing plyvel LevelDB, $label"
+    "$PEER_PY" scripts/peer_service.py build --items "$items" --out "$dir" --stop-words "$stop_words" \
+        >"$OUT_DIR/peer-build-$label.log" 2>&1 || { cat "$OUT_DIR/peer-build-$label.log" >&2; die "peer build failed"; }
+    record build "$label" - peer_seconds "$(elapsed "$t0" "$(now)")"
+    port=$(free_port)
+    "$PEER_PY" scripts/peer_service.py serve --dir "$dir" --listen "127.0.0.1:$port" --workers 2 --threads 4 \
+        >"$OUT_DIR/peer-$label.out" 2>"$OUT_DIR/peer-$label.err" &
+    PEER_PID=$!
+    PEER_URL=http://127.0.0.1:$port
+    local waited=0
+    until [[ $(curl -s -o /dev/null -w '%{http_code}' "$PEER_URL/readyz" || true) == 200 ]]; do
+        kill -0 "$PEER_PID" 2>/dev/null || { cat "$OUT_DIR/peer-$label.err" >&2; die "the peer exited early (log above)"; }
+        waited=$((waited + 1))
+        ((waited <= 1200)) || die "the peer is not ready after 120 s"
+        sleep 0.1
+    done
+    # Both workers load the model on their first request: warm them before measuring.
+    wrk -t2 -c8 -d2s -s scripts/wrk_search.lua "$PEER_URL" -- "$QUERIES" 10 >/dev/null 2>&1 || true
+    # Same answer as deltacache for the first query (top hit), or say so.
+    local body ours theirs
+    body=$(python3 -c 'import json,sys; print(json.dumps({"query_text": sys.argv[1], "top_k": 10}))' "$(head -1 "$QUERIES")")
+    ours=$(curl -sf -X POST -H 'Content-Type: application/json' --data "$body" "$SERVER_URL/search" \
+        | python3 -c 'import json,sys; print(" ".join(r["id"] for r in json.load(sys.stdin)["results"]))')
+    theirs=$(curl -sf -X POST -H 'Content-Type: application/json' --data "$body" "$PEER_URL/search" \
+        | python3 -c 'import json,sys; print(" ".join(r["id"] for r in json.load(sys.stdin)["results"]))') \
+        || die "the peer's POST /search failed"
+    if [[ $ours == "$theirs" ]]; then
+        record peer "$label" - same_top10_first_query yes
+    else
+        log "  WARNING: the peer's top 10 for the first query differ from deltacache's (ties?): $theirs vs $ours"
+        record peer "$label" - same_top10_first_query no
+    fi
+}
+
+# peer_pids: the peer's gunicorn master and its workers, comma-separated.
+peer_pids() {
+    local kids
+    kids=$(cat /proc/"$PEER_PID"/task/*/children 2>/dev/null | tr -s ' \n' ',' | sed 's/,$//')
+    echo "$PEER_PID${kids:+,$kids}"
+}
+
 server_rss_mb() { # server_rss_mb [PID]
     awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/${1:-$SERVER_PID}/status"
 }
@@ -377,6 +493,9 @@ wrk_once() {
     local pid=$SERVER_PID url=$SERVER_URL who=""
     if [[ $1 == --compare ]]; then
         pid=$COMPARE_PID url=$COMPARE_URL who="$COMPARE_LABEL "
+        shift
+    elif [[ $1 == --peer ]]; then
+        pid=$(peer_pids) url=$PEER_URL who="peer "
         shift
     elif [[ -n $COMPARE_BIN ]]; then
         who="$MAIN_LABEL "
@@ -416,14 +535,21 @@ record_runs() {
 
 # run_wrk LABEL NAME THREADS CONNS SCRIPT ARGS...: RUNS runs, records the median run. With
 # --compare-binary, each run is followed by one against that binary's server, recorded as
-# bench NAME-compare.
+# bench NAME-compare; with a peer running (PEER_PID), by one against the peer, recorded as
+# bench NAME-peer.
 run_wrk() {
     local label=$1 name=$2 conns=$4
-    local lines=() others=() i
+    local lines=() others=() peers=() i
     for ((i = 1; i <= RUNS; i++)); do
         lines+=("$(wrk_once "$@")")
         [[ -z $COMPARE_BIN ]] || others+=("$(wrk_once --compare "$@")")
+        [[ -z $PEER_PID ]] || peers+=("$(wrk_once --peer "$@")")
     done
+    if [[ -n $PEER_PID ]]; then
+        record_median "$name-peer" "$label" "c$conns" "${peers[@]}"
+        record_runs "$name-peer" "$label" "c$conns" "${peers[@]}"
+        record_runs "$name" "$label" "c$conns" "${lines[@]}"
+    fi
     record_median "$name" "$label" "c$conns" "${lines[@]}"
     if [[ -n $COMPARE_BIN ]]; then
         record_runs "$name" "$label" "c$conns" "${lines[@]}"
@@ -432,28 +558,50 @@ run_wrk() {
     fi
 }
 
-# profile_wrk LABEL NAME SCRIPT ARGS...: one c32 run under perf record, split into buckets.
+# profile_wrk [--compare] LABEL NAME SCRIPT ARGS...: one c32 run under perf record (of the
+# --compare-binary's server with --compare), split into buckets; with --flame-dir, also a
+# flame graph FLAME_DIR/NAME-LABEL[-COMPARE_LABEL].svg.
 profile_wrk() {
+    local pid=$SERVER_PID url=$SERVER_URL tag=""
+    if [[ $1 == --compare ]]; then
+        pid=$COMPARE_PID url=$COMPARE_URL tag=-$COMPARE_LABEL
+        shift
+    elif [[ -n $COMPARE_BIN ]]; then
+        tag=-$MAIN_LABEL
+    fi
     local label=$1 name=$2 script=$3
     shift 3
-    local data=$OUT_DIR/perf-$label-$name.data secs=$((DURATION < 8 ? DURATION : 8))
-    log "  profiling $name c32 for $secs s (perf record -e cpu-clock)"
-    perf record -q -F 499 -e cpu-clock --call-graph dwarf,8192 -p "$SERVER_PID" -o "$data" \
-        -- sleep "$secs" >"$OUT_DIR/perf-$label-$name.log" 2>&1 &
+    local base=$OUT_DIR/perf-$label-$name$tag secs=$((DURATION < 8 ? DURATION : 8))
+    log "  profiling $name$tag c32 for $secs s (perf record -e cpu-clock)"
+    # A warm-up second, so perf sees the steady state.
+    wrk -t2 -c32 -d1s --timeout 5s -s "$script" "$url" -- "$@" >/dev/null 2>&1 || true
+    perf record -q -F 499 -e cpu-clock --call-graph dwarf,8192 -p "$pid" -o "$base.data" \
+        -- sleep "$secs" >"$base.log" 2>&1 &
     local perf_pid=$!
-    wrk -t2 -c32 -d"$((secs + 1))s" --timeout 5s -s "$script" "$SERVER_URL" -- "$@" \
-        >>"$OUT_DIR/perf-$label-$name.log" 2>&1 || die "wrk failed while profiling"
-    wait "$perf_pid" || die "perf record failed (see $OUT_DIR/perf-$label-$name.log)"
-    perf script -i "$data" 2>/dev/null >"$OUT_DIR/perf-$label-$name.txt"
+    local cpu
+    cpu=$(cpu_run "$pid" "$base.wrk" \
+        wrk -t2 -c32 -d"$((secs + 1))s" --timeout 5s -s "$script" "$url" -- "$@") \
+        || die "wrk failed while profiling"
+    cat "$base.wrk" >>"$base.log"
+    wait "$perf_pid" || die "perf record failed (see $base.log)"
+    record profile "$label" "$name$tag" wrk_rps "$(field rps "$(grep '^WRK_RESULT' "$base.wrk")")"
+    record profile "$label" "$name$tag" server_cores "$(field server_cores " $cpu")"
+    perf script -i "$base.data" 2>/dev/null >"$base.txt"
     local pct bucket_name
     while IFS=$'\t' read -r pct bucket_name; do
         if [[ $pct == samples ]]; then
-            record profile "$label" "$name" samples "$bucket_name"
+            record profile "$label" "$name$tag" samples "$bucket_name"
         else
-            record profile "$label" "$name" "$bucket_name" "$pct"
+            record profile "$label" "$name$tag" "$bucket_name" "$pct"
         fi
-    done < <(python3 scripts/perf_buckets.py "$OUT_DIR/perf-$label-$name.txt")
-    rm -f "$data" "$OUT_DIR/perf-$label-$name.txt"
+    done < <(python3 scripts/perf_buckets.py "$base.txt")
+    if [[ -n $FLAME_DIR ]]; then
+        inferno-collapse-perf <"$base.txt" >"$base.folded" || die "inferno-collapse-perf failed"
+        inferno-flamegraph --title "deltacache POST /search, $label items, c32 ($name$tag; perf -e cpu-clock)" \
+            <"$base.folded" >"$FLAME_DIR/$name-$label$tag.svg" || die "inferno-flamegraph failed"
+        log "  flame graph: $FLAME_DIR/$name-$label$tag.svg"
+    fi
+    rm -f "$base.data" "$base.txt"
 }
 
 # --- redis -----------------------------------------------------------------------------------
@@ -542,13 +690,21 @@ items_vs_redis() {
 }
 
 # --- one corpus --------------------------------------------------------------------------
+# bench_corpus LABEL: LABEL is 10k, 200k, 10k-heavy or 200k-heavy.
 bench_corpus() {
-    local label=$1 n=$2
+    local label=$1 n vocab=catalogue stop_words=english
+    case ${label%-heavy} in
+        10k) n=10000 ;;
+        200k) n=200000 ;;
+    esac
+    if [[ $label == *-heavy ]]; then
+        vocab=heavy stop_words=none
+    fi
     ITEMS=$OUT_DIR/items-$label.jsonl
     QUERIES=$OUT_DIR/queries-$label.txt
     BUNDLE=$OUT_DIR/bundle-$label
-    gen_corpus "$n" "$ITEMS" "$QUERIES"
-    build_bundle "$label" "$ITEMS" "$BUNDLE"
+    gen_corpus "$n" "$ITEMS" "$QUERIES" "$vocab"
+    build_bundle "$label" "$ITEMS" "$BUNDLE" "$stop_words"
 
     if [[ -n $COMPARE_BIN ]]; then
         # The same bundle, served by the other binary on its own state dir and port.
@@ -559,24 +715,34 @@ bench_corpus() {
     fi
     start_server "$label" "$BUNDLE"
     record serve "$label" - rss_mb_ready "$(server_rss_mb)"
+    [[ $PEER -eq 0 ]] || start_peer "$label" "$ITEMS" "$stop_words"
     log "POST /search, $label"
     run_wrk "$label" search 1 1 scripts/wrk_search.lua "$QUERIES" 10
     run_wrk "$label" search 2 32 scripts/wrk_search.lua "$QUERIES" 10
-    start_redis "$label" "$ITEMS" "$n"
-    log "GET /items/{id} and redis GET, $label (runs interleaved)"
-    items_vs_redis "$label" "$n" 1 1 $((REDIS_REQUESTS / 4))
-    items_vs_redis "$label" "$n" 32 2 "$REDIS_REQUESTS"
-    stop_pid "$REDIS_PID"
-    REDIS_PID=""
+    if [[ -n $PEER_PID ]]; then
+        stop_pid "$PEER_PID"
+        PEER_PID=""
+    fi
+    if [[ $SEARCH_ONLY -eq 0 ]]; then
+        start_redis "$label" "$ITEMS" "$n"
+        log "GET /items/{id} and redis GET, $label (runs interleaved)"
+        items_vs_redis "$label" "$n" 1 1 $((REDIS_REQUESTS / 4))
+        items_vs_redis "$label" "$n" 32 2 "$REDIS_REQUESTS"
+        stop_pid "$REDIS_PID"
+        REDIS_PID=""
+    fi
     record serve "$label" - rss_mb_after "$(server_rss_mb)"
+    if [[ $PROFILE -eq 1 ]]; then
+        profile_wrk "$label" search scripts/wrk_search.lua "$QUERIES" 10
+        [[ -z $COMPARE_BIN ]] || profile_wrk --compare "$label" search scripts/wrk_search.lua "$QUERIES" 10
+        if [[ $label == 10k && $SEARCH_ONLY -eq 0 ]]; then
+            profile_wrk "$label" items scripts/wrk_items.lua "$n" "$SEED"
+        fi
+    fi
     if [[ -n $COMPARE_BIN ]]; then
         record serve-compare "$label" - rss_mb_after "$(server_rss_mb "$COMPARE_PID")"
         stop_pid "$COMPARE_PID"
         COMPARE_PID=""
-    fi
-    if [[ $PROFILE -eq 1 && $label == 10k ]]; then
-        profile_wrk "$label" search scripts/wrk_search.lua "$QUERIES" 10
-        profile_wrk "$label" items scripts/wrk_items.lua "$n" "$SEED"
     fi
     stop_pid "$SERVER_PID"
     SERVER_PID=""
@@ -596,8 +762,10 @@ bench_corpus() {
 }
 
 START=$(now)
-bench_corpus 10k 10000
-[[ $QUICK -eq 1 ]] || bench_corpus 200k 200000
+[[ $PEER -eq 0 ]] || peer_venv
+for corpus in "${CORPUS_LIST[@]}"; do
+    bench_corpus "$corpus"
+done
 
 if [[ $SKIP_1M -eq 0 ]]; then
     items=$OUT_DIR/items-1m.jsonl
@@ -621,6 +789,19 @@ print(f'{s:.2f}')" "$wall")
     record build 1m - system_s "$(awk -F': ' '/System time/ {print $2}' "$OUT_DIR/build-1m.time")"
     record build 1m - bundle_mb "$(du -sm "$OUT_DIR/bundle-1m" | cut -f1)"
     record build 1m - stages "$(tail -1 "$OUT_DIR/build-1m.log" | sed -n 's/.*(\(.*\))$/\1/p')"
+    if [[ $SERVE_1M -eq 1 ]]; then
+        QUERIES=$OUT_DIR/queries-1m.txt
+        start_server 1m "$OUT_DIR/bundle-1m"
+        record serve 1m - rss_mb_ready "$(server_rss_mb)"
+        log "POST /search, 1m"
+        # This tree's binary alone (no --compare-binary or peer server at 1m).
+        COMPARE_BIN="" run_wrk 1m search 1 1 scripts/wrk_search.lua "$QUERIES" 10
+        COMPARE_BIN="" run_wrk 1m search 2 32 scripts/wrk_search.lua "$QUERIES" 10
+        record serve 1m - rss_mb_after "$(server_rss_mb)"
+        record serve 1m - peak_rss_mb "$(awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status")"
+        stop_pid "$SERVER_PID"
+        SERVER_PID=""
+    fi
 fi
 record meta all - loadavg_end "$(cut -d' ' -f1 /proc/loadavg)"
 record meta all - total_s "$(elapsed "$START" "$(now)")"
@@ -667,7 +848,8 @@ if old:
           "runs interleaved")
 print()
 
-corpora = [c for c in ("10k", "200k") if ("build", c, "-") in v]
+ALL_CORPORA = ("10k", "200k", "10k-heavy", "200k-heavy", "1m")
+corpora = [c for c in ALL_CORPORA if ("build", c, "-") in v]
 
 print("## HTTP (wrk on the same machine)\n")
 print("Cores: CPU-seconds per second used during the median run by the server, by the load")
@@ -681,6 +863,7 @@ endpoints = [("search", "POST /search top_k=10"), ("items", "GET /items/{id}")]
 if old:
     endpoints = [(bench + suffix, f"{name} [{label}]") for bench, name in endpoints
                  for suffix, label in (("", new), ("-compare", old))]
+endpoints.insert(1, ("search-peer", "POST /search top_k=10 [Python peer]"))
 for c in corpora:
     for bench, name in endpoints + [("redis_get", "redis GET (redis-benchmark)")]:
         for conf in ("c1", "c32"):
@@ -731,30 +914,69 @@ if old:
                 print(f"| {c} | {name} | {conf[1:]} | " + " | ".join(cells) + f" | {pairs} |")
     print()
 
+def med(bench, c, conf, metric):
+    xs = runs(bench, c, conf, metric)
+    return statistics.median(xs) if xs else None
+
+def cpu_med(bench, c, conf):
+    xs = [cores / rps * 1e6 for cores, rps in
+          zip(runs(bench, c, conf, "server_cores"), runs(bench, c, conf, "rps"))]
+    return statistics.median(xs) if xs else None
+
+peer_corpora = [c for c in corpora if ("search-peer", c, "c32") in v]
+if peer_corpora:
+    print("## deltacache vs the Python peer (scripts/peer_service.py)\n")
+    print("The same bundle's items, the same wrk request stream; each deltacache run followed by")
+    print("the same run against the peer. Medians over the runs, figure by figure; ratio =")
+    print("deltacache / peer for req/s, peer / deltacache for p50 and CPU (how many times better).")
+    print(f"Peer: {meta.get('peer_packages', '-')}gunicorn 2 gthread workers x 4 threads.\n")
+    print("| corpus | req/s c32 deltacache | peer | ratio | p50 ms c1 deltacache | peer | ratio "
+          "| server µs/req c32 deltacache | peer | ratio | req/s c32 pair ratios |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for c in peer_corpora:
+        a, b = med("search", c, "c32", "rps"), med("search-peer", c, "c32", "rps")
+        pa, pb = med("search", c, "c1", "p50_us"), med("search-peer", c, "c1", "p50_us")
+        ca, cb = cpu_med("search", c, "c32"), cpu_med("search-peer", c, "c32")
+        pairs = ", ".join(ratio(x, y) for x, y in
+                          zip(runs("search", c, "c32", "rps"), runs("search-peer", c, "c32", "rps")))
+        f = lambda x, spec: "-" if x is None else format(x, spec)
+        print(f"| {c} | {f(a, ',.0f')} | {f(b, ',.0f')} | {ratio(a, b)} | {f(pa and pa / 1000, '.3f')} "
+              f"| {f(pb and pb / 1000, '.3f')} | {ratio(pb, pa)} | {f(ca, '.0f')} | {f(cb, '.0f')} "
+              f"| {ratio(cb, ca)} | {pairs} |")
+    print()
+
 print("## Goals\n")
 print("| corpus | goal | measured | met |")
 print("|---|---|---:|---|")
+def yes(ok):
+    return "yes" if ok else "NO"
 for c in corpora:
-    factor = 1 if c == "10k" else 2
-    rps = num(get("search", c, "c32", "rps"))
-    goal = 25000 / factor
-    if rps is not None:
-        print(f"| {c} | /search c32 >= {goal:,.0f} req/s | {rps:,.0f} | {'yes' if rps >= goal else 'NO'} |")
+    if c == "1m":
+        continue
+    small = c.startswith("10k")
+    cpu = cpu_per_req(get("search", c, "c32", "server_cores"), num(get("search", c, "c32", "rps")))
+    goal = 40 if small else 60
+    if cpu != "-":
+        print(f"| {c} | /search server CPU <= {goal} µs/req (c32) | {cpu} µs | {yes(float(cpu) <= goal)} |")
     p50 = num(get("search", c, "c1", "p50_us"))
-    goal = 120 * factor
+    goal = 120 if small else 150
     if p50 is not None:
-        print(f"| {c} | /search c1 p50 <= {goal / 1000:.2f} ms | {p50 / 1000:.3f} ms | {'yes' if p50 <= goal else 'NO'} |")
-    ratio = num(get("items_vs_redis", c, "c32", "ratio_median"))
-    if ratio is not None:
-        print(f"| {c} | /items c32 >= 0.7 x redis GET | {ratio:.2f} x (median of run pairs "
-              f"{get('items_vs_redis', c, 'c32', 'ratios')}) | {'yes' if ratio >= 0.7 else 'NO'} |")
+        print(f"| {c} | /search c1 p50 <= {goal / 1000:.2f} ms | {p50 / 1000:.3f} ms | {yes(p50 <= goal)} |")
+    if c in peer_corpora:
+        r = med("search", c, "c32", "rps") / med("search-peer", c, "c32", "rps")
+        goal = 50 if small else 200
+        print(f"| {c} | /search c32 >= {goal} x the Python peer | {r:.1f} x | {yes(r >= goal)} |")
+    r = num(get("items_vs_redis", c, "c32", "ratio_median"))
+    if r is not None:
+        print(f"| {c} | /items c32 >= 0.8 x redis GET | {r:.2f} x (median of run pairs "
+              f"{get('items_vs_redis', c, 'c32', 'ratios')}) | {yes(r >= 0.8)} |")
 print()
 
 print("## Builds and memory\n")
 rss_old = f" | serve RSS MB ready / after load, {old}" if old else ""
 print(f"| corpus | build-base s | bundle MB | peak RSS MB (build) | serve RSS MB ready / after load{rss_old} |")
 print("|---|---:|---:|---:|---|" + ("---|" if old else ""))
-for c in ("10k", "200k", "1m"):
+for c in ALL_CORPORA:
     if ("build", c, "-") not in v:
         continue
     rss_old = (f" | {get('serve-compare', c, '-', 'rss_mb_ready')} / "
@@ -765,17 +987,20 @@ for c in ("10k", "200k", "1m"):
 if ("build", "1m", "-") in v:
     b = v[("build", "1m", "-")]
     print(f"\n1m build: user {b.get('user_s')} s, system {b.get('system_s')} s; stages: {b.get('stages')}")
+if ("serve", "1m", "-") in v:
+    print(f"\n1m serve: peak RSS (VmHWM) {get('serve', '1m', '-', 'peak_rss_mb')} MB after the /search runs")
 print()
 
-profiles = [(c, name) for c in corpora for name in ("search", "items") if ("profile", c, name) in v]
+profiles = [(c, name) for (bench, c, name) in v if bench == "profile"]
 for c, name in profiles:
-    buckets = v[("profile", c, name)]
-    print(f"## Server CPU profile, {name} at concurrency 32, {c} (perf, {buckets.get('samples')} samples)\n")
+    buckets = dict(v[("profile", c, name)])
+    rps, cores = num(buckets.pop("wrk_rps", "-")), num(buckets.pop("server_cores", "-"))
+    extra = f", {rps:,.0f} req/s, {cores / rps * 1e6:.0f} µs of server CPU per request" if rps and cores else ""
+    print(f"## Server CPU profile, {name} at concurrency 32, {c} (perf, {buckets.pop('samples', '-')} samples{extra})\n")
     print("| share of server CPU | where |")
     print("|---:|---|")
     for bucket, pct in sorted(buckets.items(), key=lambda kv: -float(kv[1])):
-        if bucket != "samples":
-            print(f"| {pct}% | {bucket} |")
+        print(f"| {pct}% | {bucket} |")
     print()
 
 for c in corpora:

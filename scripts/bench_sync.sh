@@ -3,6 +3,7 @@
 #
 #   scripts/bench_sync.sh [--items N] [--deltas D] [--changes C] [--out DIR] [--no-build]
 #                         [--compare-binary PATH [--compare-label NAME] [--label NAME]]
+#                         [--leveldb-bound] [--boot-only]
 #
 # 1. Boot to ready: an N-item bundle (default 1,000,000) plus D deltas (default 10) of C
 #    changes each (default 10,000) in a file:// store; `serve` is started on a fresh state dir
@@ -16,6 +17,12 @@
 # each binary on its own state dir and, in part 2, its own live store. Before each part-2
 # measurement the server is left to apply every delta already published. The medians of
 # each figure and their ratio (this tree's / PATH's) are printed at the end.
+#
+# With --leveldb-bound, each boot run of this tree's binary is followed by the LevelDB bound of
+# its apply (`cargo bench --bench leveldb_bound`: the same D deltas' records as plain
+# rusty-leveldb write batches, one per delta, into a clone of the bundle's db) and the ratio
+# apply rate / loop rate is printed (goal: >= 0.5); LEVELDB_BOUND_BIN=PATH runs that bench's
+# executable as already built instead of through cargo. --boot-only skips part 2.
 set -euo pipefail
 
 ITEMS=1000000
@@ -26,6 +33,8 @@ BUILD=1
 COMPARE_BIN=
 COMPARE_LABEL=old
 MAIN_LABEL=new
+LEVELDB_BOUND=0
+BOOT_ONLY=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --items) ITEMS=$2; shift 2 ;;
@@ -36,7 +45,9 @@ while [[ $# -gt 0 ]]; do
         --compare-binary) COMPARE_BIN=$2; shift 2 ;;
         --compare-label) COMPARE_LABEL=$2; shift 2 ;;
         --label) MAIN_LABEL=$2; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --leveldb-bound) LEVELDB_BOUND=1; shift ;;
+        --boot-only) BOOT_ONLY=1; shift ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -139,6 +150,7 @@ boot_once() {
     clone=$(grep -o 'clone_seconds=[0-9.]*' "$log" | head -1 | cut -d= -f2)
     stages=$(grep -o 'stage_seconds=\[.*\]' "$log" | head -1)
     echo "run $run${label:+ $label}: ready in $(( ready - start )) ms; bundle digest check ${verify}s, bundle clone ${clone}s; sync $stages"
+    APPLY_S=$(python3 -c 'import re, sys; m = re.search(r"\(\x22apply\x22, ([0-9.e-]+)\)", sys.argv[1]); print(m.group(1) if m else "")' "$stages")
     if [[ -n $label ]]; then
         record boot "$label" ready_ms "$(( ready - start ))"
         record boot "$label" bundle_digest_check_s "$verify"
@@ -150,14 +162,41 @@ boot_once() {
     fi
 }
 
+# leveldb_bound_once RUN: the plain rusty-leveldb write-batch loop over the same records, and
+# apply ÷ loop for the boot run just made (APPLY_S).
+leveldb_bound_once() {
+    local run=$1 changes line bound
+    changes=$(for d in $(seq 1 "$DELTAS"); do printf '%s,' "$OUT/changes-$d.jsonl"; done)
+    line=$(DELTACACHE_BENCH_DB=$BUNDLE/db DELTACACHE_BENCH_CHANGES=${changes%,} \
+        "${BOUND_CMD[@]}" 2>"$OUT/leveldb-bound.err" | grep '^leveldb_bound:') \
+        || { cat "$OUT/leveldb-bound.err" >&2; echo "${BOUND_CMD[*]} failed" >&2; exit 1; }
+    bound=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$line")
+    echo "run $run: $line; apply ${APPLY_S}s: apply rate / loop rate = $(python3 -c "print(round($bound / $APPLY_S, 3))")"
+    record bound "${MAIN_LABEL}" leveldb_loop_s "$bound"
+    record bound "${MAIN_LABEL}" apply_s "$APPLY_S"
+    record bound "${MAIN_LABEL}" apply_over_loop_rate "$(python3 -c "print(round($bound / $APPLY_S, 3))")"
+}
+if [[ -n ${LEVELDB_BOUND_BIN:-} ]]; then
+    BOUND_CMD=("$LEVELDB_BOUND_BIN")
+else
+    BOUND_CMD=(cargo bench --quiet --locked --bench leveldb_bound)
+fi
+if [[ $LEVELDB_BOUND == 1 ]]; then
+    [[ -n ${LEVELDB_BOUND_BIN:-} ]] || cargo bench --quiet --locked --bench leveldb_bound --no-run 2>/dev/null \
+        || { echo "cargo bench --bench leveldb_bound --no-run failed" >&2; exit 1; }
+    [[ -f $OUT/changes-$DELTAS.jsonl ]] \
+        || { echo "--leveldb-bound needs $OUT/changes-*.jsonl: remove $STORE/done to publish them again" >&2; exit 1; }
+fi
+
 echo "## boot to ready: $ITEMS items + $DELTAS deltas x $CHANGES changes"
 for run in 1 2 3; do
     for i in "${!BINS[@]}"; do
         boot_once "$run" "${LABELS[$i]}" "${BINS[$i]}"
+        [[ $LEVELDB_BOUND == 0 || $i != 0 ]] || leveldb_bound_once "$run"
     done
 done
 
-if command -v wrk >/dev/null; then
+if [[ $BOOT_ONLY == 0 ]] && command -v wrk >/dev/null; then
     echo "## search throughput: swap every second vs none (wrk -t2 -c32 -d10s)"
     LUA=$OUT/search.lua
     cat > "$LUA" <<'LUA'
