@@ -235,6 +235,7 @@ build {
     inline = [
       "sudo -n bash ${local.artifacts}/scripts/provision.sh --root / --artifacts ${local.artifacts}",
       "/usr/local/bin/deltacache --version",
+      "test -s /usr/share/man/man1/deltacache-serve.1.gz -a -s /usr/share/bash-completion/completions/deltacache",
       "systemctl is-enabled deltacache.service",
       "test -s /usr/share/doc/deltacache/monitoring/alerts.yml",
       "sudo -n rm -rf ${local.artifacts}",

@@ -11,6 +11,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage() {
     cat <<'EOF'
 Usage: rehearse_boot.sh [--skip-build] [--binary PATH] [--run-as USER] [--timeout SECS] [--keep]
+                        [--install]
 
   --skip-build     reuse target/release/deltacache instead of `cargo build --release --locked`
   --binary PATH    rehearse with this binary (implies --skip-build)
@@ -19,6 +20,8 @@ Usage: rehearse_boot.sh [--skip-build] [--binary PATH] [--run-as USER] [--timeou
                    [default: deltacache if it exists, else nobody]
   --timeout SECS   overall limit for the daemon to become ready or to follow [default: 60]
   --keep           keep the temporary directory (it is always kept after a failure)
+  --install        install man-db and groff-base with apt-get when missing (to render the
+                   installed man pages); also done when the CI environment variable is set
   -h, --help       this text
 
 As root, and where mount namespaces are allowed, the daemon runs under the mounts that the
@@ -34,6 +37,8 @@ binary=""
 run_as=""
 timeout_secs=60
 keep=false
+install_tools=false
+[[ -z "${CI:-}" ]] || install_tools=true
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --skip-build) skip_build=true; shift ;;
@@ -41,6 +46,7 @@ while [[ $# -gt 0 ]]; do
         --run-as) [[ $# -ge 2 ]] || { echo "rehearse_boot.sh: --run-as needs a user" >&2; exit 2; }; run_as="$2"; shift 2 ;;
         --timeout) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || { echo "rehearse_boot.sh: --timeout needs whole seconds" >&2; exit 2; }; timeout_secs="$2"; shift 2 ;;
         --keep) keep=true; shift ;;
+        --install) install_tools=true; shift ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; echo "rehearse_boot.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -53,6 +59,23 @@ done
 if [[ ${#missing[@]} -gt 0 ]]; then
     echo "rehearse_boot.sh: missing tools: ${missing[*]} (apt-get install ${missing[*]})" >&2
     exit 2
+fi
+# The installed man pages are rendered with man-db and groff: installed with apt-get when
+# missing under CI (the CI environment variable set) or with --install.
+missing_packages=()
+command -v man >/dev/null || missing_packages+=(man-db)
+command -v groff >/dev/null || missing_packages+=(groff-base)
+if [[ ${#missing_packages[@]} -gt 0 ]]; then
+    if $install_tools; then
+        echo "rehearse_boot.sh: apt-get install ${missing_packages[*]}"
+        apt_get=(apt-get)
+        [[ $EUID -eq 0 ]] || apt_get=(sudo -n apt-get)
+        "${apt_get[@]}" update -q
+        DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q --no-install-recommends "${missing_packages[@]}"
+    else
+        echo "rehearse_boot.sh: missing tools; install them with: apt-get install ${missing_packages[*]} (or pass --install, or set CI)" >&2
+        exit 2
+    fi
 fi
 
 n_passed=0
@@ -316,6 +339,48 @@ monitoring_installed() { # every file of packer/monitoring/, byte-identical and 
 }
 check "every file of packer/monitoring/ installed byte-identical, 0644, under /usr/share/doc/deltacache/monitoring/" \
     monitoring_installed
+
+# Man pages and completions: one page per subcommand, each rendered by man without a
+# warning; the bash completion loads and completes a subcommand and a flag's values.
+man_dir="$root/usr/share/man/man1"
+"$dc" generate man --out "$work/man-expected" >/dev/null
+n_expected_pages="$(find "$work/man-expected" -name '*.1' | wc -l)"
+n_installed_pages="$(find "$man_dir" -name 'deltacache*.1.gz' -perm 0644 | wc -l)"
+check "man pages installed 0644 under /usr/share/man/man1: $n_installed_pages of $n_expected_pages (deltacache.1.gz, deltacache-serve.1.gz, ...)" \
+    test "$n_installed_pages" -eq "$n_expected_pages" -a -f "$man_dir/deltacache.1.gz" -a -f "$man_dir/deltacache-serve.1.gz"
+man_renders() { # prints the pages that do not render, or render with a warning
+    local page
+    for page in "$man_dir"/deltacache*.1.gz; do
+        if ! LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -l "$page" >"$work/man.out" 2>"$work/man.err" ||
+            [[ -s "$work/man.err" ]] || ! grep -q "deltacache" "$work/man.out"; then
+            echo "$page: $(head -n 3 "$work/man.err")"
+        fi
+    done
+}
+man_problems="$(man_renders)"
+check "man -l renders every installed page without a warning" test -z "$man_problems"
+[[ -z "$man_problems" ]] || echo "$man_problems"
+serve_page_documents() { # FLAG...: the rendered deltacache-serve page names every FLAG
+    LC_ALL=C.UTF-8 man -l "$man_dir/deltacache-serve.1.gz" >"$work/serve.man" 2>/dev/null || return 1
+    local flag
+    for flag in "$@"; do grep -qe "$flag" "$work/serve.man" || return 1; done
+}
+check "man -l deltacache-serve.1.gz documents --log-format and --config" serve_page_documents --log-format --config
+bash_completion="$root/usr/share/bash-completion/completions/deltacache"
+check "bash completion installed 0644 at /usr/share/bash-completion/completions/deltacache" mode_is 644 "$bash_completion"
+bash_completes() {
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    bash -c 'source "$1"
+complete -p deltacache >/dev/null || exit 1
+COMP_WORDS=(deltacache se); COMP_CWORD=1; _deltacache deltacache se deltacache
+[[ " ${COMPREPLY[*]} " == *" serve "* ]] || exit 1
+COMP_WORDS=(deltacache serve --log-format ""); COMP_CWORD=3; _deltacache deltacache "" --log-format
+[[ "${COMPREPLY[*]}" == "text json" ]]' bash "$bash_completion"
+}
+check "bash completion loads (complete -p deltacache) and completes \"deltacache se\" to serve and --log-format to text json" bash_completes
+check "zsh and fish completions installed 0644 (/usr/share/zsh/vendor-completions/_deltacache, /usr/share/fish/vendor_completions.d/deltacache.fish)" \
+    test "$(stat -c %a "$root/usr/share/zsh/vendor-completions/_deltacache")" == 644 -a \
+    "$(stat -c %a "$root/usr/share/fish/vendor_completions.d/deltacache.fish")" == 644
 check "bundle owned by the service user ($run_as)" \
     test -z "$(find "$bundle_path" "$state_path" ! -user "$run_as" -print -quit)"
 check "no run-time environment file baked (/etc/deltacache/env)" test ! -e "$root/etc/deltacache/env"

@@ -1,5 +1,5 @@
-//! The TOML config file. Every `serve` flag has a key of the same name (kebab-case); the
-//! order of precedence is flag, then `DELTACACHE_*` environment variable, then config file,
+//! The TOML config file. Every `serve` flag (and the global `--log-format`) has a key of the
+//! same name (kebab-case); the order of precedence is flag, then `DELTACACHE_*` environment variable, then config file,
 //! then the built-in default.
 
 use std::path::{Path, PathBuf};
@@ -81,6 +81,8 @@ pub struct ConfigFile {
     pub pinecone_timeout: Option<HumanDuration>,
     /// Attempts per Pinecone call.
     pub pinecone_attempts: Option<u32>,
+    /// `text` or `json`: how log lines are written on stderr.
+    pub log_format: Option<crate::telemetry::LogFormat>,
 }
 
 /// A duration written as "60s", "5m", "7d".

@@ -4,15 +4,57 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), logs to stderr.
-pub fn init_logging() {
+/// How log lines are written on stderr: `--log-format`, `DELTACACHE_LOG_FORMAT`, the config
+/// file's `log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One human-readable line per event (coloured on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (the event's
+    /// fields, `message` among them) and `span` (the current span's name and fields, such as
+    /// a request's `request_id`).
+    Json,
+}
+
+/// The format `init_logging` installed, for [`report_fatal`].
+static INSTALLED: OnceLock<LogFormat> = OnceLock::new();
+
+/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), logs to stderr in
+/// `format`.
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // The innermost span only: the daemon's one span is a request's, so every line of a
+        // request carries its fields once, without the span list repeating them.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+    if installed.is_ok() {
+        let _ = INSTALLED.set(format);
+    }
+}
+
+/// Reports the error that ends the process: a JSON log line when JSON logs were installed
+/// (so that stderr holds nothing else) that `RUST_LOG` lets through, else `error: ...` with
+/// the whole chain.
+pub fn report_fatal(error: &anyhow::Error) {
+    if INSTALLED.get() == Some(&LogFormat::Json) && tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("{error:#}");
+    } else {
+        eprintln!("error: {error:#}");
+    }
 }
 
 /// What a metric is, for its `# TYPE` line.

@@ -3,6 +3,7 @@
 mod build_base;
 mod demo;
 mod fleet;
+mod generate;
 mod keygen;
 mod pinecone_args;
 mod publish_delta;
@@ -20,6 +21,17 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "deltacache", version, about, long_about = None)]
 pub struct Cli {
+    /// How log lines are written on stderr: text (one human-readable line per event) or json
+    /// (one JSON object per line). For `serve`, also the config file's `log-format`
+    /// [default: text].
+    #[arg(
+        long,
+        global = true,
+        env = "DELTACACHE_LOG_FORMAT",
+        value_enum,
+        value_name = "FORMAT"
+    )]
+    log_format: Option<crate::telemetry::LogFormat>,
     /// What to do.
     #[command(subcommand)]
     command: Command,
@@ -59,6 +71,10 @@ enum Command {
     Compact(state_tools::CompactArgs),
     /// Build a bundle from a built-in sample catalogue and serve it on loopback.
     Demo(demo::DemoArgs),
+    /// Man pages and shell completion scripts, made from these very definitions (the image
+    /// installs them).
+    #[command(subcommand)]
+    Generate(generate::GenerateCommand),
 }
 
 /// The trusted root to use; a trusted-keys file given the earlier way is refused with what
@@ -113,7 +129,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Parses the command line and runs the subcommand.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    crate::telemetry::init_logging();
+    let log_format = cli.log_format;
+    if let Command::Serve(args) = cli.command {
+        // Logging starts once the config file, which may set `log-format`, is read.
+        return serve::run(*args, log_format);
+    }
+    crate::telemetry::init_logging(log_format.unwrap_or_default());
     match cli.command {
         Command::BuildBase(args) => build_base::run(args),
         Command::Keygen(args) => keygen::run(args),
@@ -122,12 +143,13 @@ pub fn main() -> anyhow::Result<()> {
         Command::PublishDelta(args) => publish_delta::run(args),
         Command::Fleet(command) => fleet::run(command),
         Command::Verify(args) => verify::run(args),
-        Command::Serve(args) => serve::run(*args),
+        Command::Serve(_) => unreachable!("serve returned above"),
         Command::Sync(args) => sync::run(args),
         Command::Status(args) => state_tools::status(args),
         Command::Export(args) => state_tools::export(args),
         Command::Rollback(args) => state_tools::rollback(args),
         Command::Compact(args) => state_tools::compact(args),
         Command::Demo(args) => demo::run(args),
+        Command::Generate(command) => generate::run(command),
     }
 }

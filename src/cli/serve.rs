@@ -14,6 +14,7 @@ use crate::config::{ConfigFile, HumanDuration};
 use crate::http::{HttpLimits, SearchLimits};
 use crate::server::{self, DEFAULT_SYNC_DEADLINE, FollowOptions, OnSyncFailure, ServeOptions};
 use crate::sync::SyncOptions;
+use crate::telemetry::LogFormat;
 
 /// Default listen address.
 pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -196,11 +197,15 @@ impl LimitArgs {
 }
 
 impl ServeArgs {
-    fn into_options(self) -> anyhow::Result<ServeOptions> {
-        let file = match &self.config {
-            Some(path) => ConfigFile::load(path)?,
-            None => ConfigFile::default(),
-        };
+    /// The config file named by `--config`, or an empty one.
+    fn config_file(&self) -> anyhow::Result<ConfigFile> {
+        match &self.config {
+            Some(path) => ConfigFile::load(path),
+            None => Ok(ConfigFile::default()),
+        }
+    }
+
+    fn into_options(self, file: ConfigFile) -> anyhow::Result<ServeOptions> {
         let follow = self.follow_options(&file)?;
         let (http, search, probe_listen) = self.limits.resolve(&file)?;
         let pinecone = match self
@@ -309,8 +314,15 @@ impl ServeArgs {
     }
 }
 
-pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let options = args.into_options()?;
+/// Serves; logs in `log_format` (`--log-format` or `DELTACACHE_LOG_FORMAT`), else in the
+/// config file's `log-format`, else as text.
+pub(super) fn run(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result<()> {
+    let file = args.config_file();
+    let format = log_format
+        .or(file.as_ref().ok().and_then(|file| file.log_format))
+        .unwrap_or_default();
+    crate::telemetry::init_logging(format);
+    let options = args.into_options(file?)?;
     let runtime = super::runtime()?;
     runtime.block_on(server::run(
         options,

@@ -17,7 +17,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::{DefaultOnResponse, MakeSpan, TraceLayer};
 use tracing::Level;
 
 use crate::catalog::CurrentCatalog;
@@ -26,6 +29,9 @@ use crate::catalog::CurrentCatalog;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Header naming the data version (seq) an answer was served from.
 pub const DATA_VERSION_HEADER: &str = "x-data-version";
+/// Header carrying a request's id: the client's when it sent one, else made here; echoed on
+/// the answer and logged with every line of the request.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// State shared by every handler.
 #[derive(Clone)]
@@ -163,15 +169,69 @@ fn with_layers(routes: Router<AppState>, state: AppState, limits: &HttpLimits) -
             record_request,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .make_span_with(RequestSpan)
                 .on_request(())
                 .on_response(DefaultOnResponse::new().level(Level::INFO))
                 // 5xx answers are logged once where they are made (see ApiError::internal).
                 .on_failure(()),
         )
+        // Outermost, so that the span above and every answer (408s included) have the id.
+        .layer(SetRequestIdLayer::x_request_id(RequestIds))
         .with_state(state)
+}
+
+/// Makes the ids of requests that come without `x-request-id`: a random prefix drawn once
+/// per process, then a counter (`5f1c2a9e0b7d4c31-2a`). Unique across restarts and
+/// instances in practice, and no system call per request.
+#[derive(Debug, Clone, Copy)]
+struct RequestIds;
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        use std::sync::OnceLock;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static PREFIX: OnceLock<u64> = OnceLock::new();
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let prefix = *PREFIX.get_or_init(|| {
+            let mut bytes = [0u8; 8];
+            // Without the system's randomness, the time keeps restarts apart.
+            if getrandom::fill(&mut bytes).is_err() {
+                bytes = (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64))
+                .to_le_bytes();
+            }
+            u64::from_le_bytes(bytes)
+        });
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::try_from(format!("{prefix:016x}-{n:x}"))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// The span every line of a request is logged in: method, URI, HTTP version and request id.
+#[derive(Debug, Clone, Copy)]
+struct RequestSpan;
+
+impl<B> MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, request: &Request<B>) -> tracing::Span {
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        tracing::info_span!(
+            "request",
+            method = %request.method(),
+            uri = %request.uri(),
+            version = ?request.version(),
+            request_id = %request_id,
+        )
+    }
 }
 
 /// Counts and times every request by route, method and status (labels from closed sets:

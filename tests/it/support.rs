@@ -103,7 +103,14 @@ impl Daemon {
         args: &[&str],
         env: &[(&'static str, String)],
     ) -> (Daemon, Vec<String>) {
-        let mut child = Command::new(binary())
+        Self::spawn(Self::command(args, env))
+    }
+
+    /// The command [`Daemon::start_with_env`] runs: the binary with `args`, `RUST_LOG=warn`,
+    /// the detailed `/status`, and `env`; stdout piped, stderr inherited.
+    pub fn command(args: &[&str], env: &[(&'static str, String)]) -> Command {
+        let mut command = Command::new(binary());
+        command
             .args(args)
             .env("RUST_LOG", "warn")
             // The tests read /status's detail (error text); a test of the short form
@@ -111,9 +118,14 @@ impl Daemon {
             .env("DELTACACHE_STATUS_DETAIL", "true")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::inherit());
+        command
+    }
+
+    /// Spawns `command` (made by [`Daemon::command`], perhaps changed) and waits for the line
+    /// that names its address; also returns the lines printed before it.
+    pub fn spawn(mut command: Command) -> (Daemon, Vec<String>) {
+        let mut child = command.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let mut preamble = Vec::new();
