@@ -39,11 +39,11 @@ pub(super) struct PublishDeltaArgs {
     bundle: PathBuf,
     /// Changes file: JSONL lines {"op":"put","item":{...}} and {"op":"delete","id":"..."}.
     /// Within one file the last operation on an id wins.
-    #[arg(long, value_name = "CHANGES.jsonl")]
+    #[arg(long, value_name = "FILE")]
     changes: Option<PathBuf>,
     /// Publish the difference between two JSONL snapshots of the catalogue (streamed: memory
     /// holds one digest per id of OLD).
-    #[arg(long, num_args = 2, value_names = ["OLD.jsonl", "NEW.jsonl"])]
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
     diff: Option<Vec<PathBuf>>,
     /// How long the new timestamp stays valid, e.g. 7d, 12h (at most 30 days): instances
     /// refuse the repository once it expires, so publish or `repo refresh` within it.
