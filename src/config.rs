@@ -1,6 +1,7 @@
 //! The TOML config file. Every `serve` flag (and the global `--log-format`) has a key of the
-//! same name (kebab-case); the order of precedence is flag, then `DELTACACHE_*` environment variable, then config file,
-//! then the built-in default.
+//! same name (kebab-case); the order of precedence is flag, then `DELTACACHE_*` environment
+//! variable, then config file, then the built-in default. A relative path in the file is
+//! taken relative to the file's folder, not to the daemon's working directory.
 
 use std::path::{Path, PathBuf};
 
@@ -83,6 +84,16 @@ pub struct ConfigFile {
     pub pinecone_attempts: Option<u32>,
     /// `text` or `json`: how log lines are written on stderr.
     pub log_format: Option<crate::telemetry::LogFormat>,
+    /// S3 endpoint override for S3-compatible servers.
+    pub s3_endpoint_url: Option<String>,
+    /// Path-style S3 addressing.
+    pub s3_path_style: Option<bool>,
+    /// Timeout of one remote operation, retries included, e.g. "60s".
+    pub remote_timeout: Option<HumanDuration>,
+    /// Attempts per remote operation.
+    pub remote_attempts: Option<u32>,
+    /// Timeout of one attempt at a remote operation, e.g. "15s".
+    pub remote_attempt_timeout: Option<HumanDuration>,
 }
 
 /// A duration written as "60s", "5m", "7d".
@@ -101,10 +112,71 @@ impl<'de> Deserialize<'de> for HumanDuration {
 }
 
 impl ConfigFile {
-    /// Reads a config file; unknown keys are refused, naming the key.
+    /// Reads a config file; unknown keys are refused, naming the key. Relative paths in it
+    /// are resolved against the file's folder.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))
+        let mut file: Self = toml::from_str(&text)
+            .with_context(|| format!("parse config file {}", path.display()))?;
+        let folder = path.parent().unwrap_or(Path::new(""));
+        for key in [
+            &mut file.bundle,
+            &mut file.state_dir,
+            &mut file.trusted_root,
+            &mut file.trusted_keys,
+            &mut file.canaries,
+            &mut file.pinecone_api_key_file,
+        ] {
+            if let Some(value) = key.as_mut()
+                && value.is_relative()
+            {
+                *value = folder.join(&*value);
+            }
+        }
+        Ok(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_files_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        let path = etc.join("config.toml");
+        std::fs::write(
+            &path,
+            "bundle = \"bundle\"\nstate-dir = \"../var/state\"\ntrusted-root = \"/abs/root.json\"\ncanaries = \"canaries.json\"\n",
+        )
+        .unwrap();
+        let file = crate::config::ConfigFile::load(&path).unwrap();
+        assert_eq!(file.bundle.unwrap(), etc.join("bundle"));
+        assert_eq!(file.state_dir.unwrap(), etc.join("../var/state"));
+        assert_eq!(file.trusted_root.unwrap(), Path::new("/abs/root.json"));
+        assert_eq!(file.canaries.unwrap(), etc.join("canaries.json"));
+    }
+
+    #[test]
+    fn the_remote_and_s3_flags_have_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "remote-timeout = \"30s\"\nremote-attempts = 2\nremote-attempt-timeout = \"5s\"\ns3-endpoint-url = \"http://127.0.0.1:9000\"\ns3-path-style = false\n",
+        )
+        .unwrap();
+        let file = crate::config::ConfigFile::load(&path).unwrap();
+        assert_eq!(file.remote_timeout.unwrap().0.as_secs(), 30);
+        assert_eq!(file.remote_attempts, Some(2));
+        assert_eq!(file.remote_attempt_timeout.unwrap().0.as_secs(), 5);
+        assert_eq!(
+            file.s3_endpoint_url.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(file.s3_path_style, Some(false));
     }
 }

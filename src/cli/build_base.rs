@@ -53,7 +53,7 @@ pub(super) struct BuildBaseArgs {
     stop_words: String,
     /// Use a model exported from scikit-learn by scripts/export_sklearn_vectorizer.py
     /// instead of fitting one on the input.
-    #[arg(long, value_name = "MODEL.json")]
+    #[arg(long, value_name = "FILE")]
     sklearn_model: Option<PathBuf>,
     /// The delta sequence number this base already includes.
     #[arg(long, default_value_t = 0)]

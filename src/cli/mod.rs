@@ -153,3 +153,149 @@ pub fn main() -> anyhow::Result<()> {
         Command::Generate(command) => generate::run(command),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand, however deep, with its path (`deltacache repo init`); clap's own
+    /// `help` subcommands left out.
+    fn subcommands() -> Vec<(String, clap::Command)> {
+        fn walk(command: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+            for sub in command.get_subcommands().filter(|c| c.get_name() != "help") {
+                let path = format!("{path} {}", sub.get_name());
+                out.push((path.clone(), sub.clone()));
+                walk(sub, &path, out);
+            }
+        }
+        let mut command = crate::cli::Cli::command();
+        command.build();
+        let mut out = Vec::new();
+        walk(&command, "deltacache", &mut out);
+        out
+    }
+
+    /// The arguments a user sees (not clap's own --help and --version).
+    fn visible_args(command: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
+        command
+            .get_arguments()
+            .filter(|a| !a.is_hide_set() && !matches!(a.get_id().as_str(), "help" | "version"))
+    }
+
+    /// The style every `--help` follows; each rule broken is listed by subcommand and flag.
+    /// - Every subcommand and every flag has help text, a sentence that starts with a capital
+    ///   letter and ends without a full stop (as clap's own lines do).
+    /// - A default is written `[default: ...]` at the end of the help (clap adds it for a
+    ///   declared default; an optional flag whose default lives elsewhere writes it the same
+    ///   way), never twice.
+    /// - Value names are capitals (`FILE`, `DURATION`, `ROLE=PUB`).
+    /// - A flag that reads an environment variable declares it to clap, which shows it as
+    ///   `[env: DELTACACHE_...]`; its name is DELTACACHE_ and the flag's name. Every `serve`
+    ///   and `sync` flag that takes a value has one, and so do `--store`, `--state-dir` and
+    ///   `--trusted-root` wherever they appear.
+    /// - Every required flag is in the usage line.
+    #[test]
+    fn every_help_is_written_in_one_style() {
+        let value_name = regex_lite_value_name;
+        let mut faults = Vec::new();
+        let commands = subcommands();
+        assert!(
+            commands.len() >= 20,
+            "only {} subcommands found",
+            commands.len()
+        );
+        for (path, command) in &commands {
+            let about = command
+                .get_about()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            if !sentence(&about) {
+                faults.push(format!("{path}: about {about:?} is not a sentence"));
+            }
+            let usage = command.clone().render_usage().to_string();
+            for arg in visible_args(command) {
+                let Some(long) = arg.get_long() else {
+                    continue; // positional: none today
+                };
+                let at = format!("{path} --{long}");
+                let help = arg.get_help().map(|s| s.to_string()).unwrap_or_default();
+                if !sentence(&help) {
+                    faults.push(format!("{at}: help {help:?} is not a sentence"));
+                }
+                let written = help.matches("[default").count();
+                let declared =
+                    !arg.get_default_values().is_empty() && arg.get_action().takes_values();
+                if written + usize::from(declared) > 1 {
+                    faults.push(format!("{at}: the default is given twice"));
+                }
+                if written == 1 && !help.ends_with(']') {
+                    faults.push(format!(
+                        "{at}: [default: ...] is not at the end of {help:?}"
+                    ));
+                }
+                if arg.get_action().takes_values() {
+                    for name in arg.get_value_names().unwrap_or_default() {
+                        if !value_name(name) {
+                            faults.push(format!("{at}: value name {name} is not in capitals"));
+                        }
+                    }
+                }
+                let wanted = format!("DELTACACHE_{}", long.to_uppercase().replace('-', "_"));
+                match arg.get_env().map(|e| e.to_string_lossy().into_owned()) {
+                    Some(env) if env != wanted => {
+                        faults.push(format!("{at}: environment variable {env}, not {wanted}"))
+                    }
+                    Some(_) if arg.is_hide_env_set() => {
+                        faults.push(format!("{at}: its environment variable is hidden"))
+                    }
+                    Some(_) => {}
+                    None => {
+                        let must = matches!(long, "store" | "state-dir" | "trusted-root")
+                            || (matches!(path.as_str(), "deltacache serve" | "deltacache sync")
+                                && arg.get_action().takes_values());
+                        if must {
+                            faults.push(format!("{at}: no environment variable ({wanted})"));
+                        }
+                    }
+                }
+                if arg.is_required_set() && !usage.contains(&format!("--{long}")) {
+                    faults.push(format!(
+                        "{at}: required, but not in the usage line {usage:?}"
+                    ));
+                }
+            }
+        }
+        assert!(faults.is_empty(), "--help style:\n{}", faults.join("\n"));
+    }
+
+    /// `serve` takes its bundle and state dir from flags, the environment or the config file;
+    /// its usage line shows both ways.
+    #[test]
+    fn serve_usage_names_the_bundle_and_state_dir_or_the_config_file() {
+        let mut command = crate::cli::Cli::command();
+        command.build();
+        let serve = command.find_subcommand_mut("serve").unwrap();
+        let usage = serve.render_usage().to_string();
+        for flag in ["--bundle <DIR>", "--state-dir <DIR>", "--config <FILE>"] {
+            assert!(usage.contains(flag), "{flag} not in {usage:?}");
+        }
+    }
+
+    /// Starts with a capital letter (or a quoted word) and ends without a full stop.
+    fn sentence(text: &str) -> bool {
+        let first = text.chars().next();
+        first.is_some_and(|c| c.is_uppercase() || c == '`' || c == '"')
+            && !text.ends_with('.')
+            && !text.ends_with(' ')
+    }
+
+    /// `FILE`, `ROLE=PUB`, `DURATION=PERCENT`.
+    fn regex_lite_value_name(name: &str) -> bool {
+        name.split('=').all(|part| {
+            part.starts_with(|c: char| c.is_ascii_uppercase())
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+    }
+}

@@ -8,7 +8,7 @@ use clap::Args;
 use super::pinecone_args::PineconeArgs;
 use super::remote_args::RemoteArgs;
 use crate::config::ConfigFile;
-use crate::delta::publish::{ChangeSource, PublishOptions, publish};
+use crate::delta::publish::{ChangeSource, PublishOptions, PublishProgress, publish_reporting};
 use crate::pinecone::PineconeClient;
 use crate::pinecone::mirror::publish_and_mirror;
 
@@ -39,11 +39,11 @@ pub(super) struct PublishDeltaArgs {
     bundle: PathBuf,
     /// Changes file: JSONL lines {"op":"put","item":{...}} and {"op":"delete","id":"..."}.
     /// Within one file the last operation on an id wins.
-    #[arg(long, value_name = "CHANGES.jsonl")]
+    #[arg(long, value_name = "FILE")]
     changes: Option<PathBuf>,
     /// Publish the difference between two JSONL snapshots of the catalogue (streamed: memory
     /// holds one digest per id of OLD).
-    #[arg(long, num_args = 2, value_names = ["OLD.jsonl", "NEW.jsonl"])]
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
     diff: Option<Vec<PathBuf>>,
     /// How long the new timestamp stays valid, e.g. 7d, 12h (at most 30 days): instances
     /// refuse the repository once it expires, so publish or `repo refresh` within it.
@@ -115,12 +115,22 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
         tip_cache: crate::delta::tip_cache::chosen(args.tip_cache.as_deref(), args.no_tip_cache),
     };
     let runtime = super::runtime()?;
+    let progress = PublishProgress::default();
     let (report, mirrored) = match &client {
         Some(client) => {
-            let (report, mirrored) = runtime.block_on(publish_and_mirror(&options, client))?;
+            let (report, mirrored) = runtime.block_on(until_interrupted(
+                publish_and_mirror(&options, client, &progress),
+                &progress,
+            ))?;
             (report, Some((client, mirrored)))
         }
-        None => (runtime.block_on(publish(&options))?, None),
+        None => (
+            runtime.block_on(until_interrupted(
+                publish_reporting(&options, &progress),
+                &progress,
+            ))?,
+            None,
+        ),
     };
     print_report(&report);
     if let Some((client, mirrored)) = mirrored {
@@ -133,6 +143,23 @@ pub(super) fn run(args: PublishDeltaArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs `publish` until it ends or Ctrl-C (SIGINT) interrupts it; an interruption is an
+/// error that says what was and was not published.
+async fn until_interrupted<T>(
+    publish: impl std::future::Future<Output = anyhow::Result<T>>,
+    progress: &PublishProgress,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        // First: the signal handler is in place before the publish writes anything.
+        biased;
+        signal = tokio::signal::ctrl_c() => {
+            signal.map_err(|e| anyhow::anyhow!("listen for Ctrl-C: {e}"))?;
+            Err(anyhow::anyhow!(progress.interrupted()))
+        }
+        result = publish => result,
+    }
 }
 
 /// What a publish did, for the operator: counts, the count checks, out-of-vocabulary words.

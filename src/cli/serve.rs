@@ -20,6 +20,9 @@ use crate::telemetry::LogFormat;
 pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 #[derive(Debug, Args)]
+#[command(
+    override_usage = "deltacache serve --bundle <DIR> --state-dir <DIR> [OPTIONS]\n       deltacache serve --config <FILE> [OPTIONS]"
+)]
 pub(super) struct ServeArgs {
     /// The bundle written by build-base (read only; never opened in place).
     #[arg(long, env = "DELTACACHE_BUNDLE", value_name = "DIR")]
@@ -56,7 +59,7 @@ pub(super) struct ServeArgs {
     /// No longer read: instances trust a TUF root. Refused with what to pass instead.
     #[arg(long, hide = true, value_name = "FILE")]
     trusted_keys: Option<PathBuf>,
-    /// How often to poll the head for new deltas, e.g. 60s [default: 60s]. SIGHUP syncs now.
+    /// How often to poll the head for new deltas (SIGHUP syncs now), e.g. 60s [default: 60s].
     #[arg(long, env = "DELTACACHE_FOLLOW_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     follow_interval: Option<Duration>,
     /// When the boot-time sync fails: serve-stale (serve the newest good local version,
@@ -277,7 +280,7 @@ impl ServeArgs {
             "--store needs --trusted-root FILE (or DELTACACHE_TRUSTED_ROOT, or `trusted-root` in the config file)",
         )?;
         let mut sync = SyncOptions::new(store, trusted_root);
-        sync.remote = self.remote.settings();
+        sync.remote = self.remote.settings_with(file);
         if let Some(keep) = self.keep_versions.or(file.keep_versions) {
             sync.keep_versions = keep.max(1);
         }

@@ -33,44 +33,77 @@ pub(super) fn status(args: StatusArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
-    println!("current: {}", report.current.as_deref().unwrap_or("none"));
-    println!(
-        "applied seq: {}",
-        report.applied_seq.map_or("none".into(), |s| s.to_string())
+    print!("{}", describe_status(&report, daemon.as_ref()));
+    Ok(())
+}
+
+/// `status` for people: one fact a line, times as RFC 3339 with their age, and the running
+/// daemon's last result and last error on lines of their own.
+fn describe_status(report: &ops::StateReport, daemon: Option<&serde_json::Value>) -> String {
+    use std::fmt::Write;
+    let time = |secs: Option<u64>, none: &str| {
+        secs.map_or_else(|| none.to_owned(), crate::clock::describe_secs)
+    };
+    let seq = |seq: Option<u64>| seq.map_or("none".into(), |s| s.to_string());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "current: {}",
+        report.current.as_deref().unwrap_or("none")
     );
-    println!(
-        "highest head accepted: {}",
+    let _ = writeln!(out, "applied seq: {}", seq(report.applied_seq));
+    let _ = writeln!(
+        out,
+        "highest head accepted: {}{}",
+        seq(report.head_seq_seen),
         report
-            .head_seq_seen
-            .map_or("none".into(), |s| s.to_string())
+            .head_issued_at
+            .map(|t| format!(", issued {}", crate::clock::describe_secs(t)))
+            .unwrap_or_default()
     );
-    println!(
-        "last sync: {}",
-        report
-            .last_sync_at
-            .map_or("never".into(), |s| s.to_string())
+    let _ = writeln!(
+        out,
+        "last sync that applied deltas: {}",
+        time(report.last_sync_at, "never")
     );
     if let Some(pinned) = &report.pinned {
-        println!("pinned: {pinned} (rollback --unpin to follow again)");
+        let _ = writeln!(out, "pinned: {pinned} (rollback --unpin to follow again)");
     }
-    println!("versions:");
-    for (name, seq, n_items) in &report.versions {
-        println!("  {name}  seq {seq}  {n_items} items");
+    let _ = writeln!(out, "versions:");
+    for version in &report.versions {
+        let _ = writeln!(
+            out,
+            "  {}  seq {}  {} items  made {}",
+            version.name,
+            version.seq,
+            version.n_items,
+            time(version.created_at, "at an unknown time")
+        );
     }
-    match daemon {
-        Some(daemon) => println!(
-            "running daemon: serving seq {}, last sync {}, stale {}{}",
-            daemon["seq"],
-            daemon["sync"]["last_result"],
-            daemon["sync"]["stale"],
-            daemon["sync"]["last_error"]
-                .as_str()
-                .map(|e| format!(", last error: {e}"))
-                .unwrap_or_default()
-        ),
-        None => println!("running daemon: none"),
-    }
-    Ok(())
+    let Some(daemon) = daemon else {
+        let _ = writeln!(
+            out,
+            "running daemon: none (the last sync result and error are known to a running daemon only)"
+        );
+        return out;
+    };
+    let sync = &daemon["sync"];
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::Null => "none".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let _ = writeln!(out, "running daemon: serving seq {}", text(&daemon["seq"]));
+    let _ = writeln!(
+        out,
+        "  last sync attempt: {}",
+        time(sync["last_sync_at"].as_u64(), "none yet")
+    );
+    let _ = writeln!(out, "  last result: {}", text(&sync["last_result"]));
+    let _ = writeln!(out, "  last error: {}", text(&sync["last_error"]));
+    let _ = writeln!(out, "  stale: {}", text(&sync["stale"]));
+    let _ = writeln!(out, "  versions kept: {}", text(&sync["versions_kept"]));
+    out
 }
 
 #[derive(Debug, Args)]

@@ -24,7 +24,7 @@ pub(super) struct SyncArgs {
     trust: super::TrustedRootArgs,
     /// The most memory one delta's decoded records may take, in bytes (deltas are applied
     /// one at a time).
-    #[arg(long, default_value_t = crate::sync::DEFAULT_MEMORY_BUDGET_BYTES, value_name = "BYTES")]
+    #[arg(long, env = "DELTACACHE_APPLY_MEMORY_BUDGET", default_value_t = crate::sync::DEFAULT_MEMORY_BUDGET_BYTES, value_name = "BYTES")]
     apply_memory_budget: u64,
     /// This instance's wave seed, 0..2048 [default: derived from /etc/machine-id].
     #[arg(long, env = "DELTACACHE_INSTANCE_SEED", value_name = "N")]
@@ -44,8 +44,9 @@ pub(super) struct SyncArgs {
     /// The size of each ranged read of a snapshot download (tests make it small).
     #[arg(long, hide = true, default_value_t = crate::sync::DEFAULT_SNAPSHOT_CHUNK_BYTES, value_name = "BYTES")]
     snapshot_chunk_bytes: u64,
-    /// Give up after this long.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    /// How long the whole sync may take: past it, the apply in progress is cancelled at its
+    /// next step (nothing half-made is kept) and the command exits non-zero, e.g. 10m.
+    #[arg(long, env = "DELTACACHE_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     deadline: Duration,
     #[command(flatten)]
     remote: RemoteArgs,

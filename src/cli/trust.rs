@@ -41,7 +41,7 @@ pub(super) struct RootInitArgs {
     /// The publisher's targets key (public file). Repeat for several.
     #[arg(long = "targets-key", value_name = "PUB", required = true)]
     targets_keys: Vec<PathBuf>,
-    /// How many targets keys must sign [default: 1].
+    /// How many targets keys must sign.
     #[arg(long, default_value_t = 1, value_name = "N")]
     targets_threshold: u64,
     /// The online key that signs snapshot and timestamp metadata [default: the targets key].
@@ -102,7 +102,7 @@ pub(super) struct RootPublishArgs {
     #[arg(long, value_name = "FILE")]
     root: PathBuf,
     /// The root the publisher trusts [default: the store's first root].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "DELTACACHE_TRUSTED_ROOT", value_name = "FILE")]
     trusted_root: Option<PathBuf>,
     #[command(flatten)]
     remote: RemoteArgs,
@@ -280,7 +280,7 @@ pub(super) struct RepoRefreshArgs {
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration, value_name = "DURATION")]
     expires_in: Duration,
     /// The root the publisher trusts [default: the store's first root].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "DELTACACHE_TRUSTED_ROOT", value_name = "FILE")]
     trusted_root: Option<PathBuf>,
     #[command(flatten)]
     remote: RemoteArgs,
@@ -292,7 +292,7 @@ pub(super) struct RepoGcArgs {
     #[arg(long, env = "DELTACACHE_STORE", value_name = "URL")]
     store: String,
     /// The root the publisher trusts [default: the store's first root].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "DELTACACHE_TRUSTED_ROOT", value_name = "FILE")]
     trusted_root: Option<PathBuf>,
     /// Show what would be removed, remove nothing.
     #[arg(long)]

@@ -18,7 +18,8 @@ pub(super) struct VerifyArgs {
     /// Check the chain starts from this bundle [default: from its first delta].
     #[arg(long, value_name = "DIR")]
     bundle: Option<PathBuf>,
-    /// The largest delta accepted, in bytes.
+    /// The largest delta accepted, in bytes: a larger one is a fault (the default is the
+    /// most an instance downloads).
     #[arg(long, default_value_t = crate::sync::DEFAULT_MAX_DELTA_BYTES, value_name = "BYTES")]
     max_delta_bytes: u64,
     #[command(flatten)]
@@ -40,12 +41,20 @@ pub(super) fn run(args: VerifyArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "ok {}: root version {}, targets version {}, timestamp version {} (expires {}); {} deltas verified back to seq {} ({})",
+        "ok {}: root version {}, targets version {}, timestamp version {} expires {}; {} deltas verified back to seq {} ({})",
         args.store,
         report.root_version,
         report.targets_version,
         report.timestamp_version,
-        report.timestamp_expires,
+        report
+            .timestamp_expires
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .and_then(|t| u64::try_from(t.as_second()).ok())
+            .map_or_else(
+                || report.timestamp_expires.clone(),
+                crate::clock::describe_secs
+            ),
         report.deltas.len(),
         report.base.0,
         report.base.1

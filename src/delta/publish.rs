@@ -124,8 +124,65 @@ pub struct PublishReport {
     pub deltas_read: u64,
 }
 
+/// How far a publish got: what is and is not in the store, for a report when it is
+/// interrupted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PublishStage {
+    /// Reading the repository and the changes: nothing written yet.
+    #[default]
+    Preparing,
+    /// Seq `.0` is made and being uploaded: nothing the repository names written yet.
+    Uploading(u64),
+    /// The delta of seq `.0` is in the store as `.1`, but the timestamp does not name it.
+    Uploaded(u64, String),
+    /// Seq `.0` is published: the timestamp names it.
+    Published(u64),
+}
+
+/// The stage a publish in progress has reached, shared with whoever may interrupt it.
+#[derive(Debug, Default)]
+pub struct PublishProgress(parking_lot::Mutex<PublishStage>);
+
+impl PublishProgress {
+    /// The stage reached.
+    pub fn stage(&self) -> PublishStage {
+        self.0.lock().clone()
+    }
+
+    fn set(&self, stage: PublishStage) {
+        *self.0.lock() = stage;
+    }
+
+    /// What an interruption now leaves: what was and was not published, and what to do.
+    pub fn interrupted(&self) -> String {
+        match self.stage() {
+            PublishStage::Preparing => {
+                "interrupted before anything was written: nothing was published; rerun the same command to publish".into()
+            }
+            PublishStage::Uploading(seq) => format!(
+                "interrupted while uploading delta seq {seq}: it is not in the timestamp, so nothing was published; rerun the same command to publish it (`deltacache repo gc` removes a partial upload)"
+            ),
+            PublishStage::Uploaded(seq, object) => format!(
+                "interrupted: delta seq {seq} uploaded ({object}) but not yet in the timestamp, so instances do not see it; rerun the same command to finish (it publishes seq {seq} again; `deltacache repo gc` then removes this upload)"
+            ),
+            PublishStage::Published(seq) => format!(
+                "interrupted after delta seq {seq} was published (the timestamp names it): nothing more to do for it"
+            ),
+        }
+    }
+}
+
 /// Publishes the next delta.
 pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> {
+    publish_reporting(options, &PublishProgress::default()).await
+}
+
+/// [`publish`], recording in `progress` how far it got.
+// long: the steps of a publish in their order; each is one call
+pub async fn publish_reporting(
+    options: &PublishOptions,
+    progress: &PublishProgress,
+) -> anyhow::Result<PublishReport> {
     let (keys, key_ids) = load_signers(&options.keys)?;
     let bundle = Bundle::open(&options.bundle)?;
     let fields = bundle.manifest.item_fields();
@@ -190,7 +247,16 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
         timestamp: options.expires_in,
         ..Expiries::default()
     };
-    tuf::repo::publish(&store, &state, &keys, vec![target], expiries).await?;
+    let seq = report.seq;
+    progress.set(PublishStage::Uploading(seq));
+    let step = |step: tuf::repo::PublishStep| match step {
+        tuf::repo::PublishStep::TargetsUploaded(objects) => {
+            progress.set(PublishStage::Uploaded(seq, objects.join(", ")))
+        }
+        tuf::repo::PublishStep::MetadataUploaded => {}
+        tuf::repo::PublishStep::TimestampReplaced => progress.set(PublishStage::Published(seq)),
+    };
+    tuf::repo::publish_reporting(&store, &state, &keys, vec![target], expiries, &step).await?;
     if let Some((cache, url)) = cache {
         save_tip(
             cache,

@@ -19,7 +19,7 @@ use crate::bundle::Bundle;
 use crate::bundle::build::{BuildOptions, BuildReport, build_base};
 use crate::bundle::items::{ItemFields, parse_item};
 use crate::db::filter::filterable_metadata;
-use crate::delta::publish::{PublishOptions, PublishReport, publish};
+use crate::delta::publish::{PublishOptions, PublishProgress, PublishReport, publish_reporting};
 use crate::durable;
 use crate::pinecone::{PineconeClient, UpsertBatch, UpsertBatcher};
 use crate::progress::Progress;
@@ -294,11 +294,12 @@ pub async fn build_and_upload(
 pub async fn publish_and_mirror(
     options: &PublishOptions,
     client: &PineconeClient,
+    progress: &PublishProgress,
 ) -> anyhow::Result<(PublishReport, UpsertReport)> {
     let bundle = Bundle::open(&options.bundle)?;
     let model = bundle.load_model()?;
     client.check_dimension(model.n_terms()).await?;
-    let report = publish(options).await?;
+    let report = publish_reporting(options, progress).await?;
     if report.dry_run {
         return Ok((report, UpsertReport::default()));
     }

@@ -235,6 +235,7 @@ async fn boot(
             .await?;
     }
     status.write().bundle_seq = local.bundle.manifest.seq;
+    warn_if_pinned(&local.state);
     let syncer = match &options.follow {
         Some(follow) => {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(
@@ -274,12 +275,29 @@ async fn boot(
         status.write().head_issued_at = served.info.head_issued_at;
         let catalog = open_local_version(local, &served, options.reader_shards).await?;
         *served = follower.state.load_version(&catalog.info.name)?;
+        // Counted before ready: `/status` never reports versions_kept 0 after a restart.
+        follower.collect_garbage(&served).await;
         swap_first(&current, catalog, started);
     } else {
         tracing::info!(seconds = started.elapsed().as_secs_f64(), "ready");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     }
     Ok(follower)
+}
+
+/// Says at start that a `rollback` pin holds this instance back, and how to lift it.
+fn warn_if_pinned(state: &StateDir) {
+    let Ok(Some(name)) = state.pinned() else {
+        return;
+    };
+    let seq = state.load_version(&name).map(|v| v.info.seq);
+    let seq = seq.map_or_else(|_| "unknown".to_owned(), |s| s.to_string());
+    tracing::warn!(
+        version = %name,
+        seq = %seq,
+        "pinned at seq {seq} by `deltacache rollback`: following does not move past it until `deltacache rollback --state-dir {} --unpin`",
+        state.root().display()
+    );
 }
 
 /// The boot-time sync within the deadline; a failure is fatal or leaves the status stale,

@@ -497,7 +497,8 @@ impl StateDir {
             remove_any(&version.dir)?;
             removed += 1;
         }
-        Ok((removed, n_versions - removed))
+        // What is on disk now, not what was meant to be: the count `/status` reports.
+        Ok((removed, self.versions()?.len()))
     }
 
     /// [`StateDir::collect_garbage`] on a blocking thread, off the async workers; the

@@ -299,8 +299,8 @@ impl Follower {
     }
 
     /// Removes old versions (never the served, current or pinned one) and records how many
-    /// are kept.
-    async fn collect_garbage(&self, served: &StoreVersion) {
+    /// are on disk afterwards.
+    pub async fn collect_garbage(&self, served: &StoreVersion) {
         let kept = self
             .state
             .collect_garbage_in_background(self.keep_versions, &served.info.name)

@@ -68,12 +68,36 @@ pub struct StateReport {
     pub applied_seq: Option<u64>,
     /// Highest head ever accepted.
     pub head_seq_seen: Option<u64>,
-    /// When that head was issued.
+    /// When that head was issued (seconds since the epoch; RFC 3339 in JSON).
+    #[serde(serialize_with = "rfc3339")]
     pub head_issued_at: Option<u64>,
     /// When the current version was made (the last successful sync that applied deltas).
+    #[serde(serialize_with = "rfc3339")]
     pub last_sync_at: Option<u64>,
-    /// Every committed version: name, seq, items.
-    pub versions: Vec<(String, u64, u64)>,
+    /// Every committed version, oldest first.
+    pub versions: Vec<VersionReport>,
+}
+
+/// One committed version, as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct VersionReport {
+    /// Its name (`versions/NAME`).
+    pub name: String,
+    /// The delta seq it holds.
+    pub seq: u64,
+    /// Its item count.
+    pub n_items: u64,
+    /// When it was made (seconds since the epoch; RFC 3339 in JSON).
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: Option<u64>,
+}
+
+/// A time in seconds since the epoch, written as RFC 3339 (`2026-12-01T21:00:00Z`).
+fn rfc3339<S: serde::Serializer>(secs: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match secs.and_then(|s| jiff::Timestamp::from_second(i64::try_from(s).ok()?).ok()) {
+        Some(time) => serializer.serialize_str(&time.to_string()),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// Reads what a state dir holds, without locking it.
@@ -94,7 +118,12 @@ pub fn state_report(state_dir: &Path) -> anyhow::Result<StateReport> {
         last_sync_at: current.map(|v| v.info.created_at),
         versions: versions
             .iter()
-            .map(|v| (v.info.name.clone(), v.info.seq, v.info.n_items))
+            .map(|v| VersionReport {
+                name: v.info.name.clone(),
+                seq: v.info.seq,
+                n_items: v.info.n_items,
+                created_at: Some(v.info.created_at),
+            })
             .collect(),
     })
 }

@@ -52,15 +52,50 @@ pub enum TrustError {
         "{0} holds no TUF repository (no metadata/timestamp.json): check the store URL, or create it with `deltacache repo init`"
     )]
     NoRepository(String),
-    /// Metadata expired: the repository is frozen, replayed or not refreshed.
-    #[error("{0} metadata has expired: the repository is frozen or replayed, or nobody renewed it ({advice})", advice = renew_advice(.0))]
-    Expired(String),
+    /// Metadata expired: the repository is frozen, replayed or not refreshed. The role, and
+    /// when it expired (seconds since the epoch) when the store still says.
+    #[error("{0} metadata has expired{at}: the repository is frozen or replayed, or nobody renewed it ({advice})", at = expired_at(*.1), advice = renew_advice(.0))]
+    Expired(String, Option<u64>),
     /// Metadata older than what was trusted before: a rollback.
     #[error("refusing a rollback: {0}")]
     Rollback(String),
     /// Anything else that did not verify: signatures, thresholds, hashes, lengths, parses.
     #[error("refused: {0}")]
     Refused(String),
+}
+
+/// ` at 2026-12-01T18:00:00Z (3h 2m ago)`, or nothing when the time is not known.
+fn expired_at(at: Option<u64>) -> String {
+    at.map(|at| format!(" at {}", crate::clock::describe_secs(at)))
+        .unwrap_or_default()
+}
+
+/// When the store's current metadata of `role` (timestamp, snapshot or targets) expires:
+/// read again after tough refused it as expired, whose error does not say.
+async fn expiry_in_store(store: &DeltaStore, role: &str, limits: &ClientLimits) -> Option<u64> {
+    let read = |name: String, cap: u64| async move {
+        let fetched = store.get(&name, cap).await.ok()??;
+        serde_json::from_slice::<serde_json::Value>(&fetched.bytes).ok()
+    };
+    let small = limits.max_metadata_bytes;
+    let timestamp = read("metadata/timestamp.json".into(), small).await?;
+    let document = match role {
+        "timestamp" => timestamp,
+        "snapshot" | "targets" => {
+            let version = timestamp["signed"]["meta"]["snapshot.json"]["version"].as_u64()?;
+            let snapshot = read(format!("metadata/{version}.snapshot.json"), small).await?;
+            if role == "snapshot" {
+                snapshot
+            } else {
+                let version = snapshot["signed"]["meta"]["targets.json"]["version"].as_u64()?;
+                let cap = limits.max_targets_metadata_bytes;
+                read(format!("metadata/{version}.targets.json"), cap).await?
+            }
+        }
+        _ => return None,
+    };
+    let expires: jiff::Timestamp = document["signed"]["expires"].as_str()?.parse().ok()?;
+    u64::try_from(expires.as_second()).ok()
 }
 
 /// How the publisher renews expired metadata of `role`.
@@ -82,7 +117,7 @@ impl TrustError {
         match self {
             TrustError::Unreachable(_) => "unreachable",
             TrustError::NoRepository(_) => "no-repository",
-            TrustError::Expired(_) => "expired",
+            TrustError::Expired(..) => "expired",
             TrustError::Rollback(_) => "rollback",
             TrustError::Refused(_) => "refused",
         }
@@ -145,7 +180,13 @@ pub async fn load(
     }
     match loaded {
         Ok(repo) => Ok(TrustedRepo { repo }),
-        Err(error) => Err(classify(&error, &store.describe())),
+        Err(error) => match classify(&error, &store.describe()) {
+            TrustError::Expired(role, None) => {
+                let at = expiry_in_store(&store, &role, &limits).await;
+                Err(TrustError::Expired(role, at))
+            }
+            refused => Err(refused),
+        },
     }
 }
 
@@ -229,7 +270,9 @@ fn classify(error: &tough::error::Error, what: &str) -> TrustError {
     while let Some(e) = current {
         if let Some(tough_error) = e.downcast_ref::<E>() {
             match tough_error {
-                E::ExpiredMetadata { role, .. } => return TrustError::Expired(role.to_string()),
+                E::ExpiredMetadata { role, .. } => {
+                    return TrustError::Expired(role.to_string(), None);
+                }
                 // A snapshot older than the trusted one named by a newer timestamp, and
                 // targets older than the trusted ones named by a newer snapshot, are
                 // rollbacks too; tough names them with variants of their own.

@@ -310,10 +310,37 @@ pub async fn publish(
     new_targets: Vec<NewTarget>,
     expiries: Expiries,
 ) -> Result<Published, PublishError> {
+    publish_reporting(store, state, keys, new_targets, expiries, &|_| {}).await
+}
+
+/// What a publish has written so far, told as it goes (for a report when it is interrupted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishStep {
+    /// The target objects are in the store (named by no metadata yet).
+    TargetsUploaded(Vec<String>),
+    /// The new targets and snapshot metadata are in the store (the timestamp does not name
+    /// them yet).
+    MetadataUploaded,
+    /// The timestamp names them: published.
+    TimestampReplaced,
+}
+
+/// [`publish`], telling `step` what has been written as it goes.
+pub async fn publish_reporting(
+    store: &DeltaStore,
+    state: &RepoState,
+    keys: &[Box<dyn KeySource>],
+    new_targets: Vec<NewTarget>,
+    expiries: Expiries,
+    step: &(dyn Fn(PublishStep) + Sync),
+) -> Result<Published, PublishError> {
     let (signed_dir, versions, objects) = sign(state, keys, new_targets, expiries).await?;
+    let names: Vec<String> = objects.iter().map(|(name, _)| name.clone()).collect();
     for (name, bytes) in objects {
         create_or_same(store, &name, &bytes, MAX_TARGET_BYTES).await?;
     }
+    step(PublishStep::TargetsUploaded(names));
+    crate::failpoint::pause("publish-after-targets").await;
     for file in [
         format!("{}.targets.json", versions.targets),
         format!("{}.snapshot.json", versions.snapshot),
@@ -326,12 +353,14 @@ pub async fn publish(
             });
         }
     }
+    step(PublishStep::MetadataUploaded);
     let timestamp = read_signed(&signed_dir, "timestamp.json").await?;
     let condition = match &state.current {
         Some(current) => Condition::Matches(current.timestamp_etag.clone()),
         None => Condition::Absent,
     };
     replace_timestamp(store, state, &timestamp, condition).await?;
+    step(PublishStep::TimestampReplaced);
     Ok(versions)
 }
 

@@ -187,6 +187,13 @@ fn publish_dry_run_verify_and_bad_input() {
         stdout(&verified).contains("ok seq 1")
             && stdout(&verified).contains("1 deltas verified back to seq 0")
     );
+    // The expiry for people: RFC 3339 and how far ahead it is (--expires-in 7d, in whole
+    // seconds: 7d within the second of the publish).
+    assert!(
+        stdout(&verified).contains("Z (in 6d 23h); ") || stdout(&verified).contains("Z (in 7d); "),
+        "{}",
+        stdout(&verified)
+    );
 
     for (name, line, expected) in [
         ("malformed", "{not json".to_owned(), "line 2"),
@@ -307,6 +314,62 @@ fn diff_of_two_snapshots_publishes_puts_and_deletes() {
         stdout(&output).contains("1 adds, 1 updates, 1 deletes, 4 unchanged"),
         "{}",
         stdout(&output)
+    );
+}
+
+/// Ctrl-C in the middle of a publish (the delta uploaded, the timestamp not yet moved) says
+/// what was and was not published and what to do; doing it publishes the same seq.
+#[test]
+fn publish_delta_interrupted_by_ctrl_c_says_what_was_published() {
+    use std::io::BufRead;
+    let publisher = Publisher::new(Vec::new());
+    let store = format!("file://{}", publisher.dir.path().join("store").display());
+    assert!(publisher.init(&store).status.success());
+    let changes = publisher.changes("one.jsonl", &[put("x", "kafka")]);
+    let mut child = publisher
+        .command(&store, &["--changes", changes.to_str().unwrap()])
+        .env("DELTACACHE_FAILPOINT", "publish-after-targets")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut errors = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = errors
+            .next()
+            .unwrap_or_else(|| panic!("exited before the failpoint: {seen:?}"))
+            .unwrap();
+        if line.contains("failpoint publish-after-targets: paused") {
+            break;
+        }
+        seen.push(line);
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = errors.map_while(Result::ok).collect();
+    let rest = rest.join("\n");
+    assert!(!status.success(), "{rest}");
+    assert!(
+        rest.contains("interrupted: delta seq 1 uploaded (targets/")
+            && rest.contains("but not yet in the timestamp")
+            && rest.contains("rerun the same command to finish"),
+        "{rest}"
+    );
+    // Not published: verify finds no delta; the same command then publishes seq 1.
+    let verified = publisher.verify(&store);
+    assert!(
+        stdout(&verified).contains("0 deltas verified"),
+        "{}{}",
+        stdout(&verified),
+        stderr(&verified)
+    );
+    let output = publisher.publish(&store, &["--changes", changes.to_str().unwrap()]);
+    assert!(
+        stdout(&output).contains("published seq 1"),
+        "{}",
+        stderr(&output)
     );
 }
 

@@ -839,6 +839,20 @@ async fn status_export_rollback_and_compact_through_the_binary() {
     assert_eq!(status["applied_seq"], 2);
     assert_eq!(status["head_seq_seen"], 2);
     assert_eq!(status["versions"].as_array().unwrap().len(), 3, "{status}");
+    // Named fields, times as RFC 3339.
+    let newest = &status["versions"][2];
+    assert_eq!(newest["seq"], 2, "{status}");
+    assert!(newest["name"].as_str().is_some() && newest["n_items"].as_u64().is_some());
+    for time in [&newest["created_at"], &status["last_sync_at"]] {
+        let time = time.as_str().unwrap_or_else(|| panic!("{status}"));
+        assert!(time.parse::<jiff::Timestamp>().is_ok(), "{time}");
+    }
+    let text = run_ok(&["status", "--state-dir", state.to_str().unwrap()]);
+    assert!(
+        text.contains("s ago)") && text.contains("  seq 2  "),
+        "{text}"
+    );
+    assert!(text.contains("running daemon: none (the last sync result and error are known to a running daemon only)"), "{text}");
 
     let out = world.dir.path().join("export.jsonl");
     run_ok(&[
@@ -1253,6 +1267,100 @@ async fn rollback_and_unpin_reach_a_running_daemon_and_wait_for_an_apply_in_flig
     let status = daemon.status(&client).await;
     assert_eq!(status["seq"], 2, "{status}");
     assert_eq!(status["sync"]["last_result"], "pinned");
+    assert!(daemon.terminate().success());
+}
+
+/// `/status` `versions_kept` is what is on disk after garbage collection, from the first
+/// answer after a restart on; a daemon that starts pinned says so, naming the seq and how
+/// to unpin.
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_kept_counts_the_disk_and_a_pinned_daemon_says_so_at_start() {
+    let mut world = World::new(sample_items(), None, "kept");
+    let state_dir = world.dir.path().join("state");
+    let state = state_dir.to_str().unwrap().to_owned();
+    world.publish(&[put("one", "kafka")]).await;
+    let args = serve_args(
+        &world,
+        &state_dir,
+        &["--follow-interval", "1h", "--keep-versions", "2"],
+    );
+    let daemon = start(&args, &[]);
+    let client = reqwest::Client::new();
+    daemon.wait_ready(&client).await;
+    for (seq, id) in [(2, "two"), (3, "three"), (4, "four")] {
+        world.publish(&[put(id, "crema")]).await;
+        sighup(&daemon);
+        wait_for_status(&daemon, &client, "the new seq", |s| s["seq"] == seq).await;
+        // Garbage collection follows the swap; what it leaves is what /status reports.
+        let status = wait_for_status(&daemon, &client, "versions_kept as on disk", |s| {
+            s["sync"]["versions_kept"] == committed_versions(&state_dir).len()
+        })
+        .await;
+        assert_eq!(committed_versions(&state_dir).len(), 2, "{status}");
+    }
+    // `status` shows the running daemon's last result and last error on lines of their own
+    // (the file store's watcher may have synced again since: up to date).
+    let text = run_ok(&["status", "--state-dir", &state]);
+    assert!(
+        (text.contains("\n  last result: applied\n")
+            || text.contains("\n  last result: up-to-date\n"))
+            && text.contains("\n  last error: none\n"),
+        "{text}"
+    );
+    run_ok(&["rollback", "--state-dir", &state, "--to", "3"]);
+    assert!(daemon.terminate().success());
+
+    // Restarted pinned: a warning at start names the seq and the unpin command, and the
+    // first /status counts the versions on disk.
+    let mut child = std::process::Command::new(binary())
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let collected = stderr.clone();
+    let pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            collected.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let url = {
+        use std::io::BufRead;
+        let mut lines = stdout.lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("daemon exited before it listened")
+                .unwrap();
+            if let Some(url) = line.strip_prefix("deltacache: listening on ") {
+                std::thread::spawn(move || for _ in lines {});
+                break url.trim().to_owned();
+            }
+        }
+    };
+    let daemon = Daemon { child, url };
+    daemon.wait_ready(&client).await;
+    let status = daemon.status(&client).await;
+    assert_eq!(status["seq"], 3, "{status}");
+    assert_eq!(
+        status["sync"]["versions_kept"],
+        committed_versions(&state_dir).len(),
+        "{status}"
+    );
+    let log = stderr.lock().unwrap().clone();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("pinned at seq 3"))
+        .unwrap_or_else(|| panic!("no warning that the daemon is pinned: {log}"));
+    assert!(
+        warning.contains(&format!("deltacache rollback --state-dir {state} --unpin")),
+        "{warning}"
+    );
     assert!(daemon.terminate().success());
 }
 

@@ -261,7 +261,7 @@ async fn expired_metadata_of_every_role_is_refused_as_a_freeze() {
     repo.put("metadata/timestamp.json", &stale).await;
     repo.expect_refused(
         "expired timestamp",
-        &["timestamp metadata has expired"],
+        &["timestamp metadata has expired at 20", " ago): "],
         "expired",
     )
     .await;
@@ -272,7 +272,7 @@ async fn expired_metadata_of_every_role_is_refused_as_a_freeze() {
     repo.serve_snapshot(stale, &[&online], &[&online]).await;
     repo.expect_refused(
         "expired snapshot",
-        &["snapshot metadata has expired"],
+        &["snapshot metadata has expired at 20", " ago): "],
         "expired",
     )
     .await;
@@ -286,7 +286,7 @@ async fn expired_metadata_of_every_role_is_refused_as_a_freeze() {
     repo.serve_targets(&stale, newer).await;
     repo.expect_refused(
         "expired targets",
-        &["targets metadata has expired"],
+        &["targets metadata has expired at 20", " ago): "],
         "expired",
     )
     .await;
