@@ -10,6 +10,7 @@ mod interop;
 mod limits;
 mod lossy_proxy;
 mod migrations;
+mod openapi;
 mod parity;
 mod pinecone;
 mod publish;
