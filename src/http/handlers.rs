@@ -23,6 +23,7 @@ pub const MAX_BATCH_IDS: usize = 1000;
 
 /// `POST /search` body: the shape the service this replaces takes.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"query_text": "fast key value database", "top_k": 3, "filter": {"category": "database"}}))]
 pub struct SearchRequest {
     /// The text to search for.
     query_text: String,
@@ -52,6 +53,7 @@ pub enum FilterValue {
 
 /// `POST /items/batch` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"ids": ["demo-0001", "demo-0002", "no-such-id"]}))]
 pub struct BatchRequest {
     /// Ids to look up, at most 1000.
     #[schema(max_items = 1000)]
@@ -274,7 +276,7 @@ pub(super) async fn item_named_batch(State(state): State<AppState>) -> Result<Re
     operation_id = "get_item",
     tag = "data",
     summary = "One item by id",
-    params(("id" = String, Path, description = "The item's id.")),
+    params(("id" = String, Path, description = "The item's id.", example = "demo-0001")),
     responses(
         (status = 200, description = "The item's JSON, exactly as stored.", body = Object),
         (status = 400, description = "The id in the path is not UTF-8 (`invalid_path`).", body = ErrorBody),
