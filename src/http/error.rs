@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// An error answer: `{"error": {"code": "...", "message": "..."}}`.
@@ -13,32 +14,95 @@ pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
     /// Stable machine-readable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// What was wrong and what to do, for a person.
     pub message: String,
 }
 
+/// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The code and message of an error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: what to branch on.
+    pub code: ErrorCode,
+    /// What was wrong and what to do, for a person; its wording may change.
+    pub message: String,
+}
+
+/// The stable codes of error answers. 400: `invalid_json` (the body is not JSON),
+/// `invalid_field` (a field is missing or of the wrong type; the message names it),
+/// `invalid_path` (an item id in the path that is not UTF-8), `unreadable_body` (e.g. broken
+/// chunked framing). 404: `not_found` (no such item or route). 405: `method_not_allowed`.
+/// 408: `request_timeout`. 413: `payload_too_large`. 422: `top_k_out_of_range`,
+/// `too_many_ids`, `too_many_terms`, `bad_filter`. 503 (with `Retry-After`): `not_ready` (no
+/// data version loaded yet), `overloaded` (too many searches or connections at once),
+/// `vector_backend_unavailable` (the remote vector backend failed; item lookups still work).
+/// 500: `internal` (the cause is in the server log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the body is not JSON.
+    InvalidJson,
+    /// 400: a field is missing or of the wrong type.
+    InvalidField,
+    /// 400: an item id in the path that is not UTF-8.
+    InvalidPath,
+    /// 400: the body could not be read.
+    UnreadableBody,
+    /// 404: no such item or route.
+    NotFound,
+    /// 405: the route does not take that method.
+    MethodNotAllowed,
+    /// 408: the request or its body did not arrive in time.
+    RequestTimeout,
+    /// 413: the body is over 64 KiB.
+    PayloadTooLarge,
+    /// 422: `top_k` outside 1..=1000.
+    TopKOutOfRange,
+    /// 422: more than 1000 ids in a batch.
+    TooManyIds,
+    /// 422: a query with more distinct known terms than `--max-query-terms`.
+    TooManyTerms,
+    /// 422: a filter on a field that is not indexed, or with a value that is not a string,
+    /// number or boolean.
+    BadFilter,
+    /// 503: no data version is loaded yet.
+    NotReady,
+    /// 503: too many searches or connections at once.
+    Overloaded,
+    /// 503: the remote vector backend failed or its circuit is open.
+    VectorBackendUnavailable,
+    /// 500: an internal error.
+    Internal,
+}
+
 impl ApiError {
     /// 400: the body is not what the route takes.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     /// 422: well-formed but out of range.
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unprocessable(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     /// 503 before the first version is swapped in.
     pub fn not_ready() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
+            ErrorCode::NotReady,
             "no data version is loaded yet; retry shortly",
         )
     }
@@ -47,7 +111,7 @@ impl ApiError {
     pub fn request_timeout() -> Self {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            ErrorCode::RequestTimeout,
             "the request did not arrive (or finish) in time; send it again",
         )
     }
@@ -56,7 +120,7 @@ impl ApiError {
     pub fn overloaded() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            ErrorCode::Overloaded,
             "too many searches at once; retry shortly",
         )
     }
@@ -65,7 +129,7 @@ impl ApiError {
     pub fn too_many_connections() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            ErrorCode::Overloaded,
             "the server has too many open connections; retry shortly",
         )
     }
@@ -82,7 +146,7 @@ impl ApiError {
         }
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "vector_backend_unavailable",
+            ErrorCode::VectorBackendUnavailable,
             "the vector backend is unavailable; retry shortly (item lookups still work)",
         )
     }
@@ -92,12 +156,12 @@ impl ApiError {
         tracing::error!(error = format!("{error:#}"), "request failed");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error; the cause is in the server log",
         )
     }
 
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -108,7 +172,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
@@ -135,7 +204,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
             .map(|axum::extract::Path(id)| PathId(id))
             .map_err(|rejection| {
                 ApiError::bad_request(
-                    "invalid_path",
+                    ErrorCode::InvalidPath,
                     format!(
                         "the item id in the path is not valid: {}",
                         rejection.body_text()
@@ -163,14 +232,14 @@ where
             } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     format!(
                         "request body is larger than {} bytes",
                         super::MAX_BODY_BYTES
                     ),
                 )
             } else {
-                ApiError::bad_request("unreadable_body", rejection.body_text())
+                ApiError::bad_request(ErrorCode::UnreadableBody, rejection.body_text())
             }
         })?;
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
@@ -179,18 +248,18 @@ where
             let inner = error.inner();
             if inner.is_syntax() || inner.is_eof() {
                 ApiError::bad_request(
-                    "invalid_json",
+                    ErrorCode::InvalidJson,
                     format!("request body is not valid JSON: {inner}"),
                 )
             } else if path == "." {
-                ApiError::bad_request("invalid_field", format!("{inner}"))
+                ApiError::bad_request(ErrorCode::InvalidField, format!("{inner}"))
             } else {
-                ApiError::bad_request("invalid_field", format!("field `{path}`: {inner}"))
+                ApiError::bad_request(ErrorCode::InvalidField, format!("field `{path}`: {inner}"))
             }
         })?;
         deserializer.end().map_err(|error| {
             ApiError::bad_request(
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 format!("request body is not valid JSON: {error}"),
             )
         })?;

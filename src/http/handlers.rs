@@ -7,9 +7,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, JsonBody, PathId};
+use super::error::{ApiError, ErrorBody, ErrorCode, JsonBody, PathId};
+use super::openapi::{BatchResponse, SearchResponse, StatusBody};
 use super::serve::CpuError;
 use super::{AppState, DATA_VERSION_HEADER};
 use crate::catalog::backend::{SearchError, VectorBackend};
@@ -21,24 +22,74 @@ pub const MAX_TOP_K: i64 = 1000;
 pub const MAX_BATCH_IDS: usize = 1000;
 
 /// `POST /search` body: the shape the service this replaces takes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"query_text": "fast key value database", "top_k": 3, "filter": {"category": "database"}}))]
 pub struct SearchRequest {
     /// The text to search for.
     query_text: String,
     /// How many results, 1..=1000; default 5.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000, default = 5)]
     top_k: Option<i64>,
     /// Equality on indexed top-level fields, all of which must hold:
-    /// `{"category": "database"}`.
+    /// `{"category": "database"}`. A field the bundle does not index (see `filter_fields` in
+    /// `/status`) is a 422 `bad_filter`; `{}` means no filter.
     #[serde(default)]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, FilterValue>>)]
     filter: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// A filter value: a string, a number (`2` equals `2.0`) or a boolean.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum FilterValue {
+    /// Equal text.
+    Text(String),
+    /// An equal number.
+    Number(f64),
+    /// An equal boolean.
+    Bool(bool),
+}
+
 /// `POST /items/batch` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"ids": ["demo-0001", "demo-0002", "no-such-id"]}))]
 pub struct BatchRequest {
-    /// Ids to look up, at most [`MAX_BATCH_IDS`].
+    /// Ids to look up, at most 1000.
+    #[schema(max_items = 1000)]
     ids: Vec<String>,
+}
+
+/// `GET /livez` answer.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Liveness {
+    /// Always `alive`.
+    pub status: Alive,
+}
+
+/// The one state `/livez` reports.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Alive {
+    /// The process runs.
+    Alive,
+}
+
+/// `GET /readyz` answer once a data version is swapped in.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// Always `ready` (before, the answer is a 503 `not_ready`).
+    pub status: Ready,
+    /// The data version (seq) served.
+    pub data_version: u64,
+}
+
+/// The one state a 200 from `/readyz` reports.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Ready {
+    /// A data version is served.
+    Ready,
 }
 
 fn current(state: &AppState) -> Result<Arc<Catalog>, ApiError> {
@@ -57,6 +108,23 @@ fn json_bytes(status: StatusCode, body: Vec<u8>, seq: u64) -> Response {
     response
 }
 
+#[utoipa::path(
+    post,
+    path = "/search",
+    operation_id = "search",
+    tag = "data",
+    summary = "Similarity search",
+    request_body = SearchRequest,
+    responses(
+        (status = 200, description = "The top-k items scoring above 0, best first.", body = SearchResponse),
+        (status = 400, description = "The body is not JSON (`invalid_json`), a field is missing or of the wrong type (`invalid_field`, the message names it), or the body could not be read (`unreadable_body`).", body = ErrorBody),
+        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 413, description = "The body is over 64 KiB (`payload_too_large`).", body = ErrorBody),
+        (status = 422, description = "`top_k` outside 1..=1000 (`top_k_out_of_range`), more distinct known terms than `--max-query-terms` (`too_many_terms`), or a filter on a field that is not indexed or with a value that is not a string, number or boolean (`bad_filter`).", body = ErrorBody),
+        (status = 503, description = "No data version loaded yet (`not_ready`), too many searches or connections at once (`overloaded`), or the remote vector backend failed (`vector_backend_unavailable`).", body = ErrorBody),
+        (status = 500, description = "An internal error (`internal`); the cause is in the server log.", body = ErrorBody),
+    )
+)]
 pub(super) async fn search(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<SearchRequest>,
@@ -64,17 +132,17 @@ pub(super) async fn search(
     let top_k = request.top_k.unwrap_or(5);
     if !(1..=MAX_TOP_K).contains(&top_k) {
         return Err(ApiError::unprocessable(
-            "top_k_out_of_range",
+            ErrorCode::TopKOutOfRange,
             format!("field `top_k` must be between 1 and {MAX_TOP_K}, got {top_k}"),
         ));
     }
     let catalog = current(&state)?;
     let filter = match &request.filter {
-        Some(object) if !object.is_empty() => Some(
-            catalog
-                .parse_filter(object)
-                .map_err(|error| ApiError::unprocessable("bad_filter", error.to_string()))?,
-        ),
+        Some(object) if !object.is_empty() => {
+            Some(catalog.parse_filter(object).map_err(|error| {
+                ApiError::unprocessable(ErrorCode::BadFilter, error.to_string())
+            })?)
+        }
         _ => None,
     };
     let query = catalog.model().embed(&request.query_text);
@@ -87,7 +155,7 @@ pub(super) async fn search(
         .increment(coverage.unknown);
     if query.len() > state.max_query_terms {
         return Err(ApiError::unprocessable(
-            "too_many_terms",
+            ErrorCode::TooManyTerms,
             format!(
                 "field `query_text` holds {} distinct known terms; at most {} per search",
                 query.len(),
@@ -182,10 +250,42 @@ fn write_json_string(out: &mut Vec<u8>, text: &str) {
 }
 
 /// `GET /items/batch`: the item whose id is `batch` (the batch lookup is a POST).
+#[utoipa::path(
+    get,
+    path = "/items/batch",
+    operation_id = "get_item_named_batch",
+    tag = "data",
+    summary = "The item whose id is `batch`",
+    description = "`/items/batch` is the batch lookup with POST; with GET it is the item whose id is `batch`, like `GET /items/{id}`.",
+    responses(
+        (status = 200, description = "The item's JSON, exactly as stored.", body = Object),
+        (status = 400, description = "The id in the path is not UTF-8 (`invalid_path`).", body = ErrorBody),
+        (status = 404, description = "No item with this id (`not_found`).", body = ErrorBody),
+        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 503, description = "No data version loaded yet (`not_ready`), or too many connections (`overloaded`).", body = ErrorBody),
+        (status = 500, description = "An internal error (`internal`); the cause is in the server log.", body = ErrorBody),
+    )
+)]
 pub(super) async fn item_named_batch(State(state): State<AppState>) -> Result<Response, ApiError> {
     item(State(state), PathId("batch".into())).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/items/{id}",
+    operation_id = "get_item",
+    tag = "data",
+    summary = "One item by id",
+    params(("id" = String, Path, description = "The item's id.", example = "demo-0001")),
+    responses(
+        (status = 200, description = "The item's JSON, exactly as stored.", body = Object),
+        (status = 400, description = "The id in the path is not UTF-8 (`invalid_path`).", body = ErrorBody),
+        (status = 404, description = "No item with this id (`not_found`).", body = ErrorBody),
+        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 503, description = "No data version loaded yet (`not_ready`), or too many connections (`overloaded`).", body = ErrorBody),
+        (status = 500, description = "An internal error (`internal`); the cause is in the server log.", body = ErrorBody),
+    )
+)]
 pub(super) async fn item(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -207,13 +307,30 @@ pub(super) async fn item(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/items/batch",
+    operation_id = "get_items",
+    tag = "data",
+    summary = "Items by id, many at once",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "The items found, in the order asked, and the ids not found.", body = BatchResponse),
+        (status = 400, description = "The body is not JSON (`invalid_json`), a field is missing or of the wrong type (`invalid_field`, the message names it), or the body could not be read (`unreadable_body`).", body = ErrorBody),
+        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 413, description = "The body is over 64 KiB (`payload_too_large`).", body = ErrorBody),
+        (status = 422, description = "More than 1000 ids (`too_many_ids`).", body = ErrorBody),
+        (status = 503, description = "No data version loaded yet (`not_ready`), or too many connections (`overloaded`).", body = ErrorBody),
+        (status = 500, description = "An internal error (`internal`); the cause is in the server log.", body = ErrorBody),
+    )
+)]
 pub(super) async fn items_batch(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Response, ApiError> {
     if request.ids.len() > MAX_BATCH_IDS {
         return Err(ApiError::unprocessable(
-            "too_many_ids",
+            ErrorCode::TooManyIds,
             format!(
                 "field `ids` holds {} ids; at most {MAX_BATCH_IDS} per request",
                 request.ids.len()
@@ -245,19 +362,54 @@ pub(super) async fn items_batch(
     Ok(json_bytes(StatusCode::OK, body, catalog.seq()))
 }
 
-pub(super) async fn livez() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "alive"}))
+#[utoipa::path(
+    get,
+    path = "/livez",
+    operation_id = "livez",
+    tag = "probes",
+    summary = "Liveness",
+    responses(
+        (status = 200, description = "The process runs.", body = Liveness),
+        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+    )
+)]
+pub(super) async fn livez() -> Json<Liveness> {
+    Json(Liveness {
+        status: Alive::Alive,
+    })
 }
 
-pub(super) async fn readyz(
-    State(state): State<AppState>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "probes",
+    summary = "Readiness",
+    responses(
+        (status = 200, description = "A data version is served.", body = Readiness),
+        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 503, description = "No data version is loaded yet (`not_ready`).", body = ErrorBody),
+    )
+)]
+pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
     let catalog = current(&state)?;
-    Ok(Json(
-        serde_json::json!({"status": "ready", "data_version": catalog.seq()}),
-    ))
+    Ok(Json(Readiness {
+        status: Ready::Ready,
+        data_version: catalog.seq(),
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "probes",
+    summary = "Prometheus metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.", body = String, content_type = "text/plain"),
+        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let catalog = state.catalog.load();
     metrics::gauge!("deltacache_ready").set(if catalog.is_some() { 1.0 } else { 0.0 });
@@ -290,6 +442,17 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     response
 }
 
+#[utoipa::path(
+    get,
+    path = "/status",
+    operation_id = "status",
+    tag = "probes",
+    summary = "What is served and how syncing goes",
+    responses(
+        (status = 200, description = "The served version and the sync state. With `status-detail = true` also the version name, bundle path, delta store URL, deltas applied and the last error's text.", body = StatusBody),
+        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+    )
+)]
 pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(status_body(&state, state.status_detail))
 }
@@ -374,6 +537,27 @@ fn fleet_json(sync: &crate::sync::follow::SyncStatus) -> serde_json::Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = "meta",
+    summary = "This document",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of this API.", body = Object),
+        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 503, description = "Too many connections (`overloaded`).", body = ErrorBody),
+    )
+)]
+pub(super) async fn openapi() -> Response {
+    let mut response = super::openapi::document_bytes().clone().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 pub(super) async fn too_many_connections() -> ApiError {
     ApiError::too_many_connections()
 }
@@ -385,7 +569,7 @@ pub(super) async fn not_found() -> ApiError {
 pub(super) async fn method_not_allowed() -> ApiError {
     ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
-        code: "method_not_allowed",
+        code: ErrorCode::MethodNotAllowed,
         message: "this route does not take that method".into(),
     }
 }

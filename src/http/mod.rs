@@ -1,7 +1,9 @@
-//! The HTTP API: router, shared state, and the server loop with its limits (`serve`).
+//! The HTTP API: router, shared state, the server loop with its limits (`serve`), and its
+//! OpenAPI contract (`openapi`).
 
 pub mod error;
 mod handlers;
+pub mod openapi;
 pub mod serve;
 
 pub use handlers::status_body;
@@ -117,7 +119,8 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
             "/items/batch",
             post(handlers::items_batch).get(handlers::item_named_batch),
         )
-        .route("/items/{id}", get(handlers::item));
+        .route("/items/{id}", get(handlers::item))
+        .route("/openapi.json", get(handlers::openapi));
     with_layers(probe_routes(routes), state, limits)
 }
 

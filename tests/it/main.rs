@@ -12,6 +12,7 @@ mod limits;
 mod logs;
 mod lossy_proxy;
 mod migrations;
+mod openapi;
 mod parity;
 mod pinecone;
 mod publish;
