@@ -271,6 +271,7 @@ pub async fn compact(
         input: items,
         input_format: InputFormat::Jsonl,
         filter_fields: bundle.manifest.filter_fields.clone(),
+        filter_fields_named: false,
         out: out.to_path_buf(),
         dataset: Some(bundle.manifest.dataset.clone()),
         fields: bundle.manifest.item_fields(),
