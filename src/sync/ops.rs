@@ -188,7 +188,8 @@ pub async fn verify_repository(
     let deltas = delta_targets(&targets)?;
     let snapshots = snapshot_targets(&targets)?;
     let position = match (bundle, deltas.first()) {
-        (Some(dir), _) => ChainPosition::of_bundle(&Bundle::open(dir)?.manifest),
+        (Some(dir), _) => ChainPosition::of_bundle(&Bundle::open(dir)?.manifest)
+            .held_by(format!("bundle {}", dir.display())),
         (None, Some(first)) => ChainPosition::new(
             &first.meta.dataset,
             first.meta.parent_seq,
