@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sha2::{Digest, Sha256};
 
 use super::chain::{
     ChainPosition, DeltaMeta, DeltaTarget, delta_target_name, delta_targets, verify_delta,
@@ -18,7 +17,7 @@ use crate::bundle::items::{ItemFields, ItemReader, parse_item};
 use crate::bundle::{Bundle, INDEX_FILE};
 use crate::clock::now_secs;
 use crate::delta_store::{DeltaStore, RemoteSettings};
-use crate::digest::sha256_hex;
+use crate::digest::{canonical_json_sha256, sha256_hex};
 use crate::progress::Progress;
 use crate::search::index::VectorIndex;
 use crate::tuf::client::TargetInfo;
@@ -79,12 +78,18 @@ pub struct PublishReport {
     pub updates: u64,
     /// Deletes of present ids.
     pub deletes: u64,
-    /// Ids left as they were (diff only).
+    /// Items left as they were: in a diff, ids whose JSON is the same value in both
+    /// snapshots; in a changes file, puts of the JSON value the item already has (dropped).
     pub unchanged: u64,
-    /// Deletes of ids in neither the bundle nor any earlier delta (dropped, with a warning).
+    /// Deletes of ids not live at the chain's tip: in neither the bundle nor any delta, or
+    /// deleted by an earlier delta (dropped, with a warning saying which).
     pub unknown_deletes: u64,
     /// Whether nothing was published.
     pub dry_run: bool,
+    /// The changes leave the catalogue as it is: no delta was (or would be) published. Not
+    /// an error: a quiet day publishes nothing (the timestamp is then kept fresh by `repo
+    /// refresh`).
+    pub nothing_to_publish: bool,
     /// The items put by the delta (their JSON as written), for mirroring to Pinecone.
     pub puts: Vec<String>,
     /// The ids deleted by the delta, for mirroring to Pinecone.
@@ -123,24 +128,26 @@ pub async fn publish(options: &PublishOptions) -> anyhow::Result<PublishReport> 
     }
     // Before anything is written: the keys must be the ones the newest root authorises.
     state.check_authorised(&key_ids, &[Role::Targets, Role::Snapshot, Role::Timestamp])?;
-    let tip = ChainTip::read(&store, &state, &bundle).await?;
+    let (changes, put_ids) = read_source(&options.changes, &fields)?;
+    let tip = ChainTip::read(&store, &state, &bundle, &put_ids).await?;
 
     let mut report = PublishReport {
         seq: tip.next_seq(),
         dry_run: options.dry_run,
         ..Default::default()
     };
-    let records = match &options.changes {
-        ChangeSource::Changes(path) => read_changes(path, &fields, &tip.live_ids, &mut report)?,
-        ChangeSource::Diff { old, new } => {
-            diff_snapshots(old, new, &fields, &tip.live_ids, &mut report)?
+    let records = match (&options.changes, changes) {
+        (ChangeSource::Diff { old, new }, _) => {
+            diff_snapshots(old, new, &fields, &tip, &mut report)?
+        }
+        (ChangeSource::Changes(_), changes) => {
+            classify_changes(changes.unwrap_or_default(), &bundle, &tip, &mut report)?
         }
     };
     if records.is_empty() {
-        if options.dry_run {
-            return Ok(report);
-        }
-        bail!("nothing to publish: the changes leave the catalogue as it is");
+        // The same answer with or without --dry-run: nothing to publish is not a failure.
+        report.nothing_to_publish = true;
+        return Ok(report);
     }
     let batch = tip.next_batch(records, now_secs());
     let bytes = batch.encode()?;
@@ -235,7 +242,8 @@ pub async fn init_repository(
         let trusted = super::legacy::TrustedKeys::load(trusted_keys)?;
         let bundle = Bundle::open(bundle)?;
         let chain = super::legacy::read_chain(&store, &trusted).await?;
-        let position = ChainPosition::of_bundle(&bundle.manifest);
+        let position = ChainPosition::of_bundle(&bundle.manifest)
+            .held_by(format!("bundle {}", bundle.dir.display()));
         for delta in chain {
             let meta = DeltaMeta::of_batch(&delta.batch);
             if meta.dataset != position.dataset
@@ -273,24 +281,40 @@ struct ChainTip {
     newest: Option<DeltaTarget>,
     /// Every id live at the tip.
     live_ids: HashSet<String>,
+    /// Ids a delta since the bundle deleted and none put again, with that delta's seq.
+    deleted_at: HashMap<String, u64>,
+    /// The JSON of the newest put since the bundle of each id asked for (the puts of a
+    /// changes file), to tell a put that changes nothing.
+    put_json: HashMap<String, String>,
 }
 
 impl ChainTip {
     /// Checks the chain's metadata from the bundle on, and reads every delta since the
-    /// bundle (each checked against its hash) to know which ids exist.
-    async fn read(store: &DeltaStore, state: &RepoState, bundle: &Bundle) -> anyhow::Result<Self> {
-        let position = ChainPosition::of_bundle(&bundle.manifest);
+    /// bundle (each checked against its hash) to know which ids exist, which were deleted,
+    /// and the newest JSON of the ids in `wanted`.
+    async fn read(
+        store: &DeltaStore,
+        state: &RepoState,
+        bundle: &Bundle,
+        wanted: &HashSet<String>,
+    ) -> anyhow::Result<Self> {
+        let position = ChainPosition::of_bundle(&bundle.manifest)
+            .held_by(format!("bundle {}", bundle.dir.display()));
         let fields = bundle.manifest.item_fields();
         let targets = published_targets(state);
         let deltas = delta_targets(&targets)?;
         let snapshots = snapshot_targets(&targets)?;
-        let planned = plan_across(&deltas, &snapshots, &position).with_context(|| {
-            format!(
+        let planned = plan_across(&deltas, &snapshots, &position).map_err(|error| {
+            // A dataset or model mismatch says itself what to do.
+            if matches!(error, super::chain::ChainError::Binding { .. }) {
+                return anyhow::Error::new(error);
+            }
+            anyhow::Error::new(error).context(format!(
                 "the chain in {} does not continue bundle {} (seq {}): publish against the bundle the chain started from",
                 store.describe(),
                 bundle.dir.display(),
                 position.seq
-            )
+            ))
         })?;
         if let Some(rollover) = planned.rollovers.last() {
             bail!(
@@ -305,18 +329,26 @@ impl ChainTip {
         }
         let planned = planned.deltas;
         let mut live_ids = bundle_ids(bundle)?;
+        let mut deleted_at = HashMap::new();
+        let mut put_json = HashMap::new();
         for delta in &planned {
             let bytes = read_target(store, delta).await?;
             let verified = verify_delta(&bytes, delta, MAX_RECORDS_BYTES)?;
             for record in &verified.batch.records {
                 match record {
-                    DeltaRecord::Put { item } => {
-                        let item = parse_item(item.get(), &fields)
+                    DeltaRecord::Put { item: json } => {
+                        let item = parse_item(json.get(), &fields)
                             .with_context(|| format!("a put in {}", delta.name))?;
+                        deleted_at.remove(&item.id);
+                        if wanted.contains(&item.id) {
+                            put_json.insert(item.id.clone(), json.get().to_owned());
+                        }
                         live_ids.insert(item.id);
                     }
                     DeltaRecord::Delete { id } => {
                         live_ids.remove(id);
+                        put_json.remove(id);
+                        deleted_at.insert(id.clone(), delta.meta.seq);
                     }
                 }
             }
@@ -328,7 +360,24 @@ impl ChainTip {
                 .or_else(|| deltas.iter().find(|d| d.meta.seq == position.seq).cloned()),
             position,
             live_ids,
+            deleted_at,
+            put_json,
         })
+    }
+
+    /// Warns that a delete of `id`, which is not live at the tip, is dropped, saying why.
+    fn warn_dropped_delete(&self, id: &str) {
+        match self.deleted_at.get(id) {
+            Some(seq) => tracing::warn!(
+                id,
+                deleted_by_seq = seq,
+                "delete of an id that seq {seq} already deleted; dropped (nothing to do)"
+            ),
+            None => tracing::warn!(
+                id,
+                "delete of an id that is in neither the bundle nor any delta published since; dropped (check the id)"
+            ),
+        }
     }
 
     /// The seq the next delta takes.
@@ -409,13 +458,29 @@ fn bundle_ids(bundle: &Bundle) -> anyhow::Result<HashSet<String>> {
         .collect())
 }
 
-/// Reads a changes file; the last operation on an id wins.
-fn read_changes(
-    path: &std::path::Path,
+/// A changes file's records: (id, record), the last operation on each id.
+type Changes = Vec<(String, DeltaRecord)>;
+
+/// A changes file's records (`None` for a diff, read later against the tip) and the ids it
+/// puts.
+fn read_source(
+    source: &ChangeSource,
     fields: &ItemFields,
-    live_ids: &HashSet<String>,
-    report: &mut PublishReport,
-) -> anyhow::Result<Vec<DeltaRecord>> {
+) -> anyhow::Result<(Option<Changes>, HashSet<String>)> {
+    let ChangeSource::Changes(path) = source else {
+        return Ok((None, HashSet::new()));
+    };
+    let records = read_changes(path, fields)?;
+    let put_ids = records
+        .iter()
+        .filter(|(_, record)| matches!(record, DeltaRecord::Put { .. }))
+        .map(|(id, _)| id.clone())
+        .collect();
+    Ok((Some(records), put_ids))
+}
+
+/// Reads a changes file: (id, record) in first-seen order; the last operation on an id wins.
+fn read_changes(path: &std::path::Path, fields: &ItemFields) -> anyhow::Result<Changes> {
     use std::io::BufRead;
     let file = std::fs::File::open(path)
         .with_context(|| format!("open changes file {}", path.display()))?;
@@ -454,17 +519,45 @@ fn read_changes(
         }
     }
     progress.finish();
+    Ok(records)
+}
+
+/// Counts a changes file's records against the chain's tip and keeps those that change
+/// something: a put whose item is the JSON value the item already has is unchanged, a
+/// delete of an id not live is dropped with a warning saying why.
+fn classify_changes(
+    records: Changes,
+    bundle: &Bundle,
+    tip: &ChainTip,
+    report: &mut PublishReport,
+) -> anyhow::Result<Vec<DeltaRecord>> {
+    let in_bundle: Vec<&str> = records
+        .iter()
+        .filter(|(id, record)| {
+            matches!(record, DeltaRecord::Put { .. })
+                && tip.live_ids.contains(id)
+                && !tip.put_json.contains_key(id)
+        })
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let bundle_json = bundle_items(bundle, &in_bundle)?;
     let mut kept = Vec::with_capacity(records.len());
     for (id, record) in records {
-        match (&record, live_ids.contains(&id)) {
-            (DeltaRecord::Put { .. }, true) => report.updates += 1,
+        match (&record, tip.live_ids.contains(&id)) {
+            (DeltaRecord::Put { item }, true) => {
+                let current = tip.put_json.get(&id).or_else(|| bundle_json.get(&id));
+                if let Some(current) = current
+                    && same_json(current, item.get())?
+                {
+                    report.unchanged += 1;
+                    continue;
+                }
+                report.updates += 1;
+            }
             (DeltaRecord::Put { .. }, false) => report.adds += 1,
             (DeltaRecord::Delete { .. }, true) => report.deletes += 1,
             (DeltaRecord::Delete { .. }, false) => {
-                tracing::warn!(
-                    id,
-                    "delete of an id that is in neither the bundle nor any earlier delta; dropped"
-                );
+                tip.warn_dropped_delete(&id);
                 report.unknown_deletes += 1;
                 continue;
             }
@@ -474,22 +567,62 @@ fn read_changes(
     Ok(kept)
 }
 
+/// Whether two JSON texts are the same JSON value ([`canonical_json_sha256`]).
+fn same_json(a: &str, b: &str) -> anyhow::Result<bool> {
+    Ok(canonical_json_sha256(a).context("parse an item's JSON")?
+        == canonical_json_sha256(b).context("parse an item's JSON")?)
+}
+
+/// The JSON the bundle holds for `ids`, read from a clone of its database (never the bundle
+/// itself, which LevelDB would write to): made beside the bundle, so its tables are
+/// hard-linked, else in the temporary directory.
+fn bundle_items(bundle: &Bundle, ids: &[&str]) -> anyhow::Result<HashMap<String, String>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let beside = bundle.dir.parent().and_then(|parent| {
+        tempfile::Builder::new()
+            .prefix(".deltacache-publish-")
+            .tempdir_in(parent)
+            .ok()
+    });
+    let scratch = match beside {
+        Some(dir) => dir,
+        None => tempfile::tempdir().context("create a temporary directory")?,
+    };
+    let (readers, ()) = crate::db::leveldb::MetadataReaders::open(
+        &bundle.dir.join(crate::bundle::DB_DIR),
+        &scratch.path().join("db"),
+        1,
+        |_| Ok(()),
+    )
+    .with_context(|| format!("read the items of bundle {}", bundle.dir.display()))?;
+    let mut items = HashMap::with_capacity(ids.len());
+    for id in ids {
+        if let Some(json) = readers.get(id)? {
+            let json = String::from_utf8(json)
+                .with_context(|| format!("bundle item {id:?} is not UTF-8"))?;
+            items.insert((*id).to_owned(), json);
+        }
+    }
+    Ok(items)
+}
+
 /// Puts and deletes that turn snapshot `old` into snapshot `new`. Memory holds one digest per
 /// id of `old`, never the items themselves.
 fn diff_snapshots(
     old: &std::path::Path,
     new: &std::path::Path,
     fields: &ItemFields,
-    live_ids: &HashSet<String>,
+    tip: &ChainTip,
     report: &mut PublishReport,
 ) -> anyhow::Result<Vec<DeltaRecord>> {
     let mut old_items: HashMap<String, [u8; 32]> = HashMap::new();
     for next in ItemReader::open(old, fields.clone())? {
         let (line_no, item) = next?;
-        if old_items
-            .insert(item.id.clone(), Sha256::digest(item.json.as_bytes()).into())
-            .is_some()
-        {
+        let digest = canonical_json_sha256(&item.json)
+            .with_context(|| format!("{} line {line_no}", old.display()))?;
+        if old_items.insert(item.id.clone(), digest).is_some() {
             bail!(
                 "{} line {line_no}: duplicate id {:?}",
                 old.display(),
@@ -511,7 +644,8 @@ fn diff_snapshots(
                 item.id
             );
         }
-        let digest: [u8; 32] = Sha256::digest(item.json.as_bytes()).into();
+        let digest = canonical_json_sha256(&item.json)
+            .with_context(|| format!("{} line {line_no}", new.display()))?;
         match old_items.get(&item.id) {
             Some(old_digest) if *old_digest == digest => {
                 report.unchanged += 1;
@@ -534,14 +668,11 @@ fn diff_snapshots(
         .collect();
     deletes.sort();
     for id in deletes {
-        if live_ids.contains(id) {
+        if tip.live_ids.contains(id) {
             report.deletes += 1;
         } else {
             report.unknown_deletes += 1;
-            tracing::warn!(
-                id,
-                "delete of an id that is in neither the bundle nor any earlier delta; dropped"
-            );
+            tip.warn_dropped_delete(id);
             continue;
         }
         records.push(DeltaRecord::Delete { id: id.clone() });
