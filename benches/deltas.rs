@@ -106,6 +106,7 @@ fn main() {
             input: items_path.clone(),
             input_format: InputFormat::Jsonl,
             filter_fields,
+            filter_fields_named: false,
             out: out.clone(),
             dataset: Some("bench".into()),
             fields: Default::default(),

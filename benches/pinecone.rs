@@ -114,6 +114,7 @@ async fn run() -> anyhow::Result<()> {
         input: dir.path().join("items.jsonl"),
         input_format: InputFormat::Jsonl,
         filter_fields: vec!["category".into()],
+        filter_fields_named: false,
         out: bundle.clone(),
         dataset: Some("bench".into()),
         fields: ItemFields::default(),

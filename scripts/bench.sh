@@ -361,7 +361,7 @@ build_bundle() {
     log "build-base $label --stop-words $stop_words -> $bundle"
     local t0 t1
     t0=$(now)
-    "$BIN" build-base --input "$items" --out "$bundle" --stop-words "$stop_words" \
+    "$BIN" build-base --input "$items" --dataset items --out "$bundle" --stop-words "$stop_words" \
         >"$OUT_DIR/build-$label.log" 2>&1 \
         || { cat "$OUT_DIR/build-$label.log" >&2; die "build-base of $label failed"; }
     t1=$(now)
@@ -772,7 +772,7 @@ if [[ $SKIP_1M -eq 0 ]]; then
     gen_corpus 1000000 "$items" "$OUT_DIR/queries-1m.txt"
     rm -rf "$OUT_DIR/bundle-1m"
     log "build-base 1m under /usr/bin/time -v"
-    /usr/bin/time -v "$BIN" build-base --input "$items" --out "$OUT_DIR/bundle-1m" \
+    /usr/bin/time -v "$BIN" build-base --input "$items" --dataset items --out "$OUT_DIR/bundle-1m" \
         >"$OUT_DIR/build-1m.log" 2>"$OUT_DIR/build-1m.time" \
         || { cat "$OUT_DIR/build-1m.time" >&2; die "build-base of 1m failed"; }
     log "  $(tail -1 "$OUT_DIR/build-1m.log")"

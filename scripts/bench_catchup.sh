@@ -51,7 +51,7 @@ now_ms() { date +%s%3N; }
 CORPUS=$OUT/items-$ITEMS.jsonl
 BUNDLE=$OUT/bundle-$ITEMS
 [[ -f $CORPUS ]] || python3 scripts/gen_corpus.py --n "$ITEMS" --seed 42 --out "$CORPUS"
-[[ -d $BUNDLE ]] || "$BIN" build-base --input "$CORPUS" --out "$BUNDLE" >/dev/null 2>"$OUT/build.log"
+[[ -d $BUNDLE ]] || "$BIN" build-base --input "$CORPUS" --dataset items --out "$BUNDLE" >/dev/null 2>"$OUT/build.log"
 
 KEY=$OUT/key
 ROOT=$OUT/root.json

@@ -76,7 +76,7 @@ CORPUS=$OUT/items-$ITEMS.jsonl
 BUNDLE=$OUT/bundle-$ITEMS
 if [[ ! -f $BUNDLE.done ]]; then
     rm -rf "$BUNDLE"
-    RUST_LOG=error "$BIN" build-base --input "$CORPUS" --out "$BUNDLE" > /dev/null
+    RUST_LOG=error "$BIN" build-base --input "$CORPUS" --dataset items --out "$BUNDLE" > /dev/null
     touch "$BUNDLE.done"
 fi
 KEYS=$OUT/keys

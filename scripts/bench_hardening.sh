@@ -254,7 +254,7 @@ if [[ ! -f $OUT_DIR/bundle.stamp || $(cat "$OUT_DIR/bundle.stamp") != "$want" ]]
     log "corpus and bundle of 10,000 items"
     rm -rf "$BUNDLE"
     python3 scripts/gen_corpus.py --n 10000 --seed 42 --out "$ITEMS" --queries 1000 --queries-out "$QUERIES"
-    "$BIN" build-base --input "$ITEMS" --out "$BUNDLE" >"$OUT_DIR/build-base.log" 2>&1 \
+    "$BIN" build-base --input "$ITEMS" --dataset items --out "$BUNDLE" >"$OUT_DIR/build-base.log" 2>&1 \
         || { cat "$OUT_DIR/build-base.log" >&2; die "build-base failed"; }
     echo "$want" >"$OUT_DIR/bundle.stamp"
 fi

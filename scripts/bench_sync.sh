@@ -75,7 +75,7 @@ if [[ ! -f $CORPUS ]]; then
     python3 scripts/gen_corpus.py --n "$ITEMS" --seed 42 --out "$CORPUS"
 fi
 if [[ ! -d $BUNDLE ]]; then
-    /usr/bin/time -v "$BIN" build-base --input "$CORPUS" --out "$BUNDLE" 2> "$OUT/build.log" >/dev/null
+    /usr/bin/time -v "$BIN" build-base --input "$CORPUS" --dataset items --out "$BUNDLE" 2> "$OUT/build.log" >/dev/null
 fi
 
 STORE=$OUT/store-$ITEMS-$DELTAS-$CHANGES

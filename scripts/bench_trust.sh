@@ -132,7 +132,7 @@ setup() {
     local bundle=$dir/bundle store key=$dir/publisher.key
     store=$(store_of "$label")
     mkdir -p "$dir"
-    [[ -d $bundle ]] || RUST_LOG=error "$bin" build-base --input "$CORPUS" --out "$bundle" > /dev/null
+    [[ -d $bundle ]] || RUST_LOG=error "$bin" build-base --input "$CORPUS" --dataset items --out "$bundle" > /dev/null
     [[ -f $key ]] || "$bin" keygen --out "$key" > /dev/null
     if [[ $label == new && ! -f $dir/root.json ]]; then
         "$bin" root init --out "$dir/root.json" --root-key "$key.pub" --targets-key "$key.pub" \

@@ -68,6 +68,7 @@ fn build_demo_bundle(dir: &Path, bundle: &Path) -> anyhow::Result<String> {
         input: catalogue,
         input_format: InputFormat::Jsonl,
         filter_fields: default_filter_fields(),
+        filter_fields_named: false,
         out: bundle.to_path_buf(),
         dataset: Some("demo".into()),
         fields: ItemFields::default(),

@@ -64,6 +64,9 @@ pub struct BuildOptions {
     pub input_format: InputFormat,
     /// Top-level item fields the filter index covers.
     pub filter_fields: Vec<String>,
+    /// Whether the operator named `filter_fields` (`--filter-fields`): then a field no item
+    /// carries is refused by name. A defaulted list is only reported.
+    pub filter_fields_named: bool,
     /// The bundle directory to create (must not exist).
     pub out: PathBuf,
     /// Dataset name; defaults to the input file's stem.
@@ -87,6 +90,9 @@ pub struct BuildReport {
     pub manifest: Manifest,
     /// Wall time of each stage, in order.
     pub stage_seconds: Vec<(&'static str, f64)>,
+    /// Filter fields no item carries a string, number or boolean value for (only when the
+    /// fields were defaulted: named ones are refused instead).
+    pub empty_filter_fields: Vec<String>,
 }
 
 /// Items written to LevelDB per write batch.
@@ -100,19 +106,18 @@ pub fn build_base(options: &BuildOptions) -> anyhow::Result<BuildReport> {
             options.out.display()
         );
     }
+    if let ModelSource::Fit(FitOptions {
+        max_features: Some(0),
+        ..
+    }) = &options.model
+    {
+        bail!(
+            "--max-features 0 keeps no term at all: give the number of terms to keep (1 or more), or leave --max-features out to keep every term"
+        );
+    }
     let dataset = match &options.dataset {
         Some(name) => name.clone(),
-        None => options
-            .input
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .filter(|s| !s.is_empty())
-            .with_context(|| {
-                format!(
-                    "cannot derive a dataset name from {}: pass --dataset",
-                    options.input.display()
-                )
-            })?,
+        None => default_dataset(&options.input)?,
     };
     let parent = match options.out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -146,6 +151,7 @@ fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Resu
     };
     let db_dir = dir.join(DB_DIR);
     let (mut db, n_items, items_sha256) = store_items(options, &db_dir, stats.as_mut())?;
+    let empty_filter_fields = check_filter_fields(options, &mut db)?;
     stage_seconds.push(("store", started.elapsed().as_secs_f64()));
 
     // The model.
@@ -206,7 +212,71 @@ fn build_into(options: &BuildOptions, dataset: &str, dir: &Path) -> anyhow::Resu
     Ok(BuildReport {
         manifest,
         stage_seconds,
+        empty_filter_fields,
     })
+}
+
+/// The dataset name taken from the input's file stem, refused when the stem holds a digit:
+/// a date, a version or a part number changes from one build to the next, while every delta
+/// of a store is bound to the one dataset name its chain started with.
+fn default_dataset(input: &Path) -> anyhow::Result<String> {
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .with_context(|| {
+            format!(
+                "cannot derive a dataset name from {}: pass --dataset NAME",
+                input.display()
+            )
+        })?;
+    if stem.chars().any(|c| c.is_ascii_digit()) {
+        let cut = stem.find(|c: char| c.is_ascii_digit()).unwrap_or(0);
+        let suggested = stem[..cut].trim_end_matches(['-', '_', '.', ' ']);
+        let suggested = if suggested.is_empty() {
+            "catalogue"
+        } else {
+            suggested
+        };
+        bail!(
+            "no --dataset, and the input's name {stem:?} holds a number (a date, version or part number that changes from build to build), so it cannot be the dataset name: every delta of a store must carry the dataset its chain started with. Pass --dataset NAME, the same on every build for that store (for example --dataset {suggested})"
+        );
+    }
+    Ok(stem)
+}
+
+/// Checks that some item carries each filter field (a string, number or boolean value, the
+/// only kind indexed): a field named with `--filter-fields` that none carries is refused by
+/// name (a dotted name with what to do about nested fields); a defaulted one is returned for
+/// the report.
+fn check_filter_fields(
+    options: &BuildOptions,
+    db: &mut rusty_leveldb::DB,
+) -> anyhow::Result<Vec<String>> {
+    let mut empty = Vec::new();
+    for field in &options.filter_fields {
+        let mut prefix = crate::db::filter::FILTER_KEY_PREFIX.to_vec();
+        prefix.extend_from_slice(field.as_bytes());
+        prefix.push(0);
+        if leveldb::any_with_prefix(db, &prefix)? {
+            continue;
+        }
+        if !options.filter_fields_named {
+            empty.push(field.clone());
+            continue;
+        }
+        if let Some((parent, _)) = field.split_once('.') {
+            bail!(
+                "--filter-fields {field:?}: no item has a top-level field of that name. Filters index top-level fields only; a dotted name is not a path into {parent:?}: copy the value into a top-level field of every item (for example {:?}) and name that, or drop {field:?} from --filter-fields",
+                field.rsplit('.').next().unwrap_or(field)
+            );
+        }
+        bail!(
+            "--filter-fields {field:?}: no item of {} has a string, number or boolean value for it, so it would index nothing: fix the name (fields are top-level and case-sensitive) or drop it from --filter-fields",
+            options.input.display()
+        );
+    }
+    Ok(empty)
 }
 
 /// Pass one: validates every item and writes it into a new database at `db_dir` in this

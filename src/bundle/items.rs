@@ -20,6 +20,10 @@ pub struct ItemFields {
     pub id_field: String,
     /// Field holding the text that is embedded (a string).
     pub text_field: String,
+    /// Whether the names are a built bundle's (its manifest), which no flag changes, rather
+    /// than `build-base`'s `--id-field` and `--text-field`: a missing field is then to be
+    /// added to the item, not named by a flag.
+    pub from_bundle: bool,
 }
 
 impl Default for ItemFields {
@@ -27,6 +31,7 @@ impl Default for ItemFields {
         ItemFields {
             id_field: "id".into(),
             text_field: "text".into(),
+            from_bundle: false,
         }
     }
 }
@@ -49,10 +54,13 @@ pub enum ItemError {
     #[error("not a JSON object ({0}): each line must be one JSON object")]
     Malformed(String),
     /// The id field is absent.
-    #[error(
-        "missing id field {0:?}: every item needs a string id (or name the field with --id-field)"
-    )]
-    MissingId(String),
+    #[error("missing id field {field:?}: every item needs a string id{}", fix_missing(*.from_bundle, field, "--id-field"))]
+    MissingId {
+        /// The id field's name.
+        field: String,
+        /// Whether the name is a built bundle's.
+        from_bundle: bool,
+    },
     /// The id field is not a non-empty string, or too long.
     #[error(
         "id field {field:?} must be a non-empty string of at most {MAX_ID_BYTES} bytes, found {found}"
@@ -64,10 +72,13 @@ pub enum ItemError {
         found: String,
     },
     /// The text field is absent.
-    #[error(
-        "missing text field {0:?}: every item needs a string text (or name the field with --text-field)"
-    )]
-    MissingText(String),
+    #[error("missing text field {field:?}: every item needs its text as a string{}", fix_missing(*.from_bundle, field, "--text-field"))]
+    MissingText {
+        /// The text field's name.
+        field: String,
+        /// Whether the name is a built bundle's.
+        from_bundle: bool,
+    },
     /// The text field is not a string.
     #[error("text field {field:?} must be a string, found {found}")]
     BadText {
@@ -78,6 +89,17 @@ pub enum ItemError {
     },
 }
 
+/// What fixes a missing id or text field: naming the field with `flag` when building, or,
+/// against a built bundle, adding the field the bundle's manifest names to the item.
+fn fix_missing(from_bundle: bool, field: &str, flag: &str) -> String {
+    match from_bundle {
+        true => format!(
+            "; the bundle names this field in its manifest.json (fixed when it was built): add {field:?} to the item"
+        ),
+        false => format!(" (or name the field with {flag})"),
+    }
+}
+
 /// Parses one line into an item.
 pub fn parse_item(line: &str, fields: &ItemFields) -> Result<Item, ItemError> {
     let json = line.trim();
@@ -85,7 +107,10 @@ pub fn parse_item(line: &str, fields: &ItemFields) -> Result<Item, ItemError> {
         serde_json::from_str(json).map_err(|e| ItemError::Malformed(e.to_string()))?;
     let id_raw = object
         .get(fields.id_field.as_str())
-        .ok_or_else(|| ItemError::MissingId(fields.id_field.clone()))?;
+        .ok_or_else(|| ItemError::MissingId {
+            field: fields.id_field.clone(),
+            from_bundle: fields.from_bundle,
+        })?;
     let id = match serde_json::from_str::<String>(id_raw.get()) {
         Ok(id) if !id.is_empty() && id.len() <= MAX_ID_BYTES => id,
         _ => {
@@ -95,9 +120,13 @@ pub fn parse_item(line: &str, fields: &ItemFields) -> Result<Item, ItemError> {
             });
         }
     };
-    let text_raw = object
-        .get(fields.text_field.as_str())
-        .ok_or_else(|| ItemError::MissingText(fields.text_field.clone()))?;
+    let text_raw =
+        object
+            .get(fields.text_field.as_str())
+            .ok_or_else(|| ItemError::MissingText {
+                field: fields.text_field.clone(),
+                from_bundle: fields.from_bundle,
+            })?;
     let text = serde_json::from_str::<String>(text_raw.get()).map_err(|_| ItemError::BadText {
         field: fields.text_field.clone(),
         found: abbreviate(text_raw.get()),

@@ -86,6 +86,7 @@ impl Manifest {
         items::ItemFields {
             id_field: self.id_field.clone(),
             text_field: self.text_field.clone(),
+            from_bundle: true,
         }
     }
 }

@@ -24,19 +24,17 @@ pub(super) struct BuildBaseArgs {
     /// migrated to the current layout. Usually given with --sklearn-model.
     #[arg(long, value_name = "DIR", conflicts_with = "input")]
     from_leveldb: Option<PathBuf>,
-    /// Top-level item fields to index for filtered search (comma-separated; "" for none).
-    #[arg(
-        long,
-        value_name = "FIELDS",
-        value_delimiter = ',',
-        default_value = "category"
-    )]
-    filter_fields: Vec<String>,
+    /// Top-level item fields to index for filtered search (comma-separated, spaces around
+    /// names ignored; "" for none): a named field that no item carries is refused, nested
+    /// paths (metadata.language) are not supported [default: category]
+    #[arg(long, value_name = "FIELDS", value_delimiter = ',')]
+    filter_fields: Option<Vec<String>>,
     /// Bundle directory to create; must not exist. Written to a temporary directory beside
     /// it and renamed into place at the end.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Dataset name that deltas must carry [default: the input file's stem].
+    /// Dataset name that deltas must carry; give the same one on every build for a store
+    /// [default: the input file's stem, refused when it holds a digit, as a date does].
     #[arg(long)]
     dataset: Option<String>,
     /// Field holding each item's id (a non-empty string, unique).
@@ -85,19 +83,27 @@ pub(super) fn run(args: BuildBaseArgs) -> anyhow::Result<()> {
         (None, Some(dir)) => (dir, InputFormat::LevelDb),
         (None, None) => anyhow::bail!("give --input FILE or --from-leveldb DIR"),
     };
+    let filter_fields_named = args.filter_fields.is_some();
+    let filter_fields = match args.filter_fields {
+        Some(fields) => fields
+            .iter()
+            .map(|f| f.trim())
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => crate::db::filter::default_filter_fields(),
+    };
     let options = BuildOptions {
         input,
         input_format,
-        filter_fields: args
-            .filter_fields
-            .into_iter()
-            .filter(|f| !f.is_empty())
-            .collect(),
+        filter_fields,
+        filter_fields_named,
         out: args.out.clone(),
         dataset: args.dataset,
         fields: ItemFields {
             id_field: args.id_field,
             text_field: args.text_field,
+            from_bundle: false,
         },
         model,
         seq: args.seq,
@@ -144,4 +150,9 @@ fn print_built(out: &std::path::Path, report: &BuildReport) {
         &m.model_fingerprint[..16],
         stages.join(", ")
     );
+    for field in &report.empty_filter_fields {
+        println!(
+            "note: no item carries filter field {field:?} (the default): a filter on it matches nothing; name your fields with --filter-fields, or --filter-fields \"\" for none"
+        );
+    }
 }

@@ -173,6 +173,14 @@ fn print_report(report: &crate::delta::publish::PublishReport) {
         report.unknown_deletes,
         report.bytes
     );
+    if report.nothing_to_publish {
+        println!(
+            "nothing to publish: the changes leave the catalogue as it is ({counts}); the repository is unchanged, seq {} stays the head{}",
+            report.seq - 1,
+            if report.dry_run { " (dry run)" } else { "" }
+        );
+        return;
+    }
     if report.dry_run {
         println!("dry run: would publish seq {}: {counts}", report.seq);
     } else {

@@ -12,7 +12,9 @@ use super::remote_args::RemoteArgs;
 use crate::catalog::backend::VectorBackendKind;
 use crate::config::{ConfigFile, HumanDuration};
 use crate::http::{HttpLimits, SearchLimits};
-use crate::server::{self, DEFAULT_SYNC_DEADLINE, FollowOptions, OnSyncFailure, ServeOptions};
+use crate::server::{
+    self, DEFAULT_SYNC_DEADLINE, FollowOptions, MIN_FOLLOW_INTERVAL, OnSyncFailure, ServeOptions,
+};
 use crate::sync::SyncOptions;
 use crate::telemetry::LogFormat;
 
@@ -59,7 +61,8 @@ pub(super) struct ServeArgs {
     /// No longer read: instances trust a TUF root. Refused with what to pass instead.
     #[arg(long, hide = true, value_name = "FILE")]
     trusted_keys: Option<PathBuf>,
-    /// How often to poll the head for new deltas (SIGHUP syncs now), e.g. 60s [default: 60s].
+    /// How often to poll the head for new deltas (SIGHUP syncs now), e.g. 60s, at least 1s
+    /// [default: 60s]
     #[arg(long, env = "DELTACACHE_FOLLOW_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     follow_interval: Option<Duration>,
     /// When the boot-time sync fails: serve-stale (serve the newest good local version,
@@ -261,6 +264,40 @@ impl ServeArgs {
         })
     }
 
+    /// The follow interval from the flag, the environment or the config file, refused under
+    /// [`MIN_FOLLOW_INTERVAL`] with where it was set: each interval costs every instance a
+    /// request to the store (on S3, a bill).
+    fn follow_interval(&self, file: &ConfigFile) -> anyhow::Result<Duration> {
+        let (interval, source) = match (self.follow_interval, file.follow_interval) {
+            (Some(interval), _) => {
+                let on_command_line = std::env::args()
+                    .any(|a| a == "--follow-interval" || a.starts_with("--follow-interval="));
+                let source = match on_command_line {
+                    true => "--follow-interval".to_owned(),
+                    false => "DELTACACHE_FOLLOW_INTERVAL".to_owned(),
+                };
+                (interval, source)
+            }
+            (None, Some(interval)) => (
+                interval.0,
+                match &self.config {
+                    Some(path) => format!("`follow-interval` in {}", path.display()),
+                    None => "`follow-interval` in the config file".to_owned(),
+                },
+            ),
+            (None, None) => return Ok(Duration::from_secs(60)),
+        };
+        if interval < MIN_FOLLOW_INTERVAL {
+            anyhow::bail!(
+                "{source} is {}, under the floor of {}: every interval each instance asks the delta store for its timestamp (on S3, a billed request), so set it to {} or more (default 60s); a file:// store is watched and SIGHUP syncs at once, so a short interval is never needed for speed",
+                humantime::format_duration(interval),
+                humantime::format_duration(MIN_FOLLOW_INTERVAL),
+                humantime::format_duration(MIN_FOLLOW_INTERVAL),
+            );
+        }
+        Ok(interval)
+    }
+
     /// Following a delta store, when one is named.
     fn follow_options(&self, file: &ConfigFile) -> anyhow::Result<Option<FollowOptions>> {
         let Some(store) = self.store.clone().or(file.store.clone()) else {
@@ -297,10 +334,7 @@ impl ServeArgs {
         }
         Ok(Some(FollowOptions {
             sync,
-            follow_interval: self
-                .follow_interval
-                .or(file.follow_interval.map(|d| d.0))
-                .unwrap_or(Duration::from_secs(60)),
+            follow_interval: self.follow_interval(file)?,
             on_sync_failure: self
                 .on_sync_failure
                 .or(file.on_sync_failure)

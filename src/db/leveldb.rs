@@ -107,6 +107,19 @@ pub fn for_each_with_prefix(
     Ok(())
 }
 
+/// Whether an open database holds any key that starts with `prefix`.
+pub fn any_with_prefix(db: &mut DB, prefix: &[u8]) -> anyhow::Result<bool> {
+    use rusty_leveldb::LdbIterator;
+    let mut iter = db
+        .new_iter()
+        .map_err(|s| anyhow!("{s}"))
+        .context("iterate LevelDB")?;
+    iter.seek(prefix);
+    Ok(iter
+        .current()
+        .is_some_and(|(key, _)| key.starts_with(prefix)))
+}
+
 /// Calls `each(id, json)` for every item of an open database, in key order.
 pub fn for_each_item(
     db: &mut DB,

@@ -31,6 +31,10 @@ pub struct ChainPosition {
     pub model_fingerprint: String,
     /// The newest db schema version this binary understands.
     pub max_schema_version: u32,
+    /// What holds this position, for messages: "bundle DIR", "state dir version NAME"
+    /// (empty: "this position").
+    #[serde(default)]
+    pub holder: String,
 }
 
 impl ChainPosition {
@@ -45,7 +49,14 @@ impl ChainPosition {
             len,
             model_fingerprint: model_fingerprint.to_owned(),
             max_schema_version: crate::db::migrate::SCHEMA_VERSION,
+            holder: String::new(),
         }
+    }
+
+    /// The same position, saying in messages that `holder` holds it.
+    pub fn held_by(mut self, holder: impl Into<String>) -> Self {
+        self.holder = holder.into();
+        self
     }
 
     /// Where a chain continues from a bundle.
@@ -57,6 +68,7 @@ impl ChainPosition {
             manifest.chain_len,
             &manifest.model_fingerprint,
         )
+        .held_by("the bundle")
     }
 }
 
@@ -168,22 +180,24 @@ pub enum ChainError {
         /// Why.
         reason: String,
     },
-    /// Another dataset, model or schema than the state's.
-    #[error("{object}: built for {field} {found:?}, but this instance has {expected:?}")]
+    /// Another dataset or model than the bundle's (or the state dir version's).
+    #[error("{}", binding_message(object, field, expected, found, holder))]
     Binding {
         /// The target.
         object: String,
         /// Which binding.
         field: &'static str,
-        /// What the instance has.
+        /// What the position has.
         expected: String,
         /// What the target has.
         found: String,
+        /// What holds the position ("bundle DIR", "state dir version NAME").
+        holder: String,
     },
     /// Built for a db layout newer than this binary knows.
     #[error(
         "{object}: built for db schema version {found}, newer than this binary's {supported}: \
-         upgrade deltacache on this instance (the delta was not applied; the last good version keeps serving)"
+         upgrade deltacache on this instance (the delta was not applied)"
     )]
     NewerSchema {
         /// The target.
@@ -339,6 +353,7 @@ fn check_meta(delta: &DeltaTarget, position: &ChainPosition) -> Result<(), Chain
                 field,
                 expected: expected.to_owned(),
                 found: found.to_owned(),
+                holder: position.holder.clone(),
             })
         }
     };
@@ -356,6 +371,28 @@ fn check_meta(delta: &DeltaTarget, position: &ChainPosition) -> Result<(), Chain
         });
     }
     Ok(())
+}
+
+/// The message of [`ChainError::Binding`]: what the store's chain and the bundle (or
+/// version) each have, and the one thing that fixes it.
+fn binding_message(object: &str, field: &str, expected: &str, found: &str, holder: &str) -> String {
+    let holder = if holder.is_empty() {
+        "this position"
+    } else {
+        holder
+    };
+    let short = |f: &str| f[..16.min(f.len())].to_owned();
+    match field {
+        "dataset" => format!(
+            "{object}: the delta store's chain is of dataset {found:?}, but {holder} has dataset {expected:?}: build the bundle again with `build-base --dataset {found}` (deltas continue only a bundle of the dataset their chain started with), or point --store at the store of dataset {expected:?}"
+        ),
+        "model fingerprint" => format!(
+            "{object}: the delta store's chain is of model {}, but {holder} has model {}: pass --bundle with the bundle the chain started from, or one `deltacache compact` made from it (its manifest.json has \"model_fingerprint\": \"{found}\"); a build with other --max-features, --stop-words or --sklearn-model, or of other items, has another model",
+            short(found),
+            short(expected)
+        ),
+        _ => format!("{object}: built for {field} {found:?}, but {holder} has {expected:?}"),
+    }
 }
 
 /// Decodes a delta's bytes (already checked against its length and sha256 by the TUF

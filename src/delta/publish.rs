@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sha2::{Digest, Sha256};
 
 use super::chain::{
     ChainPosition, DeltaMeta, DeltaTarget, delta_target_name, delta_targets, verify_delta,
@@ -19,7 +18,7 @@ use crate::bundle::items::{ItemFields, ItemReader, parse_item};
 use crate::bundle::{Bundle, INDEX_FILE};
 use crate::clock::now_secs;
 use crate::delta_store::{DeltaStore, RemoteSettings};
-use crate::digest::sha256_hex;
+use crate::digest::{canonical_json_sha256, sha256_hex};
 use crate::progress::Progress;
 use crate::search::index::VectorIndex;
 use crate::tuf::client::TargetInfo;
@@ -39,21 +38,6 @@ pub enum ChangeSource {
         /// The newer snapshot.
         new: PathBuf,
     },
-}
-
-impl ChangeSource {
-    /// The records these changes make against the ids live at the tip, counted in `report`.
-    fn read(
-        &self,
-        fields: &ItemFields,
-        live_ids: &HashSet<String>,
-        report: &mut PublishReport,
-    ) -> anyhow::Result<Vec<DeltaRecord>> {
-        match self {
-            ChangeSource::Changes(path) => read_changes(path, fields, live_ids, report),
-            ChangeSource::Diff { old, new } => diff_snapshots(old, new, fields, live_ids, report),
-        }
-    }
 }
 
 /// Everything `publish-delta` needs.
@@ -98,12 +82,18 @@ pub struct PublishReport {
     pub updates: u64,
     /// Deletes of present ids.
     pub deletes: u64,
-    /// Ids left as they were (diff only).
+    /// Items left as they were: in a diff, ids whose JSON is the same value in both
+    /// snapshots; in a changes file, puts of the JSON value the item already has (dropped).
     pub unchanged: u64,
-    /// Deletes of ids in neither the bundle nor any earlier delta (dropped, with a warning).
+    /// Deletes of ids not live at the chain's tip: in neither the bundle nor any delta, or
+    /// deleted by an earlier delta (dropped, with a warning saying which).
     pub unknown_deletes: u64,
     /// Whether nothing was published.
     pub dry_run: bool,
+    /// The changes leave the catalogue as it is: no delta was (or would be) published. Not
+    /// an error: a quiet day publishes nothing (the timestamp is then kept fresh by `repo
+    /// refresh`).
+    pub nothing_to_publish: bool,
     /// The items put by the delta (their JSON as written), for mirroring to Pinecone.
     pub puts: Vec<String>,
     /// The ids deleted by the delta, for mirroring to Pinecone.
@@ -197,6 +187,7 @@ pub async fn publish_reporting(
     }
     // Before anything is written: the keys must be the ones the newest root authorises.
     state.check_authorised(&key_ids, &[Role::Targets, Role::Snapshot, Role::Timestamp])?;
+    let changes = read_source(&options.changes, &fields)?;
     let cache = options
         .tip_cache
         .as_ref()
@@ -210,12 +201,18 @@ pub async fn publish_reporting(
         deltas_read: tip.deltas_read,
         ..Default::default()
     };
-    let records = options.changes.read(&fields, &tip.live_ids, &mut report)?;
-    if records.is_empty() {
-        if options.dry_run {
-            return Ok(report);
+    let records = match (&options.changes, changes) {
+        (ChangeSource::Diff { old, new }, _) => {
+            diff_snapshots(old, new, &fields, &tip, &mut report)?
         }
-        bail!("nothing to publish: the changes leave the catalogue as it is");
+        (ChangeSource::Changes(_), changes) => {
+            classify_changes(changes.unwrap_or_default(), &bundle, &tip, &mut report)?
+        }
+    };
+    if records.is_empty() {
+        // The same answer with or without --dry-run: nothing to publish is not a failure.
+        report.nothing_to_publish = true;
+        return Ok(report);
     }
     let batch = tip.next_batch(records, now_secs());
     let bytes = batch.encode()?;
@@ -278,15 +275,15 @@ fn read_trusted_root(options: &PublishOptions) -> anyhow::Result<Option<Vec<u8>>
     Ok(Some(bytes))
 }
 
-/// The ids the chain's tip is read from, and the seq they stand at when they come from the
-/// tip cache: the cached tip when the verified `planned` deltas name its seq and digest,
-/// else the bundle's ids.
-fn starting_ids(
+/// The tip the chain is read from, and the seq it stands at when it comes from the tip
+/// cache: the cached tip when the verified `planned` deltas name its seq and digest, else
+/// the bundle's ids.
+fn starting_tip(
     bundle: &Bundle,
     planned: &[DeltaTarget],
     position: &ChainPosition,
     cache: Option<(&TipCache, &str)>,
-) -> anyhow::Result<(HashSet<String>, Option<u64>)> {
+) -> anyhow::Result<(CachedTip, Option<u64>)> {
     let cached = cache
         .and_then(|(cache, url)| cache.load(url, position))
         .filter(|tip| {
@@ -295,8 +292,19 @@ fn starting_ids(
                 .any(|d| d.meta.seq == tip.seq && d.digest == tip.digest)
         });
     Ok(match cached {
-        Some(tip) => (tip.ids, Some(tip.seq)),
-        None => (bundle_ids(bundle)?, None),
+        Some(tip) => {
+            let seq = tip.seq;
+            (tip, Some(seq))
+        }
+        None => (
+            CachedTip {
+                seq: position.seq,
+                digest: position.digest.clone(),
+                ids: bundle_ids(bundle)?,
+                ..CachedTip::default()
+            },
+            None,
+        ),
     })
 }
 
@@ -367,7 +375,8 @@ pub async fn init_repository(
         let trusted = super::legacy::TrustedKeys::load(trusted_keys)?;
         let bundle = Bundle::open(bundle)?;
         let chain = super::legacy::read_chain(&store, &trusted).await?;
-        let position = ChainPosition::of_bundle(&bundle.manifest);
+        let position = ChainPosition::of_bundle(&bundle.manifest)
+            .held_by(format!("bundle {}", bundle.dir.display()));
         for delta in chain {
             let meta = DeltaMeta::of_batch(&delta.batch);
             if meta.dataset != position.dataset
@@ -409,31 +418,42 @@ struct ChainTip {
     cached_seq: Option<u64>,
     /// Deltas read from the store.
     deltas_read: u64,
+    /// Ids a delta since the bundle deleted and none put again, with that delta's seq.
+    deleted_at: HashMap<String, u64>,
+    /// The digest ([`canonical_json_sha256`]) of the newest put since the bundle of each id
+    /// a delta put, to tell a put that changes nothing.
+    put_digest: HashMap<String, [u8; 32]>,
 }
 
 impl ChainTip {
     /// Checks the chain's metadata from the bundle on, and reads every delta since the
-    /// bundle (each checked against its hash) to know which ids exist; with a tip cache
-    /// (and the store URL it is kept under) whose tip the metadata lists, only the deltas
-    /// after that tip. A tip newer than the cached one is saved back.
+    /// bundle (each checked against its hash) to know which ids exist, which were deleted,
+    /// and the newest JSON of each id a delta put; with a tip cache (and the store URL it is
+    /// kept under) whose tip the metadata lists, only the deltas after that tip. A tip newer
+    /// than the cached one is saved back.
     async fn read(
         store: &DeltaStore,
         state: &RepoState,
         bundle: &Bundle,
         cache: Option<(&TipCache, &str)>,
     ) -> anyhow::Result<Self> {
-        let position = ChainPosition::of_bundle(&bundle.manifest);
+        let position = ChainPosition::of_bundle(&bundle.manifest)
+            .held_by(format!("bundle {}", bundle.dir.display()));
         let fields = bundle.manifest.item_fields();
         let targets = published_targets(state);
         let deltas = delta_targets(&targets)?;
         let snapshots = snapshot_targets(&targets)?;
-        let planned = plan_across(&deltas, &snapshots, &position).with_context(|| {
-            format!(
+        let planned = plan_across(&deltas, &snapshots, &position).map_err(|error| {
+            // A dataset or model mismatch says itself what to do.
+            if matches!(error, super::chain::ChainError::Binding { .. }) {
+                return anyhow::Error::new(error);
+            }
+            anyhow::Error::new(error).context(format!(
                 "the chain in {} does not continue bundle {} (seq {}): publish against the bundle the chain started from",
                 store.describe(),
                 bundle.dir.display(),
                 position.seq
-            )
+            ))
         })?;
         if let Some(rollover) = planned.rollovers.last() {
             bail!(
@@ -447,7 +467,8 @@ impl ChainTip {
             );
         }
         let planned = planned.deltas;
-        let (mut live_ids, cached_seq) = starting_ids(bundle, &planned, &position, cache)?;
+        let (start, cached_seq) = starting_tip(bundle, &planned, &position, cache)?;
+        let mut at = start;
         let unread: Vec<&DeltaTarget> = planned
             .iter()
             .filter(|d| cached_seq.is_none_or(|seq| d.meta.seq > seq))
@@ -456,39 +477,29 @@ impl ChainTip {
             let bytes = read_target(store, delta).await?;
             let verified = verify_delta(&bytes, delta, MAX_RECORDS_BYTES)?;
             for record in &verified.batch.records {
-                match record {
-                    DeltaRecord::Put { item } => {
-                        let item = parse_item(item.get(), &fields)
-                            .with_context(|| format!("a put in {}", delta.name))?;
-                        live_ids.insert(item.id);
-                    }
-                    DeltaRecord::Delete { id } => {
-                        live_ids.remove(id);
-                    }
-                }
+                at.take(record, delta.meta.seq, &fields)
+                    .with_context(|| format!("a put in {}", delta.name))?;
             }
         }
-        let tip = ChainTip {
+        if let (Some((cache, url)), Some(newest)) = (cache, planned.last())
+            && !unread.is_empty()
+        {
+            at.seq = newest.meta.seq;
+            at.digest = newest.digest.clone();
+            save_tip(cache, url, &position, &at);
+        }
+        Ok(ChainTip {
             newest: planned
                 .last()
                 .cloned()
                 .or_else(|| deltas.iter().find(|d| d.meta.seq == position.seq).cloned()),
             position,
-            live_ids,
+            live_ids: at.ids,
             cached_seq,
             deltas_read: unread.len() as u64,
-        };
-        if let (Some((cache, url)), Some(newest)) = (cache, planned.last())
-            && !unread.is_empty()
-        {
-            let cached = CachedTip {
-                seq: newest.meta.seq,
-                digest: newest.digest.clone(),
-                ids: tip.live_ids.clone(),
-            };
-            save_tip(cache, url, &tip.position, &cached);
-        }
-        Ok(tip)
+            deleted_at: at.deleted_at,
+            put_digest: at.put_digest,
+        })
     }
 
     /// The tip after `batch` (whose encoding has sha256 `digest`) continues this one.
@@ -498,22 +509,32 @@ impl ChainTip {
         digest: &str,
         fields: &ItemFields,
     ) -> anyhow::Result<CachedTip> {
-        let mut ids = self.live_ids.clone();
-        for record in &batch.records {
-            match record {
-                DeltaRecord::Put { item } => {
-                    ids.insert(parse_item(item.get(), fields)?.id);
-                }
-                DeltaRecord::Delete { id } => {
-                    ids.remove(id);
-                }
-            }
-        }
-        Ok(CachedTip {
+        let mut at = CachedTip {
             seq: batch.header.seq,
             digest: digest.to_owned(),
-            ids,
-        })
+            ids: self.live_ids.clone(),
+            deleted_at: self.deleted_at.clone(),
+            put_digest: self.put_digest.clone(),
+        };
+        for record in &batch.records {
+            at.take(record, batch.header.seq, fields)?;
+        }
+        Ok(at)
+    }
+
+    /// Warns that a delete of `id`, which is not live at the tip, is dropped, saying why.
+    fn warn_dropped_delete(&self, id: &str) {
+        match self.deleted_at.get(id) {
+            Some(seq) => tracing::warn!(
+                id,
+                deleted_by_seq = seq,
+                "delete of an id that seq {seq} already deleted; dropped (nothing to do)"
+            ),
+            None => tracing::warn!(
+                id,
+                "delete of an id that is in neither the bundle nor any delta published since; dropped (check the id)"
+            ),
+        }
     }
 
     /// The seq the next delta takes.
@@ -594,13 +615,19 @@ fn bundle_ids(bundle: &Bundle) -> anyhow::Result<HashSet<String>> {
         .collect())
 }
 
-/// Reads a changes file; the last operation on an id wins.
-fn read_changes(
-    path: &std::path::Path,
-    fields: &ItemFields,
-    live_ids: &HashSet<String>,
-    report: &mut PublishReport,
-) -> anyhow::Result<Vec<DeltaRecord>> {
+/// A changes file's records: (id, record), the last operation on each id.
+type Changes = Vec<(String, DeltaRecord)>;
+
+/// A changes file's records (`None` for a diff, read later against the tip).
+fn read_source(source: &ChangeSource, fields: &ItemFields) -> anyhow::Result<Option<Changes>> {
+    let ChangeSource::Changes(path) = source else {
+        return Ok(None);
+    };
+    Ok(Some(read_changes(path, fields)?))
+}
+
+/// Reads a changes file: (id, record) in first-seen order; the last operation on an id wins.
+fn read_changes(path: &std::path::Path, fields: &ItemFields) -> anyhow::Result<Changes> {
     use std::io::BufRead;
     let file = std::fs::File::open(path)
         .with_context(|| format!("open changes file {}", path.display()))?;
@@ -639,17 +666,47 @@ fn read_changes(
         }
     }
     progress.finish();
+    Ok(records)
+}
+
+/// Counts a changes file's records against the chain's tip and keeps those that change
+/// something: a put whose item is the JSON value the item already has is unchanged, a
+/// delete of an id not live is dropped with a warning saying why.
+fn classify_changes(
+    records: Changes,
+    bundle: &Bundle,
+    tip: &ChainTip,
+    report: &mut PublishReport,
+) -> anyhow::Result<Vec<DeltaRecord>> {
+    let in_bundle: Vec<&str> = records
+        .iter()
+        .filter(|(id, record)| {
+            matches!(record, DeltaRecord::Put { .. })
+                && tip.live_ids.contains(id)
+                && !tip.put_digest.contains_key(id)
+        })
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let bundle_json = bundle_items(bundle, &in_bundle)?;
     let mut kept = Vec::with_capacity(records.len());
     for (id, record) in records {
-        match (&record, live_ids.contains(&id)) {
-            (DeltaRecord::Put { .. }, true) => report.updates += 1,
+        match (&record, tip.live_ids.contains(&id)) {
+            (DeltaRecord::Put { item }, true) => {
+                let same = match (tip.put_digest.get(&id), bundle_json.get(&id)) {
+                    (Some(digest), _) => *digest == json_digest(item.get())?,
+                    (None, Some(current)) => json_digest(current)? == json_digest(item.get())?,
+                    (None, None) => false,
+                };
+                if same {
+                    report.unchanged += 1;
+                    continue;
+                }
+                report.updates += 1;
+            }
             (DeltaRecord::Put { .. }, false) => report.adds += 1,
             (DeltaRecord::Delete { .. }, true) => report.deletes += 1,
             (DeltaRecord::Delete { .. }, false) => {
-                tracing::warn!(
-                    id,
-                    "delete of an id that is in neither the bundle nor any earlier delta; dropped"
-                );
+                tip.warn_dropped_delete(&id);
                 report.unknown_deletes += 1;
                 continue;
             }
@@ -659,22 +716,62 @@ fn read_changes(
     Ok(kept)
 }
 
+/// An item's JSON value's digest ([`canonical_json_sha256`]): equal for the same value
+/// however it is written.
+fn json_digest(json: &str) -> anyhow::Result<[u8; 32]> {
+    canonical_json_sha256(json).context("parse an item's JSON")
+}
+
+/// The JSON the bundle holds for `ids`, read from a clone of its database (never the bundle
+/// itself, which LevelDB would write to): made beside the bundle, so its tables are
+/// hard-linked, else in the temporary directory.
+fn bundle_items(bundle: &Bundle, ids: &[&str]) -> anyhow::Result<HashMap<String, String>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let beside = bundle.dir.parent().and_then(|parent| {
+        tempfile::Builder::new()
+            .prefix(".deltacache-publish-")
+            .tempdir_in(parent)
+            .ok()
+    });
+    let scratch = match beside {
+        Some(dir) => dir,
+        None => tempfile::tempdir().context("create a temporary directory")?,
+    };
+    let (readers, ()) = crate::db::leveldb::MetadataReaders::open(
+        &bundle.dir.join(crate::bundle::DB_DIR),
+        &scratch.path().join("db"),
+        1,
+        |_| Ok(()),
+    )
+    .with_context(|| format!("read the items of bundle {}", bundle.dir.display()))?;
+    let mut items = HashMap::with_capacity(ids.len());
+    for id in ids {
+        if let Some(json) = readers.get(id)? {
+            let json = String::from_utf8(json)
+                .with_context(|| format!("bundle item {id:?} is not UTF-8"))?;
+            items.insert((*id).to_owned(), json);
+        }
+    }
+    Ok(items)
+}
+
 /// Puts and deletes that turn snapshot `old` into snapshot `new`. Memory holds one digest per
 /// id of `old`, never the items themselves.
 fn diff_snapshots(
     old: &std::path::Path,
     new: &std::path::Path,
     fields: &ItemFields,
-    live_ids: &HashSet<String>,
+    tip: &ChainTip,
     report: &mut PublishReport,
 ) -> anyhow::Result<Vec<DeltaRecord>> {
     let mut old_items: HashMap<String, [u8; 32]> = HashMap::new();
     for next in ItemReader::open(old, fields.clone())? {
         let (line_no, item) = next?;
-        if old_items
-            .insert(item.id.clone(), Sha256::digest(item.json.as_bytes()).into())
-            .is_some()
-        {
+        let digest = canonical_json_sha256(&item.json)
+            .with_context(|| format!("{} line {line_no}", old.display()))?;
+        if old_items.insert(item.id.clone(), digest).is_some() {
             bail!(
                 "{} line {line_no}: duplicate id {:?}",
                 old.display(),
@@ -696,7 +793,8 @@ fn diff_snapshots(
                 item.id
             );
         }
-        let digest: [u8; 32] = Sha256::digest(item.json.as_bytes()).into();
+        let digest = canonical_json_sha256(&item.json)
+            .with_context(|| format!("{} line {line_no}", new.display()))?;
         match old_items.get(&item.id) {
             Some(old_digest) if *old_digest == digest => {
                 report.unchanged += 1;
@@ -719,14 +817,11 @@ fn diff_snapshots(
         .collect();
     deletes.sort();
     for id in deletes {
-        if live_ids.contains(id) {
+        if tip.live_ids.contains(id) {
             report.deletes += 1;
         } else {
             report.unknown_deletes += 1;
-            tracing::warn!(
-                id,
-                "delete of an id that is in neither the bundle nor any earlier delta; dropped"
-            );
+            tip.warn_dropped_delete(id);
             continue;
         }
         records.push(DeltaRecord::Delete { id: id.clone() });

@@ -213,7 +213,8 @@ pub fn plan_across(
             &rollover.meta.chain_digest,
             rollover.meta.chain_len,
             &rollover.meta.model_fingerprint,
-        );
+        )
+        .held_by(format!("the model rollover {}", rollover.name));
         planned.rollovers.push(rollover.clone());
     }
 }

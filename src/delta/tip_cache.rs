@@ -1,5 +1,6 @@
 //! The publisher's memory of the chain's tip: the ids live after the newest delta it
-//! published or read, kept in a local folder, so the next `publish-delta` reads only the
+//! published or read, the ids deltas deleted (with the seq), and the JSON digest of the newest
+//! put of each id a delta put, kept in a local folder, so the next `publish-delta` reads only the
 //! deltas published since instead of the bundle's ids and every delta from the bundle on.
 //!
 //! A cached tip is used only when the repository's verified targets metadata lists a delta
@@ -8,7 +9,7 @@
 //! (truncated, edited, another format) is ignored with a warning and the tip is read from
 //! the chain as before. The folder is as trusted as the publisher's key files beside it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -16,7 +17,9 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::chain::ChainPosition;
-use crate::digest::sha256_hex;
+use super::format::DeltaRecord;
+use crate::bundle::items::{ItemFields, parse_item};
+use crate::digest::{canonical_json_sha256, sha256_hex};
 
 /// The on-disk format's version; another version is ignored.
 const FORMAT: u32 = 1;
@@ -27,8 +30,8 @@ pub struct TipCache {
     dir: PathBuf,
 }
 
-/// A tip: the ids live after delta `seq`, whose digest is `digest`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A tip: what the chain holds after delta `seq`, whose digest is `digest`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CachedTip {
     /// The seq of the newest delta included.
     pub seq: u64,
@@ -36,6 +39,37 @@ pub struct CachedTip {
     pub digest: String,
     /// The ids live after it.
     pub ids: HashSet<String>,
+    /// Ids a delta deleted and none put again, with that delta's seq.
+    pub deleted_at: HashMap<String, u64>,
+    /// The JSON value digest (`crate::digest::canonical_json_sha256`) of the newest put of
+    /// each id a delta put and none deleted since.
+    pub put_digest: HashMap<String, [u8; 32]>,
+}
+
+impl CachedTip {
+    /// Takes one more record, of delta `seq`.
+    pub fn take(
+        &mut self,
+        record: &DeltaRecord,
+        seq: u64,
+        fields: &ItemFields,
+    ) -> anyhow::Result<()> {
+        match record {
+            DeltaRecord::Put { item: json } => {
+                let item = parse_item(json.get(), fields)?;
+                self.deleted_at.remove(&item.id);
+                self.put_digest
+                    .insert(item.id.clone(), canonical_json_sha256(json.get())?);
+                self.ids.insert(item.id);
+            }
+            DeltaRecord::Delete { id } => {
+                self.ids.remove(id);
+                self.put_digest.remove(id);
+                self.deleted_at.insert(id.clone(), seq);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -49,6 +83,8 @@ struct Stored {
     seq: u64,
     digest: String,
     ids: Vec<String>,
+    deleted_at: Vec<(String, u64)>,
+    put_digest: Vec<(String, String)>,
 }
 
 impl TipCache {
@@ -105,6 +141,18 @@ impl TipCache {
             .with_context(|| format!("create the tip cache folder {}", self.dir.display()))?;
         let mut ids: Vec<String> = tip.ids.iter().cloned().collect();
         ids.sort_unstable();
+        let mut deleted_at: Vec<(String, u64)> = tip
+            .deleted_at
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        deleted_at.sort_unstable();
+        let mut put_digest: Vec<(String, String)> = tip
+            .put_digest
+            .iter()
+            .map(|(k, v)| (k.clone(), hex::encode(v)))
+            .collect();
+        put_digest.sort_unstable();
         let stored = Stored {
             format: FORMAT,
             store: store.to_owned(),
@@ -115,6 +163,8 @@ impl TipCache {
             seq: tip.seq,
             digest: tip.digest.clone(),
             ids,
+            deleted_at,
+            put_digest,
         };
         let body = zstd::encode_all(serde_json::to_vec(&stored)?.as_slice(), 3)?;
         let mut file = tempfile::NamedTempFile::new_in(&self.dir)
@@ -166,10 +216,18 @@ fn decode(bytes: &[u8], store: &str, bundle: &ChainPosition) -> anyhow::Result<C
         stored.store,
         stored.bundle_seq
     );
+    let mut put_digest = HashMap::with_capacity(stored.put_digest.len());
+    for (id, digest) in stored.put_digest {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(&digest, &mut bytes).context("a put digest is not 64 hex digits")?;
+        put_digest.insert(id, bytes);
+    }
     Ok(CachedTip {
         seq: stored.seq,
         digest: stored.digest,
         ids: stored.ids.into_iter().collect(),
+        deleted_at: stored.deleted_at.into_iter().collect(),
+        put_digest,
     })
 }
 
@@ -199,6 +257,8 @@ mod tests {
             seq: 7,
             digest: "d7".into(),
             ids: ["a".to_owned(), "b\nc".to_owned()].into_iter().collect(),
+            deleted_at: [("d".to_owned(), 3)].into_iter().collect(),
+            put_digest: [("a".to_owned(), [7u8; 32])].into_iter().collect(),
         };
         assert_eq!(cache.load("file:///s", &position()), None);
         cache.save("file:///s", &position(), &tip).unwrap();

@@ -48,6 +48,10 @@ pub struct FollowOptions {
     pub sync_deadline: Duration,
 }
 
+/// The shortest [`FollowOptions::follow_interval`] `serve` accepts: each interval is a
+/// request to the delta store from every instance.
+pub const MIN_FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The default [`FollowOptions::sync_deadline`].
 pub const DEFAULT_SYNC_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -139,6 +143,22 @@ pub fn load_catalog(options: &ServeOptions) -> anyhow::Result<(Arc<StateDir>, Ca
     Ok((local.state, catalog))
 }
 
+/// The bundle and the state dir (locked), opened before binding, so that a missing bundle or
+/// a state dir another process holds is refused before anything says it listens.
+async fn open_before_binding(
+    options: &ServeOptions,
+) -> anyhow::Result<(crate::bundle::Bundle, Arc<StateDir>)> {
+    let (bundle_dir, state_dir) = (options.bundle.clone(), options.state_dir.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        Ok((
+            crate::bundle::Bundle::open(&bundle_dir)?,
+            Arc::new(StateDir::open(&state_dir)?),
+        ))
+    })
+    .await
+    .context("join the loading task")?
+}
+
 /// Runs the daemon until `shutdown` resolves. `on_listening` is told the bound address and,
 /// when probes have a listener of their own, its address.
 pub async fn run(
@@ -146,6 +166,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr, Option<SocketAddr>),
 ) -> anyhow::Result<()> {
+    let opened = open_before_binding(&options).await?;
     let (listener, probe_listener) = bind(&options).await?;
     let local_addr = listener.local_addr().context("read the bound address")?;
     let fd_limit = http::serve::check_fd_budget(&options.http, FD_RESERVE)?;
@@ -185,7 +206,7 @@ pub async fn run(
         shutdown,
         options.drain_timeout,
     ));
-    let booted = boot(&options, current.clone(), status, &vectors).await;
+    let booted = boot(&options, opened, current.clone(), status, &vectors).await;
     let follower = match booted {
         Ok(follower) => follower,
         Err(error) => {
@@ -219,13 +240,13 @@ pub async fn run(
 /// configured and answers the control socket either way.
 async fn boot(
     options: &ServeOptions,
+    (bundle, state): (crate::bundle::Bundle, Arc<StateDir>),
     current: Arc<CurrentCatalog>,
     status: SharedStatus,
     vectors: &VectorBackend,
 ) -> anyhow::Result<Arc<Follower>> {
     let started = Instant::now();
-    let (bundle_dir, state_dir) = (options.bundle.clone(), options.state_dir.clone());
-    let local = tokio::task::spawn_blocking(move || LocalState::open(&bundle_dir, &state_dir))
+    let local = tokio::task::spawn_blocking(move || LocalState::open_from(bundle, state))
         .await
         .context("join the loading task")??;
     if let VectorBackend::Pinecone(client) = vectors {
@@ -311,7 +332,9 @@ async fn boot_sync(follower: &Follower, follow: &FollowOptions) -> anyhow::Resul
     };
     match follow.on_sync_failure {
         OnSyncFailure::Fail => {
-            Err(error.context("boot-time sync failed and --on-sync-failure is fail"))
+            Err(error.context(
+                "boot-time sync failed and --on-sync-failure is fail: exiting without serving (--on-sync-failure serve-stale serves the newest good local version meanwhile and retries)",
+            ))
         }
         OnSyncFailure::ServeStale => {
             tracing::warn!(

@@ -25,8 +25,15 @@ impl LocalState {
     /// fresh clone of the bundle. Blocking.
     pub fn open(bundle_dir: &Path, state_dir: &Path) -> anyhow::Result<Self> {
         let bundle = Bundle::open(bundle_dir)?;
-        let models = Models::new(Arc::new(bundle.load_model()?));
         let state = Arc::new(StateDir::open(state_dir)?);
+        Self::open_from(bundle, state)
+    }
+
+    /// [`LocalState::open`] of a bundle whose manifest was read and a state dir already
+    /// locked (`serve` does both before it listens, so a missing bundle or a state dir in use
+    /// fails before anything says it listens). Blocking.
+    pub fn open_from(bundle: Bundle, state: Arc<StateDir>) -> anyhow::Result<Self> {
+        let models = Models::new(Arc::new(bundle.load_model()?));
         let version = state.ensure_from_bundle(&bundle)?;
         Ok(LocalState {
             bundle,

@@ -117,6 +117,10 @@ impl StoreVersion {
             info.chain_len,
             &info.model_fingerprint,
         )
+        .held_by(format!(
+            "the state dir's version {} (made from --bundle)",
+            info.name
+        ))
     }
 }
 

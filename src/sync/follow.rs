@@ -209,7 +209,7 @@ impl Follower {
                 }
                 self.collect_garbage(served).await;
                 return Err(error.context(format!(
-                    "version {} (seq {}) is committed but could not be opened; still serving seq {}{}",
+                    "version {} (seq {}) is committed but could not be opened; seq {} stays current{}",
                     version.info.name,
                     version.info.seq,
                     served.info.seq,

@@ -535,7 +535,7 @@ impl Syncer {
             Err(error) => {
                 discard(finished).await;
                 return Err(error.context(format!(
-                    "open the new version of seq {last_seq} to check it; nothing was committed, and the served version keeps serving"
+                    "open the new version of seq {last_seq} to check it; nothing was committed"
                 )));
             }
         };

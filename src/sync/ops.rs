@@ -217,7 +217,8 @@ pub async fn verify_repository(
     let deltas = delta_targets(&targets)?;
     let snapshots = snapshot_targets(&targets)?;
     let position = match (bundle, deltas.first()) {
-        (Some(dir), _) => ChainPosition::of_bundle(&Bundle::open(dir)?.manifest),
+        (Some(dir), _) => ChainPosition::of_bundle(&Bundle::open(dir)?.manifest)
+            .held_by(format!("bundle {}", dir.display())),
         (None, Some(first)) => ChainPosition::new(
             &first.meta.dataset,
             first.meta.parent_seq,
@@ -300,6 +301,7 @@ pub async fn compact(
         input: items,
         input_format: InputFormat::Jsonl,
         filter_fields: bundle.manifest.filter_fields.clone(),
+        filter_fields_named: false,
         out: out.to_path_buf(),
         dataset: Some(bundle.manifest.dataset.clone()),
         fields: bundle.manifest.item_fields(),

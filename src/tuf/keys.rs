@@ -72,25 +72,18 @@ pub fn generate(path: &Path) -> anyhow::Result<(Key, String)> {
     Ok((key, id))
 }
 
-/// The DER bytes of a secret key file (PEM is converted), refusing a file group or others
-/// can read and one that is not an Ed25519 (or ECDSA P-256) PKCS#8 key, by name.
+/// The DER bytes of a secret key file (PEM is converted), refusing one that is not an
+/// Ed25519 (or ECDSA P-256) PKCS#8 key by what it is instead (a public key in any of the
+/// forms keygen, openssl and earlier releases write, TUF metadata), and then one that group
+/// or others can read. What the file is comes first: a public key needs no `chmod`.
 pub fn read_secret(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     use std::os::unix::fs::PermissionsExt;
     let bytes = Zeroizing::new(
         std::fs::read(path).with_context(|| format!("read secret key {}", path.display()))?,
     );
-    if bytes.starts_with(b"-----BEGIN PUBLIC KEY") || bytes.trim_ascii_start().starts_with(b"{") {
+    if let Some(what) = not_a_secret_key(&bytes) {
         bail!(
-            "{} is a public key: pass the secret key file (the one without .pub)",
-            path.display()
-        );
-    }
-    let mode = std::fs::metadata(path)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "secret key {} is readable by group or others (mode {:o}): run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
+            "{} is {what}, not a secret key: pass the secret key file `deltacache keygen --out KEYFILE` wrote (KEYFILE itself, not KEYFILE.pub)",
             path.display()
         );
     }
@@ -109,7 +102,41 @@ pub fn read_secret(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
             path.display()
         )
     })?;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "secret key {} is readable by group or others (mode {:o}): run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
     Ok(der)
+}
+
+/// What a file given as a secret key is instead, when it is recognisably something else.
+fn not_a_secret_key(bytes: &[u8]) -> Option<&'static str> {
+    use ed25519_dalek::pkcs8::DecodePublicKey;
+    let text = bytes.trim_ascii_start();
+    if text.starts_with(b"{") {
+        let json: Option<serde_json::Value> = serde_json::from_slice(text).ok();
+        return Some(match json {
+            Some(value) if value.get("signed").is_some() => {
+                "TUF metadata (a root.json or another role's file)"
+            }
+            _ => "a public key (the TUF key object keygen writes to KEYFILE.pub)",
+        });
+    }
+    if text.starts_with(b"-----BEGIN PUBLIC KEY") || text.starts_with(b"ssh-ed25519 ") {
+        return Some("a public key");
+    }
+    if text.starts_with(b"deltacache-ed25519 ") {
+        return Some("a public key of an earlier deltacache release");
+    }
+    if ed25519_dalek::VerifyingKey::from_public_key_der(bytes).is_ok() {
+        return Some("a public key (DER)");
+    }
+    None
 }
 
 /// The public key of a secret key's DER bytes.

@@ -134,3 +134,155 @@ fn good_build_writes_a_verifiable_bundle() {
         "{error}"
     );
 }
+
+/// Runs `build-base` on `items` written to `dir/input_name`, into `dir/bundle`, with `extra`.
+fn build_named(
+    dir: &std::path::Path,
+    input_name: &str,
+    items: &[serde_json::Value],
+    extra: &[&str],
+) -> (std::process::Output, std::path::PathBuf) {
+    let input = dir.join(input_name);
+    write_jsonl(&input, items);
+    let out = dir.join("bundle");
+    let mut args = vec![
+        "build-base",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    (run(&args), out)
+}
+
+fn manifest(bundle: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_dated_input_name_is_not_taken_as_the_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, out) = build_named(dir.path(), "items-2026-12-02.jsonl", &sample_items(), &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a dated stem became the dataset");
+    assert!(
+        stderr.contains("\"items-2026-12-02\" holds a number")
+            && stderr.contains("--dataset items"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing is left behind");
+    let (output, out) = build_named(
+        dir.path(),
+        "items-2026-12-02.jsonl",
+        &sample_items(),
+        &["--dataset", "items"],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(manifest(&out)["dataset"], "items");
+    // A stem without digits is still a default.
+    let other = tempfile::tempdir().unwrap();
+    let (output, out) = build_named(other.path(), "catalogue.jsonl", &sample_items(), &[]);
+    assert!(output.status.success());
+    assert_eq!(manifest(&out)["dataset"], "catalogue");
+}
+
+#[test]
+fn filter_fields_are_trimmed_and_a_field_no_item_carries_is_refused_by_name() {
+    let items: Vec<serde_json::Value> = sample_items()
+        .into_iter()
+        .map(|mut item| {
+            item["metadata"] = serde_json::json!({"language": "en"});
+            item
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (output, out) = build_named(
+        dir.path(),
+        "items.jsonl",
+        &items,
+        &["--filter-fields", "category, price "],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        manifest(&out)["filter_fields"],
+        serde_json::json!(["category", "price"])
+    );
+    for (fields, expected) in [
+        (
+            "category,metadata.language",
+            &[
+                "--filter-fields \"metadata.language\"",
+                "top-level fields only",
+                "\"language\"",
+            ][..],
+        ),
+        (
+            "category, Category",
+            &[
+                "--filter-fields \"Category\"",
+                "no item of",
+                "case-sensitive",
+            ][..],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (output, out) = build_named(
+            dir.path(),
+            "items.jsonl",
+            &items,
+            &["--filter-fields", fields],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{fields}: built");
+        for fragment in expected {
+            assert!(
+                stderr.contains(fragment),
+                "{fields}: {stderr:?} lacks {fragment:?}"
+            );
+        }
+        assert!(!out.exists(), "{fields}: nothing is left behind");
+    }
+    // The default field is reported, not refused, when no item carries it.
+    let bare: Vec<serde_json::Value> = sample_items()
+        .into_iter()
+        .map(|item| serde_json::json!({"id": item["id"], "text": item["text"]}))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (output, _) = build_named(dir.path(), "items.jsonl", &bare, &[]);
+    assert!(output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .contains("no item carries filter field \"category\" (the default)"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+#[test]
+fn max_features_zero_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, out) = build_named(
+        dir.path(),
+        "items.jsonl",
+        &sample_items(),
+        &["--max-features", "0"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("--max-features 0 keeps no term")
+            && !stderr.contains("vocabulary")
+            && !stderr.contains("stop word"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}

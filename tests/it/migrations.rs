@@ -689,6 +689,7 @@ async fn filtered_search_equals_brute_force_filter_then_rank() {
         input,
         input_format: InputFormat::Jsonl,
         filter_fields: vec!["category".into(), "tier".into()],
+        filter_fields_named: false,
         out: bundle.clone(),
         dataset: Some("filtered".into()),
         fields: Default::default(),

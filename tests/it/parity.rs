@@ -310,6 +310,7 @@ fn bundle_built_with_an_exported_model_serves_scikit_learn_rankings() {
         input: fixtures().join("corpus.jsonl"),
         input_format: InputFormat::Jsonl,
         filter_fields: vec!["category".into()],
+        filter_fields_named: false,
         out: bundle.clone(),
         dataset: None,
         fields: Default::default(),

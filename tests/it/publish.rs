@@ -254,10 +254,16 @@ fn publish_dry_run_verify_and_bad_input() {
         .output()
         .unwrap();
     assert!(!output.status.success());
+    // The model mismatch names the bundle given and the model the store's chain expects,
+    // and says which flag fixes it; no instance or state is involved.
+    let refused = stderr(&output);
     assert!(
-        stderr(&output).contains("built for model fingerprint"),
-        "{}",
-        stderr(&output)
+        refused.contains("the delta store's chain is of model")
+            && refused.contains(&format!("but bundle {} has model", other.display()))
+            && refused.contains("pass --bundle with the bundle the chain started from")
+            && !refused.contains("this instance")
+            && !refused.contains("state"),
+        "{refused}"
     );
 
     // A key the root does not authorise is refused by id before anything is written.
@@ -370,6 +376,219 @@ fn publish_delta_interrupted_by_ctrl_c_says_what_was_published() {
         stdout(&output).contains("published seq 1"),
         "{}",
         stderr(&output)
+    );
+}
+
+#[test]
+fn change_detection_compares_json_values_and_nothing_to_publish_is_not_an_error() {
+    let publisher = Publisher::new(Vec::new());
+    let store_dir = publisher.dir.path().join("store");
+    let store = format!("file://{}", store_dir.display());
+    assert!(publisher.init(&store).status.success());
+    let old = publisher.dir.path().join("old.jsonl");
+    let items = sample_items();
+    super::support::write_jsonl(&old, &items);
+    // The same catalogue written by another tool: other separators, key order, escapes and
+    // float spellings.
+    let new = publisher.dir.path().join("new.jsonl");
+    let mut text = String::new();
+    for item in &items {
+        let object = item.as_object().unwrap();
+        let members: Vec<String> = object
+            .iter()
+            .rev()
+            .map(|(k, v)| match v {
+                serde_json::Value::Number(n) if n.is_f64() => format!("\"{k}\" : {}0e0", n),
+                serde_json::Value::String(s) => {
+                    format!("\"{k}\" : \"{}\"", s.replace('é', "\\u00e9"))
+                }
+                _ => format!("\"{k}\" : {v}"),
+            })
+            .collect();
+        text.push_str(&format!("{{ {} }}\n", members.join(" , ")));
+    }
+    std::fs::write(&new, text).unwrap();
+    let targets = store_dir.join("targets");
+    let args = ["--diff", old.to_str().unwrap(), new.to_str().unwrap()];
+    for dry_run in [true, false] {
+        let mut with = args.to_vec();
+        if dry_run {
+            with.push("--dry-run");
+        }
+        let output = publisher.publish(&store, &with);
+        assert!(
+            output.status.success(),
+            "dry run {dry_run}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stdout(&output).starts_with("nothing to publish")
+                && stdout(&output).contains("0 adds, 0 updates, 0 deletes, 6 unchanged"),
+            "dry run {dry_run}: {}",
+            stdout(&output)
+        );
+        assert!(!targets.exists(), "nothing was published");
+    }
+    // A changes file: a put of the JSON an item already has (the bundle's, re-serialised) is
+    // unchanged and dropped; so is one equal to a put an earlier delta made.
+    let first = publisher.changes("first.jsonl", &[put("new-1", "kafka streams")]);
+    assert!(
+        publisher
+            .publish(&store, &["--changes", first.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let mut kit = items[4].clone();
+    kit["text"] = "espresso machine with caf\u{e9} crema".into();
+    let changes = publisher.changes(
+        "same.jsonl",
+        &[
+            serde_json::json!({"op": "put", "item": kit}),
+            put("new-1", "kafka streams"),
+            put("db-1", "an edit that changes something"),
+        ],
+    );
+    let output = publisher.publish(
+        &store,
+        &["--changes", changes.to_str().unwrap(), "--dry-run"],
+    );
+    assert!(
+        stdout(&output).contains("would publish seq 2: 0 adds, 1 updates, 0 deletes, 2 unchanged"),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let same = publisher.changes("only-same.jsonl", &[put("new-1", "kafka streams")]);
+    let output = publisher.publish(&store, &["--changes", same.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("nothing to publish")
+            && stdout(&output).contains("seq 1 stays the head"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn publish_errors_name_the_real_cause_and_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let publisher = Publisher::new(Vec::new());
+    let store = format!("file://{}", publisher.dir.path().join("store").display());
+    assert!(publisher.init(&store).status.success());
+    let changes = publisher.changes("one.jsonl", &[put("new-1", "kafka")]);
+    let with_key = |key: &std::path::Path| {
+        Command::new(binary())
+            .args(["publish-delta", "--store", &store])
+            .args(["--key", key.to_str().unwrap()])
+            .args(["--bundle", publisher.bundle.to_str().unwrap()])
+            .args(["--changes", changes.to_str().unwrap(), "--dry-run"])
+            .output()
+            .unwrap()
+    };
+    // Public keys (as keygen, openssl and earlier releases write them) and the root, given as
+    // --key while readable by others: what they are comes first, not `chmod 600`.
+    let dir = publisher.dir.path();
+    let der_public = dir.join("openssl.pub.der");
+    std::fs::write(
+        &der_public,
+        [
+            &[
+                0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+            ][..],
+            &ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+                .verifying_key()
+                .to_bytes()[..],
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let old_public = dir.join("old.key.pub");
+    std::fs::write(
+        &old_public,
+        format!("deltacache-ed25519 {} abcd\n", "ab".repeat(32)),
+    )
+    .unwrap();
+    for (path, what) in [
+        (
+            std::path::PathBuf::from(format!("{}.pub", publisher.key.display())),
+            "is a public key",
+        ),
+        (der_public, "is a public key (DER)"),
+        (
+            old_public,
+            "is a public key of an earlier deltacache release",
+        ),
+        (publisher.root.clone(), "is TUF metadata"),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = stderr(&with_key(&path));
+        assert!(
+            refused.contains(what)
+                && refused.contains("not a secret key")
+                && !refused.contains("chmod"),
+            "{}: {refused}",
+            path.display()
+        );
+    }
+    // A put without the bundle's text field: add the field, not a flag publish-delta lacks.
+    let no_text = publisher.changes(
+        "no-text.jsonl",
+        &[serde_json::json!({"op": "put", "item": {"id": "x", "category": "new"}})],
+    );
+    let refused = stderr(&publisher.publish(&store, &["--changes", no_text.to_str().unwrap()]));
+    assert!(
+        refused.contains("missing text field \"text\"")
+            && refused.contains("add \"text\" to the item")
+            && !refused.contains("--text-field"),
+        "{refused}"
+    );
+    // Deleting an id an earlier delta deleted says so (and is nothing to publish).
+    let delete = publisher.changes(
+        "delete.jsonl",
+        &[serde_json::json!({"op": "delete", "id": "kit-2"})],
+    );
+    let first = publisher.publish(&store, &["--changes", delete.to_str().unwrap()]);
+    assert!(
+        stdout(&first).contains("published seq 1"),
+        "{}",
+        stderr(&first)
+    );
+    let again = publisher.publish(&store, &["--changes", delete.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("seq 1 already deleted")
+            && !stderr(&again).contains("neither")
+            && stdout(&again).contains("nothing to publish"),
+        "{}{}",
+        stdout(&again),
+        stderr(&again)
+    );
+    // A bundle of another dataset: the flag that fixes it.
+    let other_dir = tempfile::tempdir().unwrap();
+    let input = other_dir.path().join("items.jsonl");
+    super::support::write_jsonl(&input, &sample_items());
+    let other = other_dir.path().join("bundle");
+    let built = super::support::run(&[
+        "build-base",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    let refused = Command::new(binary())
+        .args(["publish-delta", "--store", &store])
+        .args(["--key", publisher.key.to_str().unwrap()])
+        .args(["--bundle", other.to_str().unwrap()])
+        .args(["--changes", changes.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&refused).contains("the delta store's chain is of dataset \"sample\"")
+            && stderr(&refused).contains("has dataset \"items\"")
+            && stderr(&refused).contains("`build-base --dataset sample`"),
+        "{}",
+        stderr(&refused)
     );
 }
 

@@ -219,3 +219,174 @@ async fn metrics_describe_themselves_and_report_readiness_and_the_state_dir_file
     // Without a delta store there is no sync to count.
     assert!(!text.contains("deltacache_sync_failures_total"), "{text}");
 }
+
+/// Runs `serve` with `args` (and `env`) to its exit, which must be a refusal: returns stdout
+/// and stderr.
+fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let output = std::process::Command::new(super::support::binary())
+        .arg("serve")
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "serve {args:?} was not refused");
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_missing_bundle_or_a_locked_state_dir_is_refused_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let missing = dir.path().join("no-bundle");
+    let (stdout, stderr) = serve_refused(
+        &[
+            "--bundle",
+            missing.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    assert!(
+        stderr.contains("no-bundle/manifest.json")
+            && stderr.contains("a bundle written by build-base"),
+        "{stderr}"
+    );
+    let bundle = build_bundle(dir.path(), &sample_items());
+    let daemon = super::support::serve_local(&bundle, &state);
+    let (stdout, stderr) = serve_refused(
+        &[
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    assert!(
+        stderr.contains("another deltacache process is using it") && stderr.contains("--state-dir"),
+        "{stderr}"
+    );
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn a_follow_interval_under_the_floor_is_refused_from_flag_environment_and_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = build_bundle(dir.path(), &sample_items());
+    let state = dir.path().join("state");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "follow-interval = \"0s\"\n").unwrap();
+    let base = [
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "file:///nonexistent-store",
+        "--trusted-root",
+        "/nonexistent-root.json",
+    ];
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [base, extra].concat()
+    }
+    for (args, env, source) in [
+        (
+            with(&base, &["--follow-interval", "0s"]),
+            vec![],
+            "--follow-interval is 0s",
+        ),
+        (
+            with(&base, &[]),
+            vec![("DELTACACHE_FOLLOW_INTERVAL", "500ms")],
+            "DELTACACHE_FOLLOW_INTERVAL is 500ms",
+        ),
+        (
+            with(&base, &["--config", config.to_str().unwrap()]),
+            vec![],
+            "`follow-interval` in",
+        ),
+    ] {
+        let (stdout, stderr) = serve_refused(&args, &env);
+        assert!(!stdout.contains("listening on"), "{stdout}");
+        assert!(
+            stderr.contains(source)
+                && stderr.contains("under the floor of 1s")
+                && stderr.contains("1s or more"),
+            "{source}: {stderr}"
+        );
+    }
+    assert!(!state.exists(), "nothing was touched");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_sync_failure_fail_exits_without_claiming_to_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = build_bundle(dir.path(), &sample_items());
+    let trust = super::support::Trust::new(dir.path());
+    let store = format!("file://{}", dir.path().join("store").display());
+    let remote = deltacache::delta_store::RemoteSettings::default();
+    trust.init_store(&store, &remote).await;
+    super::support::publish_changes(
+        &dir.path().join("changes.jsonl"),
+        &store,
+        &trust.key,
+        &bundle,
+        remote,
+        &[serde_json::json!({"op": "put", "item": {"id": "n", "text": "new item", "category": "x"}})],
+    )
+    .await;
+    // A bundle of another dataset: its boot-time sync is refused.
+    let other_dir = tempfile::tempdir().unwrap();
+    let input = other_dir.path().join("items.jsonl");
+    super::support::write_jsonl(&input, &sample_items());
+    let other = other_dir.path().join("bundle");
+    assert!(
+        run(&[
+            "build-base",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            other.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    let state = dir.path().join("state");
+    let (_, stderr) = serve_refused(
+        &[
+            "--bundle",
+            other.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &store,
+            "--trusted-root",
+            trust.root.to_str().unwrap(),
+            "--on-sync-failure",
+            "fail",
+        ],
+        &[("RUST_LOG", "info")],
+    );
+    assert!(
+        stderr.contains("--on-sync-failure is fail: exiting without serving")
+            && stderr.contains("`build-base --dataset sample`")
+            && !stderr.contains("last good")
+            && !stderr.contains("keeps serving")
+            && !stderr.contains("still serving"),
+        "{stderr}"
+    );
+}

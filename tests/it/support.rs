@@ -58,6 +58,7 @@ pub fn build_bundle(dir: &Path, items: &[serde_json::Value]) -> PathBuf {
         input,
         input_format: InputFormat::Jsonl,
         filter_fields: vec!["category".into()],
+        filter_fields_named: false,
         out: out.clone(),
         dataset: Some("sample".into()),
         fields: ItemFields::default(),

@@ -280,7 +280,7 @@ async fn refused_deltas_leave_the_state_dir_byte_identical() {
         ),
         (
             "other model",
-            "built for model fingerprint",
+            "the delta store's chain is of model",
             Box::new(|h| h.model_fingerprint = "x".into()),
             Box::new(|m| m.model_fingerprint = "x".into()),
         ),
