@@ -1391,6 +1391,16 @@ fn the_tip_cache_reads_only_newer_deltas_and_never_miscounts() {
         out.contains("1 adds, 0 updates") && out.contains("from the tip cache at seq 1, 0 newer"),
         "{out}"
     );
+    // The same item written another way is unchanged: told from the digest the cache kept
+    // of seq 2's put, with no delta read.
+    let reordered =
+        serde_json::json!({"op": "put", "item": {"category": "new", "text": "kafka", "id": "b"}});
+    let (out, _) = publish(&tips, "2b.jsonl", &[reordered]);
+    assert!(
+        out.contains("nothing to publish")
+            && out.contains("0 adds, 0 updates, 0 deletes, 1 unchanged"),
+        "{out}"
+    );
     // Another publisher (another cache) adds z; this one then puts z: an update, read from
     // the one delta it had not seen.
     let (out, _) = publish(&other_tips, "3.jsonl", &[put("z", "kafka")]);
@@ -1429,6 +1439,14 @@ fn the_tip_cache_reads_only_newer_deltas_and_never_miscounts() {
             && out.contains("4 deltas read from the bundle on"),
         "{out}"
     );
+    // Deleting b again: the cache knows which seq deleted it.
+    let (out, err) = publish(
+        &tips,
+        "5b.jsonl",
+        &[serde_json::json!({"op": "delete", "id": "b"})],
+    );
+    assert!(out.contains("nothing to publish"), "{out}");
+    assert!(err.contains("seq 5 already deleted"), "{err}");
     let (out, _) = publish(&tips, "6.jsonl", &[put("b", "kafka")]);
     assert!(
         out.contains("1 adds, 0 updates") && out.contains("from the tip cache at seq 5, 0 newer"),
