@@ -26,6 +26,85 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// The error answers every route can give: its request arrived too slowly (408).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // described in the contract, never built: the answers are `ApiError`s
+pub enum SlowRequest {
+    /// 408.
+    #[response(
+        status = 408,
+        description = "The request or its body did not arrive in time (`request_timeout`)."
+    )]
+    TimedOut(ErrorBody),
+}
+
+/// The error answers of the routes that read a JSON body and the data: the body refused
+/// (400, 413), the request too slow (408), an internal error (500).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // described in the contract, never built: the answers are `ApiError`s
+pub enum BodyAnswers {
+    /// 400.
+    #[response(
+        status = 400,
+        description = "The body is not JSON (`invalid_json`), a field is missing or of the wrong type (`invalid_field`, the message names it), or the body could not be read (`unreadable_body`)."
+    )]
+    Invalid(ErrorBody),
+    /// 408.
+    #[response(
+        status = 408,
+        description = "The request or its body did not arrive in time (`request_timeout`)."
+    )]
+    TimedOut(ErrorBody),
+    /// 413.
+    #[response(
+        status = 413,
+        description = "The body is over 64 KiB (`payload_too_large`)."
+    )]
+    TooLarge(ErrorBody),
+    /// 500.
+    #[response(
+        status = 500,
+        description = "An internal error (`internal`); the cause is in the server log."
+    )]
+    Internal(ErrorBody),
+}
+
+/// The answers of an item lookup by id (`GET /items/{id}`, `GET /items/batch`).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // described in the contract, never built: the answers are written by hand
+pub enum ItemAnswers {
+    /// 200.
+    #[response(status = 200, description = "The item's JSON, exactly as stored.")]
+    Found(#[to_schema] serde_json::Map<String, serde_json::Value>),
+    /// 400.
+    #[response(
+        status = 400,
+        description = "The id in the path is not UTF-8 (`invalid_path`)."
+    )]
+    InvalidPath(ErrorBody),
+    /// 404.
+    #[response(status = 404, description = "No item with this id (`not_found`).")]
+    NotFound(ErrorBody),
+    /// 408.
+    #[response(
+        status = 408,
+        description = "The request or its body did not arrive in time (`request_timeout`)."
+    )]
+    TimedOut(ErrorBody),
+    /// 503.
+    #[response(
+        status = 503,
+        description = "No data version loaded yet (`not_ready`), or too many connections (`overloaded`)."
+    )]
+    Unavailable(ErrorBody),
+    /// 500.
+    #[response(
+        status = 500,
+        description = "An internal error (`internal`); the cause is in the server log."
+    )]
+    Internal(ErrorBody),
+}
+
 /// The code and message of an error answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {

@@ -9,7 +9,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ErrorBody, ErrorCode, JsonBody, PathId};
+use super::error::{
+    ApiError, BodyAnswers, ErrorBody, ErrorCode, ItemAnswers, JsonBody, PathId, SlowRequest,
+};
 use super::openapi::{BatchResponse, SearchResponse, StatusBody};
 use super::serve::CpuError;
 use super::{AppState, DATA_VERSION_HEADER};
@@ -117,12 +119,9 @@ fn json_bytes(status: StatusCode, body: Vec<u8>, seq: u64) -> Response {
     request_body = SearchRequest,
     responses(
         (status = 200, description = "The top-k items scoring above 0, best first.", body = SearchResponse),
-        (status = 400, description = "The body is not JSON (`invalid_json`), a field is missing or of the wrong type (`invalid_field`, the message names it), or the body could not be read (`unreadable_body`).", body = ErrorBody),
-        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
-        (status = 413, description = "The body is over 64 KiB (`payload_too_large`).", body = ErrorBody),
+        BodyAnswers,
         (status = 422, description = "`top_k` outside 1..=1000 (`top_k_out_of_range`), more distinct known terms than `--max-query-terms` (`too_many_terms`), or a filter on a field that is not indexed or with a value that is not a string, number or boolean (`bad_filter`).", body = ErrorBody),
         (status = 503, description = "No data version loaded yet (`not_ready`), too many searches or connections at once (`overloaded`), or the remote vector backend failed (`vector_backend_unavailable`).", body = ErrorBody),
-        (status = 500, description = "An internal error (`internal`); the cause is in the server log.", body = ErrorBody),
     )
 )]
 pub(super) async fn search(
@@ -257,14 +256,7 @@ fn write_json_string(out: &mut Vec<u8>, text: &str) {
     tag = "data",
     summary = "The item whose id is `batch`",
     description = "`/items/batch` is the batch lookup with POST; with GET it is the item whose id is `batch`, like `GET /items/{id}`.",
-    responses(
-        (status = 200, description = "The item's JSON, exactly as stored.", body = Object),
-        (status = 400, description = "The id in the path is not UTF-8 (`invalid_path`).", body = ErrorBody),
-        (status = 404, description = "No item with this id (`not_found`).", body = ErrorBody),
-        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
-        (status = 503, description = "No data version loaded yet (`not_ready`), or too many connections (`overloaded`).", body = ErrorBody),
-        (status = 500, description = "An internal error (`internal`); the cause is in the server log.", body = ErrorBody),
-    )
+    responses(ItemAnswers,)
 )]
 pub(super) async fn item_named_batch(State(state): State<AppState>) -> Result<Response, ApiError> {
     item(State(state), PathId("batch".into())).await
@@ -278,12 +270,7 @@ pub(super) async fn item_named_batch(State(state): State<AppState>) -> Result<Re
     summary = "One item by id",
     params(("id" = String, Path, description = "The item's id.", example = "demo-0001")),
     responses(
-        (status = 200, description = "The item's JSON, exactly as stored.", body = Object),
-        (status = 400, description = "The id in the path is not UTF-8 (`invalid_path`).", body = ErrorBody),
-        (status = 404, description = "No item with this id (`not_found`).", body = ErrorBody),
-        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
-        (status = 503, description = "No data version loaded yet (`not_ready`), or too many connections (`overloaded`).", body = ErrorBody),
-        (status = 500, description = "An internal error (`internal`); the cause is in the server log.", body = ErrorBody),
+        ItemAnswers,
     )
 )]
 pub(super) async fn item(
@@ -316,12 +303,9 @@ pub(super) async fn item(
     request_body = BatchRequest,
     responses(
         (status = 200, description = "The items found, in the order asked, and the ids not found.", body = BatchResponse),
-        (status = 400, description = "The body is not JSON (`invalid_json`), a field is missing or of the wrong type (`invalid_field`, the message names it), or the body could not be read (`unreadable_body`).", body = ErrorBody),
-        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
-        (status = 413, description = "The body is over 64 KiB (`payload_too_large`).", body = ErrorBody),
+        BodyAnswers,
         (status = 422, description = "More than 1000 ids (`too_many_ids`).", body = ErrorBody),
         (status = 503, description = "No data version loaded yet (`not_ready`), or too many connections (`overloaded`).", body = ErrorBody),
-        (status = 500, description = "An internal error (`internal`); the cause is in the server log.", body = ErrorBody),
     )
 )]
 pub(super) async fn items_batch(
@@ -370,7 +354,7 @@ pub(super) async fn items_batch(
     summary = "Liveness",
     responses(
         (status = 200, description = "The process runs.", body = Liveness),
-        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        SlowRequest,
     )
 )]
 pub(super) async fn livez() -> Json<Liveness> {
@@ -387,7 +371,7 @@ pub(super) async fn livez() -> Json<Liveness> {
     summary = "Readiness",
     responses(
         (status = 200, description = "A data version is served.", body = Readiness),
-        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        SlowRequest,
         (status = 503, description = "No data version is loaded yet (`not_ready`).", body = ErrorBody),
     )
 )]
@@ -407,7 +391,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Readine
     summary = "Prometheus metrics",
     responses(
         (status = 200, description = "Prometheus text exposition format 0.0.4.", body = String, content_type = "text/plain"),
-        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        SlowRequest,
     )
 )]
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
@@ -450,7 +434,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     summary = "What is served and how syncing goes",
     responses(
         (status = 200, description = "The served version and the sync state. With `status-detail = true` also the version name, bundle path, delta store URL, deltas applied and the last error's text.", body = StatusBody),
-        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        SlowRequest,
     )
 )]
 pub(super) async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -545,7 +529,7 @@ fn fleet_json(sync: &crate::sync::follow::SyncStatus) -> serde_json::Value {
     summary = "This document",
     responses(
         (status = 200, description = "The OpenAPI 3.1 document of this API.", body = Object),
-        (status = 408, description = "The request or its body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        SlowRequest,
         (status = 503, description = "Too many connections (`overloaded`).", body = ErrorBody),
     )
 )]
