@@ -22,7 +22,7 @@ use crate::bundle::items::{ItemFields, parse_item};
 use crate::digest::{canonical_json_sha256, sha256_hex};
 
 /// The on-disk format's version; another version is ignored.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// A folder of cached tips, one file per (store, bundle) pair.
 #[derive(Debug, Clone)]
@@ -82,9 +82,34 @@ struct Stored {
     model_fingerprint: String,
     seq: u64,
     digest: String,
-    ids: Vec<String>,
-    deleted_at: Vec<(String, u64)>,
+    ids: HashSet<String>,
+    deleted_at: HashMap<String, u64>,
     put_digest: Vec<(String, String)>,
+}
+
+/// [`Stored`] as written, borrowing the tip instead of copying it.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    format: u32,
+    store: &'a str,
+    dataset: &'a str,
+    bundle_seq: u64,
+    bundle_digest: &'a str,
+    model_fingerprint: &'a str,
+    seq: u64,
+    digest: &'a str,
+    ids: &'a HashSet<String>,
+    deleted_at: &'a HashMap<String, u64>,
+    put_digest: HexDigests<'a>,
+}
+
+/// Put digests written as `[id, hex]` pairs.
+struct HexDigests<'a>(&'a HashMap<String, [u8; 32]>);
+
+impl Serialize for HexDigests<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(id, digest)| (id, hex::encode(digest))))
+    }
 }
 
 impl TipCache {
@@ -139,34 +164,21 @@ impl TipCache {
         let path = self.path(store, bundle);
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("create the tip cache folder {}", self.dir.display()))?;
-        let mut ids: Vec<String> = tip.ids.iter().cloned().collect();
-        ids.sort_unstable();
-        let mut deleted_at: Vec<(String, u64)> = tip
-            .deleted_at
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        deleted_at.sort_unstable();
-        let mut put_digest: Vec<(String, String)> = tip
-            .put_digest
-            .iter()
-            .map(|(k, v)| (k.clone(), hex::encode(v)))
-            .collect();
-        put_digest.sort_unstable();
-        let stored = Stored {
+        let stored = StoredRef {
             format: FORMAT,
-            store: store.to_owned(),
-            dataset: bundle.dataset.clone(),
+            store,
+            dataset: &bundle.dataset,
             bundle_seq: bundle.seq,
-            bundle_digest: bundle.digest.clone(),
-            model_fingerprint: bundle.model_fingerprint.clone(),
+            bundle_digest: &bundle.digest,
+            model_fingerprint: &bundle.model_fingerprint,
             seq: tip.seq,
-            digest: tip.digest.clone(),
-            ids,
-            deleted_at,
-            put_digest,
+            digest: &tip.digest,
+            ids: &tip.ids,
+            deleted_at: &tip.deleted_at,
+            put_digest: HexDigests(&tip.put_digest),
         };
-        let body = zstd::encode_all(serde_json::to_vec(&stored)?.as_slice(), 3)?;
+        // Level 1: the file is rewritten by every publish, and read back once.
+        let body = zstd::encode_all(serde_json::to_vec(&stored)?.as_slice(), 1)?;
         let mut file = tempfile::NamedTempFile::new_in(&self.dir)
             .with_context(|| format!("create a file in {}", self.dir.display()))?;
         file.write_all(format!("{}\n", sha256_hex(&body)).as_bytes())
@@ -225,8 +237,8 @@ fn decode(bytes: &[u8], store: &str, bundle: &ChainPosition) -> anyhow::Result<C
     Ok(CachedTip {
         seq: stored.seq,
         digest: stored.digest,
-        ids: stored.ids.into_iter().collect(),
-        deleted_at: stored.deleted_at.into_iter().collect(),
+        ids: stored.ids,
+        deleted_at: stored.deleted_at,
         put_digest,
     })
 }
