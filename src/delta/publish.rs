@@ -212,6 +212,7 @@ pub async fn publish_reporting(
     if records.is_empty() {
         // The same answer with or without --dry-run: nothing to publish is not a failure.
         report.nothing_to_publish = true;
+        tip.keep(cache, None, &fields)?;
         return Ok(report);
     }
     let batch = tip.next_batch(records, now_secs());
@@ -229,6 +230,7 @@ pub async fn publish_reporting(
     report.digest = sha256_hex(&bytes);
     report.bytes = bytes.len() as u64;
     if options.dry_run {
+        tip.keep(cache, None, &fields)?;
         return Ok(report);
     }
     let target = NewTarget {
@@ -254,14 +256,7 @@ pub async fn publish_reporting(
         tuf::repo::PublishStep::TimestampReplaced => progress.set(PublishStage::Published(seq)),
     };
     tuf::repo::publish_reporting(&store, &state, &keys, vec![target], expiries, &step).await?;
-    if let Some((cache, url)) = cache {
-        save_tip(
-            cache,
-            url,
-            &tip.position,
-            &tip.after(&batch, &report.digest, &fields)?,
-        );
-    }
+    tip.keep(cache, Some((&batch, &report.digest)), &fields)?;
     Ok(report)
 }
 
@@ -429,8 +424,7 @@ impl ChainTip {
     /// Checks the chain's metadata from the bundle on, and reads every delta since the
     /// bundle (each checked against its hash) to know which ids exist, which were deleted,
     /// and the newest JSON of each id a delta put; with a tip cache (and the store URL it is
-    /// kept under) whose tip the metadata lists, only the deltas after that tip. A tip newer
-    /// than the cached one is saved back.
+    /// kept under) whose tip the metadata lists, only the deltas after that tip.
     async fn read(
         store: &DeltaStore,
         state: &RepoState,
@@ -481,13 +475,6 @@ impl ChainTip {
                     .with_context(|| format!("a put in {}", delta.name))?;
             }
         }
-        if let (Some((cache, url)), Some(newest)) = (cache, planned.last())
-            && !unread.is_empty()
-        {
-            at.seq = newest.meta.seq;
-            at.digest = newest.digest.clone();
-            save_tip(cache, url, &position, &at);
-        }
         Ok(ChainTip {
             newest: planned
                 .last()
@@ -502,24 +489,37 @@ impl ChainTip {
         })
     }
 
-    /// The tip after `batch` (whose encoding has sha256 `digest`) continues this one.
-    fn after(
-        &self,
-        batch: &DeltaBatch,
-        digest: &str,
+    /// Keeps this tip in the tip cache for the next publish, moved on by the `published`
+    /// delta (its batch and sha256) when there is one. A tip that was neither moved on nor
+    /// read past the cached one is already there.
+    fn keep(
+        self,
+        cache: Option<(&TipCache, &str)>,
+        published: Option<(&DeltaBatch, &str)>,
         fields: &ItemFields,
-    ) -> anyhow::Result<CachedTip> {
-        let mut at = CachedTip {
-            seq: batch.header.seq,
-            digest: digest.to_owned(),
-            ids: self.live_ids.clone(),
-            deleted_at: self.deleted_at.clone(),
-            put_digest: self.put_digest.clone(),
+    ) -> anyhow::Result<()> {
+        let Some((cache, url)) = cache else {
+            return Ok(());
         };
-        for record in &batch.records {
-            at.take(record, batch.header.seq, fields)?;
+        let (seq, digest) = match (published, &self.newest) {
+            (Some((batch, digest)), _) => (batch.header.seq, digest.to_owned()),
+            (None, Some(newest)) if self.deltas_read > 0 => {
+                (newest.meta.seq, newest.digest.clone())
+            }
+            (None, _) => return Ok(()),
+        };
+        let mut at = CachedTip {
+            seq,
+            digest,
+            ids: self.live_ids,
+            deleted_at: self.deleted_at,
+            put_digest: self.put_digest,
+        };
+        for record in published.map_or(&[][..], |(batch, _)| &batch.records) {
+            at.take(record, seq, fields)?;
         }
-        Ok(at)
+        save_tip(cache, url, &self.position, &at);
+        Ok(())
     }
 
     /// Warns that a delete of `id`, which is not live at the tip, is dropped, saying why.
