@@ -38,8 +38,19 @@ pub enum SlowRequest {
     TimedOut(ErrorBody),
 }
 
-/// The error answers of the routes that read a JSON body and the data: the body refused
-/// (400, 413), the request too slow (408), an internal error (500).
+/// The error answer of every route that reads the data: an internal error (500).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // described in the contract, never built: the answers are `ApiError`s
+pub enum ServerError {
+    /// 500.
+    #[response(
+        status = 500,
+        description = "An internal error (`internal`); the cause is in the server log."
+    )]
+    Internal(ErrorBody),
+}
+
+/// The error answers of the routes that read a JSON body: the body refused (400, 413).
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // described in the contract, never built: the answers are `ApiError`s
 pub enum BodyAnswers {
@@ -49,27 +60,16 @@ pub enum BodyAnswers {
         description = "The body is not JSON (`invalid_json`), a field is missing or of the wrong type (`invalid_field`, the message names it), or the body could not be read (`unreadable_body`)."
     )]
     Invalid(ErrorBody),
-    /// 408.
-    #[response(
-        status = 408,
-        description = "The request or its body did not arrive in time (`request_timeout`)."
-    )]
-    TimedOut(ErrorBody),
     /// 413.
     #[response(
         status = 413,
         description = "The body is over 64 KiB (`payload_too_large`)."
     )]
     TooLarge(ErrorBody),
-    /// 500.
-    #[response(
-        status = 500,
-        description = "An internal error (`internal`); the cause is in the server log."
-    )]
-    Internal(ErrorBody),
 }
 
-/// The answers of an item lookup by id (`GET /items/{id}`, `GET /items/batch`).
+/// The answers of an item lookup by id (`GET /items/{id}`, `GET /items/batch`), beside
+/// [`SlowRequest`] and [`ServerError`].
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // described in the contract, never built: the answers are written by hand
 pub enum ItemAnswers {
@@ -85,24 +85,12 @@ pub enum ItemAnswers {
     /// 404.
     #[response(status = 404, description = "No item with this id (`not_found`).")]
     NotFound(ErrorBody),
-    /// 408.
-    #[response(
-        status = 408,
-        description = "The request or its body did not arrive in time (`request_timeout`)."
-    )]
-    TimedOut(ErrorBody),
     /// 503.
     #[response(
         status = 503,
         description = "No data version loaded yet (`not_ready`), or too many connections (`overloaded`)."
     )]
     Unavailable(ErrorBody),
-    /// 500.
-    #[response(
-        status = 500,
-        description = "An internal error (`internal`); the cause is in the server log."
-    )]
-    Internal(ErrorBody),
 }
 
 /// The code and message of an error answer.

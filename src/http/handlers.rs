@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::error::{
-    ApiError, BodyAnswers, ErrorBody, ErrorCode, ItemAnswers, JsonBody, PathId, SlowRequest,
+    ApiError, BodyAnswers, ErrorBody, ErrorCode, ItemAnswers, JsonBody, PathId, ServerError,
+    SlowRequest,
 };
 use super::openapi::{BatchResponse, SearchResponse, StatusBody};
 use super::serve::CpuError;
@@ -120,6 +121,8 @@ fn json_bytes(status: StatusCode, body: Vec<u8>, seq: u64) -> Response {
     responses(
         (status = 200, description = "The top-k items scoring above 0, best first.", body = SearchResponse),
         BodyAnswers,
+        SlowRequest,
+        ServerError,
         (status = 422, description = "`top_k` outside 1..=1000 (`top_k_out_of_range`), more distinct known terms than `--max-query-terms` (`too_many_terms`), or a filter on a field that is not indexed or with a value that is not a string, number or boolean (`bad_filter`).", body = ErrorBody),
         (status = 503, description = "No data version loaded yet (`not_ready`), too many searches or connections at once (`overloaded`), or the remote vector backend failed (`vector_backend_unavailable`).", body = ErrorBody),
     )
@@ -256,7 +259,7 @@ fn write_json_string(out: &mut Vec<u8>, text: &str) {
     tag = "data",
     summary = "The item whose id is `batch`",
     description = "`/items/batch` is the batch lookup with POST; with GET it is the item whose id is `batch`, like `GET /items/{id}`.",
-    responses(ItemAnswers,)
+    responses(ItemAnswers, SlowRequest, ServerError)
 )]
 pub(super) async fn item_named_batch(State(state): State<AppState>) -> Result<Response, ApiError> {
     item(State(state), PathId("batch".into())).await
@@ -271,6 +274,8 @@ pub(super) async fn item_named_batch(State(state): State<AppState>) -> Result<Re
     params(("id" = String, Path, description = "The item's id.", example = "demo-0001")),
     responses(
         ItemAnswers,
+        SlowRequest,
+        ServerError,
     )
 )]
 pub(super) async fn item(
@@ -304,6 +309,8 @@ pub(super) async fn item(
     responses(
         (status = 200, description = "The items found, in the order asked, and the ids not found.", body = BatchResponse),
         BodyAnswers,
+        SlowRequest,
+        ServerError,
         (status = 422, description = "More than 1000 ids (`too_many_ids`).", body = ErrorBody),
         (status = 503, description = "No data version loaded yet (`not_ready`), or too many connections (`overloaded`).", body = ErrorBody),
     )
