@@ -64,20 +64,7 @@ if [[ ! -f $STORE/done ]]; then
     "$BIN" repo init --store "file://$STORE" --root "$ROOT" --key "$KEY" >/dev/null
     echo "publishing $DELTAS deltas of $CHANGES changes"
     for d in $(seq 1 "$DELTAS"); do
-        python3 - "$CHANGES" "$d" "$ITEMS" >"$OUT/changes.jsonl" <<'PY'
-import json, random, sys
-n, d, n_items = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-rng = random.Random(d)
-words = ["replicated", "kafka", "storage", "latency", "vector", "search", "cache", "bucket", "index", "image"]
-for i in range(n):
-    r = i % 10
-    if r == 9:
-        print(json.dumps({"op": "delete", "id": f"item-{rng.randrange(1, n_items + 1):06d}"}))
-    else:
-        item_id = f"item-{rng.randrange(1, n_items + 1):06d}" if r < 8 else f"delta-{d}-{i}"
-        text = " ".join(rng.choice(words) for _ in range(40))
-        print(json.dumps({"op": "put", "item": {"id": item_id, "category": "updated", "text": text}}))
-PY
+        python3 scripts/gen_changes.py --n "$CHANGES" --seed "$d" --items "$ITEMS" >"$OUT/changes.jsonl"
         RUST_LOG=error "$BIN" publish-delta --store "file://$STORE" --key "$KEY" --bundle "$BUNDLE" \
             --changes "$OUT/changes.jsonl" --force >/dev/null
     done

@@ -96,19 +96,7 @@ if [[ ! -f $STORE/done ]]; then
     rm -rf "$STORE"
     init_store "$STORE"
     for d in $(seq 1 "$DELTAS"); do
-        python3 - "$CORPUS" "$CHANGES" "$d" "$ITEMS" > "$OUT/changes-$d.jsonl" <<'PY'
-import json, random, sys
-corpus, n, d, n_items = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rng = random.Random(d)
-for i in range(n):
-    r = i % 10
-    if r == 9:
-        print(json.dumps({"op": "delete", "id": f"item-{rng.randrange(1, n_items + 1):06d}"}))
-    else:
-        item_id = f"item-{rng.randrange(1, n_items + 1):06d}" if r < 8 else f"delta-{d}-{i}"
-        text = " ".join(rng.choice(["replicated", "kafka", "storage", "latency", "vector", "search", "cache", "bucket", "index", "image"]) for _ in range(40))
-        print(json.dumps({"op": "put", "item": {"id": item_id, "category": "updated", "text": text, "delta": d}}))
-PY
+        python3 scripts/gen_changes.py --n "$CHANGES" --seed "$d" --items "$ITEMS" --tag delta > "$OUT/changes-$d.jsonl"
         RUST_LOG=error "$BIN" publish-delta --store "file://$STORE" --key "$KEY" --bundle "$BUNDLE" \
             --changes "$OUT/changes-$d.jsonl" --force > /dev/null
     done

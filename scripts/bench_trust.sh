@@ -88,20 +88,7 @@ CORPUS=$OUT/items-$ITEMS.jsonl
 # changes FILE SEED N: N changes to the corpus (80 % updates, 10 % new items, 10 % deletes).
 changes() {
     [[ -f $1 ]] && return 0
-    python3 - "$2" "$3" "$ITEMS" > "$1" <<'PY'
-import json, random, sys
-seed, n, n_items = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-rng = random.Random(seed)
-words = ["replicated", "kafka", "storage", "latency", "vector", "search", "cache", "bucket", "index", "image"]
-for i in range(n):
-    r = i % 10
-    if r == 9:
-        print(json.dumps({"op": "delete", "id": f"item-{rng.randrange(1, n_items + 1):06d}"}))
-    else:
-        item_id = f"item-{rng.randrange(1, n_items + 1):06d}" if r < 8 else f"new-{seed}-{i}"
-        text = " ".join(rng.choice(words) for _ in range(40))
-        print(json.dumps({"op": "put", "item": {"id": item_id, "category": "updated", "text": text}}))
-PY
+    python3 scripts/gen_changes.py --n "$3" --seed "$2" --items "$ITEMS" --new-prefix 'new-{seed}-' > "$1"
 }
 for d in $(seq 1 "$DELTAS"); do changes "$OUT/sync-$d-$SYNC_CHANGES.jsonl" "$d" "$SYNC_CHANGES"; done
 PUBLISH=$OUT/publish-$PUBLISH_CHANGES.jsonl
