@@ -97,5 +97,7 @@ echo "|---|---|---|---|---|---|"
 for length in "${lengths[@]}"; do
     cc=$(column_median "$length" 3); cw=$(column_median "$length" 4)
     uc=$(column_median "$length" 5); uw=$(column_median "$length" 6)
-    printf '| %s | %s | %s | %s | %s | %.2fx |\n' "$length" "$cc" "$cw" "$uc" "$uw" "$(echo "$cc / $uc" | bc -l)"
+    ratio=n/a
+    [[ $uc == 0 ]] || ratio=$(printf '%.2fx' "$(echo "$cc / $uc" | bc -l)")
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$length" "$cc" "$cw" "$uc" "$uw" "$ratio"
 done
