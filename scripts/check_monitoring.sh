@@ -58,25 +58,12 @@ while [[ $# -gt 0 ]]; do
 done
 
 # --- tools -------------------------------------------------------------------------------
-missing_packages=()
-{ command -v promtool >/dev/null && command -v prometheus >/dev/null; } || missing_packages+=(prometheus)
-command -v curl >/dev/null || missing_packages+=(curl)
-command -v jq >/dev/null || missing_packages+=(jq)
-command -v python3 >/dev/null || missing_packages+=(python3)
-if [[ ${#missing_packages[@]} -gt 0 ]]; then
-    if $install_tools; then
-        echo "check_monitoring.sh: apt-get install ${missing_packages[*]}"
-        apt_get=(apt-get)
-        [[ $EUID -eq 0 ]] || apt_get=(sudo -n apt-get)
-        "${apt_get[@]}" update -q
-        # Debian's package enables a prometheus.service; policy-rc.d is not ours to change,
-        # and without systemd running nothing is started.
-        DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q --no-install-recommends "${missing_packages[@]}"
-    else
-        echo "check_monitoring.sh: missing tools; install them with: apt-get install ${missing_packages[*]} (or pass --install, or set CI)" >&2
-        exit 2
-    fi
-fi
+install_flag=()
+! $install_tools || install_flag=(--install)
+# Debian's prometheus package enables a prometheus.service; policy-rc.d is not ours to
+# change, and without systemd running nothing is started.
+"$repo/scripts/apt_tools.sh" --for check_monitoring.sh "${install_flag[@]}" \
+    promtool,prometheus=prometheus curl=curl jq=jq python3=python3
 
 n_passed=0
 n_failed=0

@@ -62,21 +62,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 # The installed man pages are rendered with man-db and groff: installed with apt-get when
 # missing under CI (the CI environment variable set) or with --install.
-missing_packages=()
-command -v man >/dev/null || missing_packages+=(man-db)
-command -v groff >/dev/null || missing_packages+=(groff-base)
-if [[ ${#missing_packages[@]} -gt 0 ]]; then
-    if $install_tools; then
-        echo "rehearse_boot.sh: apt-get install ${missing_packages[*]}"
-        apt_get=(apt-get)
-        [[ $EUID -eq 0 ]] || apt_get=(sudo -n apt-get)
-        "${apt_get[@]}" update -q
-        DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q --no-install-recommends "${missing_packages[@]}"
-    else
-        echo "rehearse_boot.sh: missing tools; install them with: apt-get install ${missing_packages[*]} (or pass --install, or set CI)" >&2
-        exit 2
-    fi
-fi
+install_flag=()
+! $install_tools || install_flag=(--install)
+"$repo/scripts/apt_tools.sh" --for rehearse_boot.sh "${install_flag[@]}" man=man-db groff=groff-base
 
 n_passed=0
 n_failed=0

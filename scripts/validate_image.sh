@@ -44,23 +44,10 @@ while [[ $# -gt 0 ]]; do
 done
 
 # --- tools -------------------------------------------------------------------------------
-missing_packages=()
-command -v packer >/dev/null || missing_packages+=(packer)
-command -v shellcheck >/dev/null || missing_packages+=(shellcheck)
-command -v systemd-analyze >/dev/null || missing_packages+=(systemd)
-command -v curl >/dev/null || missing_packages+=(curl)
-if [[ ${#missing_packages[@]} -gt 0 ]]; then
-    if $install_tools; then
-        echo "validate_image.sh: apt-get install ${missing_packages[*]}"
-        apt_get=(apt-get)
-        [[ $EUID -eq 0 ]] || apt_get=(sudo -n apt-get)
-        "${apt_get[@]}" update -q
-        DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q --no-install-recommends "${missing_packages[@]}"
-    else
-        echo "validate_image.sh: missing tools; install them with: apt-get install ${missing_packages[*]} (or pass --install, or set CI)" >&2
-        exit 2
-    fi
-fi
+install_flag=()
+! $install_tools || install_flag=(--install)
+"$repo/scripts/apt_tools.sh" --for validate_image.sh "${install_flag[@]}" packer=packer \
+    shellcheck=shellcheck systemd-analyze=systemd curl=curl
 [[ -x "$binary" ]] || {
     echo "validate_image.sh: no deltacache binary at $binary: cargo build --release, or pass --binary PATH" >&2
     exit 2
