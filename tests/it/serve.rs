@@ -241,17 +241,20 @@ fn a_missing_bundle_or_a_locked_state_dir_is_refused_before_listening() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let missing = dir.path().join("no-bundle");
-    let (stdout, stderr) = serve_refused(
-        &[
-            "--bundle",
-            missing.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let serve = |bundle: &std::path::Path| {
+        serve_refused(
+            &[
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+        )
+    };
+    let (stdout, stderr) = serve(&missing);
     assert!(!stdout.contains("listening on"), "{stdout}");
     assert!(
         stderr.contains("no-bundle/manifest.json")
@@ -260,17 +263,7 @@ fn a_missing_bundle_or_a_locked_state_dir_is_refused_before_listening() {
     );
     let bundle = build_bundle(dir.path(), &sample_items());
     let daemon = super::support::serve_local(&bundle, &state);
-    let (stdout, stderr) = serve_refused(
-        &[
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let (stdout, stderr) = serve(&bundle);
     assert!(!stdout.contains("listening on"), "{stdout}");
     assert!(
         stderr.contains("another deltacache process is using it") && stderr.contains("--state-dir"),
