@@ -3,7 +3,6 @@
 //! plyvel); a schema-1 bundle synced by this binary; newer stores and deltas refused;
 //! filtered search equal to brute force.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use deltacache::db::migrate::{MigrationContext, SCHEMA_VERSION, migrate_to};
 use deltacache::sync::SyncOptions;
 use deltacache::sync::ops::sync_once;
 
+use super::support::file_digests as digests;
 use super::support::{binary, post_search, publish_changes, run, serve_local, sync_command};
 
 fn fixtures() -> PathBuf {
@@ -145,18 +145,6 @@ fn migration_0001_moves_plain_keys_under_the_item_prefix() {
 #[test]
 fn migration_0002_builds_the_filter_index() {
     check_migration(2);
-}
-
-/// sha256 of every file under `dir` (to show a directory was not changed).
-fn digests(dir: &Path) -> BTreeMap<String, String> {
-    deltacache::bundle::list_files(dir)
-        .unwrap()
-        .into_iter()
-        .map(|rel| {
-            let digest = deltacache::bundle::digest_file(&dir.join(&rel)).unwrap();
-            (rel, digest.sha256)
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -409,6 +409,8 @@ fn change_detection_compares_json_values_and_nothing_to_publish_is_not_an_error(
     }
     std::fs::write(&new, text).unwrap();
     let targets = store_dir.join("targets");
+    // Puts of existing ids read the bundle's items (from a clone): the bundle stays as it was.
+    let bundle_before = super::support::file_digests(&publisher.bundle);
     let args = ["--diff", old.to_str().unwrap(), new.to_str().unwrap()];
     for dry_run in [true, false] {
         let mut with = args.to_vec();
@@ -466,6 +468,11 @@ fn change_detection_compares_json_values_and_nothing_to_publish_is_not_an_error(
             && stdout(&output).contains("seq 1 stays the head"),
         "{}",
         stdout(&output)
+    );
+    assert_eq!(
+        super::support::file_digests(&publisher.bundle),
+        bundle_before,
+        "publishing changed the bundle"
     );
 }
 

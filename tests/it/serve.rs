@@ -1,23 +1,12 @@
 //! The real binary over real HTTP on 127.0.0.1:0.
 
-use super::support::{Daemon, build_bundle, post_search, run, sample_items};
-
-fn bundle_digests(bundle: &std::path::Path) -> Vec<(String, String)> {
-    deltacache::bundle::list_files(bundle)
-        .unwrap()
-        .into_iter()
-        .map(|rel| {
-            let digest = deltacache::bundle::digest_file(&bundle.join(&rel)).unwrap();
-            (rel, digest.sha256)
-        })
-        .collect()
-}
+use super::support::{Daemon, build_bundle, file_digests, post_search, run, sample_items};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_answers_over_http_and_leaves_the_bundle_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = build_bundle(dir.path(), &sample_items());
-    let before = bundle_digests(&bundle);
+    let before = file_digests(&bundle);
     let state = dir.path().join("state");
     // The config file sets everything; the --listen flag overrides its listen key.
     let config = dir.path().join("config.toml");
@@ -66,7 +55,7 @@ async fn serve_answers_over_http_and_leaves_the_bundle_untouched() {
     );
     assert_eq!(std::fs::read_dir(state.join("readers")).unwrap().count(), 0);
     assert_eq!(
-        bundle_digests(&bundle),
+        file_digests(&bundle),
         before,
         "the baked bundle must never change"
     );

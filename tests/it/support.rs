@@ -401,3 +401,15 @@ pub fn sync_command(bundle: &Path, state: &Path, store: &str, trusted_root: &Pat
         .stdout(Stdio::null());
     command
 }
+
+/// sha256 of every file under `dir`, by path (to show a directory was not changed).
+pub fn file_digests(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    deltacache::bundle::list_files(dir)
+        .unwrap()
+        .into_iter()
+        .map(|rel| {
+            let digest = deltacache::bundle::digest_file(&dir.join(&rel)).unwrap();
+            (rel, digest.sha256)
+        })
+        .collect()
+}
